@@ -1,0 +1,216 @@
+"""Plans: which layers of a torch model get which structure.
+
+A plan is a list of rules, each matching layers by kind and kernel size and saying which
+``(c, n)`` they get, plus explicit per-layer entries that override the rules. Plans are written
+by hand (``Plan.parse("3x3:n=2,c=C/2")``) and used to build structured variants of models and
+to drive the regularizer and ``structurize`` on the training side.
+
+Rule syntax (rules separated by ``;``)::
+
+    KIND:key=value,key=value
+
+``KIND`` is ``HxW`` (a conv with that kernel size; ``3x3``, ``1x1``, ``1x7`` …) or ``linear``.
+Keys: ``c`` — reduced input channels per group, ``C`` (unchanged), ``C/k`` (divided, rounded
+down, at least 1) or an int; ``n`` — the reduced kernel size, ``N`` (unchanged), an int or
+``hxw``; ``min_channels`` — skip layers with fewer input channels per group;
+``depthwise`` — ``yes`` to include depthwise convs (default ``no``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch.nn as nn
+
+from tvm_structconv.structure import Structure
+
+__all__ = ["Rule", "Plan", "PlanError", "structurable_layers"]
+
+
+class PlanError(ValueError):
+    """A plan that cannot be parsed or does not fit a layer."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Structure for every layer of one kind.
+
+    Attributes
+    ----------
+    kernel_size
+        ``(Nh, Nw)`` of the convs this rule matches, or ``None`` for Linear layers.
+    channel_fraction
+        Reduced channels per group as a fraction of the layer's channels per group
+        (``Fraction(1, 2)`` for ``c = C/2``); ignored when ``channels`` is set.
+    channels
+        Absolute reduced channels per group, or ``None``.
+    reduced_kernel_size
+        ``(nh, nw)``, or ``None`` to keep the kernel size.
+    min_channels
+        Layers with fewer input channels per group are left alone.
+    depthwise
+        Whether depthwise convs (one input channel per group) match.
+    """
+
+    kernel_size: Optional[Tuple[int, int]]
+    channel_fraction: Fraction = Fraction(1)
+    channels: Optional[int] = None
+    reduced_kernel_size: Optional[Tuple[int, int]] = None
+    min_channels: int = 1
+    depthwise: bool = False
+
+    def matches(self, layer: nn.Module) -> bool:
+        """Whether ``layer`` is of this rule's kind."""
+        if self.kernel_size is None:
+            return isinstance(layer, nn.Linear)
+        if not isinstance(layer, nn.Conv2d) or tuple(layer.kernel_size) != self.kernel_size:
+            return False
+        per_group = layer.in_channels // layer.groups
+        if per_group == 1 and layer.groups > 1 and not self.depthwise:
+            return False
+        return per_group >= self.min_channels
+
+    def structure_for(self, layer: nn.Module) -> Structure:
+        """The structure this rule gives ``layer`` (which it must match)."""
+        groups = getattr(layer, "groups", 1)
+        in_channels = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+        kernel = tuple(layer.kernel_size) if isinstance(layer, nn.Conv2d) else (1, 1)
+        per_group = in_channels // groups
+        if self.channels is not None:
+            reduced = self.channels
+        else:
+            reduced = max(1, int(per_group * self.channel_fraction))
+        if reduced > per_group:
+            raise PlanError(
+                f"rule asks for c={reduced} per group, the layer has only {per_group}"
+            )
+        return Structure(
+            in_channels, kernel, reduced * groups, self.reduced_kernel_size or kernel, groups
+        )
+
+
+@dataclass
+class Plan:
+    """Rules plus per-layer overrides.
+
+    Attributes
+    ----------
+    rules
+        Tried in order; the first that matches a layer gives its structure.
+    layers
+        ``{module name: (reduced_channels total, (nh, nw))}`` or ``None`` to exclude a layer;
+        takes precedence over the rules.
+    """
+
+    rules: List[Rule] = field(default_factory=list)
+    layers: Dict[str, Optional[Tuple[int, Tuple[int, int]]]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "Plan":
+        """Parse rule syntax such as ``"3x3:n=2,c=C/2;1x1:c=C/2,min_channels=64"``."""
+        rules = [_parse_rule(part.strip()) for part in text.split(";") if part.strip()]
+        if not rules:
+            raise PlanError(f"plan {text!r} has no rule")
+        return cls(rules=rules)
+
+    def structure_for(self, name: str, layer: nn.Module) -> Optional[Structure]:
+        """The structure for the layer called ``name``, or ``None`` if the plan leaves it alone."""
+        if name in self.layers:
+            entry = self.layers[name]
+            if entry is None:
+                return None
+            reduced_channels, reduced_kernel = entry
+            groups = getattr(layer, "groups", 1)
+            if isinstance(layer, nn.Conv2d):
+                return Structure(
+                    layer.in_channels, tuple(layer.kernel_size), reduced_channels,
+                    reduced_kernel, groups,
+                )
+            return Structure(layer.in_features, 1, reduced_channels, reduced_kernel)
+        for rule in self.rules:
+            if rule.matches(layer):
+                return rule.structure_for(layer)
+        return None
+
+    def apply(self, model: nn.Module) -> Dict[str, Structure]:
+        """``{module name: structure}`` for every layer of ``model`` the plan structures.
+
+        Layers whose structure would reduce nothing are left out.
+
+        Raises
+        ------
+        PlanError
+            If a per-layer entry names no Conv2d or Linear of ``model``.
+        """
+        layers = dict(structurable_layers(model))
+        unknown = sorted(set(self.layers) - set(layers))
+        if unknown:
+            raise PlanError(f"plan names layers the model does not have: {', '.join(unknown)}")
+        planned = {}
+        for name, layer in layers.items():
+            structure = self.structure_for(name, layer)
+            if structure is not None and not structure.is_trivial:
+                planned[name] = structure
+        return planned
+
+
+def structurable_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
+    """``(name, module)`` for every ``nn.Conv2d`` and ``nn.Linear`` of ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            yield name, module
+
+
+_KIND = re.compile(r"^(?:(\d+)x(\d+)|linear)$")
+
+
+def _parse_pair(text: str, what: str) -> Tuple[int, int]:
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+    if not match:
+        raise PlanError(f"{what} must be an int or HxW, got {text!r}")
+    first = int(match.group(1))
+    return first, int(match.group(2) or first)
+
+
+def _parse_rule(text: str) -> Rule:
+    kind, _, options = text.partition(":")
+    match = _KIND.match(kind.strip().lower())
+    if not match:
+        raise PlanError(f"rule {text!r}: kind must be HxW (e.g. 3x3) or 'linear', got {kind!r}")
+    kernel = (int(match.group(1)), int(match.group(2))) if match.group(1) else None
+    values: Dict[str, object] = {"kernel_size": kernel}
+    for option in filter(None, (o.strip() for o in options.split(","))):
+        key, eq, value = option.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq:
+            raise PlanError(f"rule {text!r}: option {option!r} is not key=value")
+        if key == "c":
+            if value == "C":
+                values["channel_fraction"] = Fraction(1)
+            elif value.startswith("C/"):
+                divisor = value[2:]
+                if not divisor.isdigit() or int(divisor) < 1:
+                    raise PlanError(f"rule {text!r}: c={value!r} needs a positive divisor")
+                values["channel_fraction"] = Fraction(1, int(divisor))
+            elif value.isdigit() and int(value) >= 1:
+                values["channels"] = int(value)
+            else:
+                raise PlanError(f"rule {text!r}: c must be C, C/k or a positive int, got {value!r}")
+        elif key == "n":
+            values["reduced_kernel_size"] = None if value == "N" else _parse_pair(value, "n")
+        elif key == "min_channels":
+            if not value.isdigit():
+                raise PlanError(f"rule {text!r}: min_channels must be an int, got {value!r}")
+            values["min_channels"] = int(value)
+        elif key == "depthwise":
+            if value not in ("yes", "no"):
+                raise PlanError(f"rule {text!r}: depthwise must be yes or no, got {value!r}")
+            values["depthwise"] = value == "yes"
+        else:
+            raise PlanError(
+                f"rule {text!r}: unknown option {key!r} (known: c, n, min_channels, depthwise)"
+            )
+    return Rule(**values)  # type: ignore[arg-type]
