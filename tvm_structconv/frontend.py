@@ -1,0 +1,208 @@
+"""Import models into Relax with their weights bound as named constants and their manifest.
+
+Three sources: an ONNX file, a ``torch.export`` program saved as ``.pt2``, or an in-memory
+``nn.Module`` with an example input. Each gives an :class:`ImportedModel`: the ``IRModule``
+(weights bound as constants), ``weight_names`` mapping each weight constant to its
+``state_dict`` name, and the manifest, taken from (in this order) the argument, a sidecar
+``<model stem>.manifest.json`` next to the file, or the ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+
+from tvm_structconv.manifest import Manifest
+
+__all__ = ["FrontendError", "ImportedModel", "InputSpec", "load_model", "sidecar_path"]
+
+
+class FrontendError(ValueError):
+    """A model that cannot be found, read or imported; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Name, static shape and dtype of one model input."""
+
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str
+
+    def random(self, seed: int = 0) -> np.ndarray:
+        """A deterministic random input of this spec (standard normal, or small ints)."""
+        rng = np.random.default_rng(seed)
+        if np.issubdtype(np.dtype(self.dtype), np.integer):
+            return rng.integers(0, 10, size=self.shape).astype(self.dtype)
+        return rng.standard_normal(self.shape).astype(self.dtype)
+
+
+@dataclass
+class ImportedModel:
+    """A model imported into Relax.
+
+    Attributes
+    ----------
+    mod
+        ``main`` takes the model inputs; every weight is a bound ``relax`` constant.
+    weight_names
+        ``{weight constant: state_dict name}`` (constants hash by identity).
+    manifest
+        The recorded structure, or an empty manifest when none was found.
+    manifest_origin
+        Where the manifest came from (``"sidecar m.manifest.json"``, ``"ONNX metadata"``,
+        ``"argument"``) or ``"none"``.
+    inputs
+        The model inputs.
+    kind
+        ``"onnx"``, ``"pt2"`` or ``"torch"``.
+    source
+        The file, or the module's class name.
+    """
+
+    mod: tvm.IRModule
+    weight_names: Dict[tvm.ir.Constant, str]
+    manifest: Manifest
+    manifest_origin: str
+    inputs: List[InputSpec]
+    kind: str
+    source: str
+    notes: List[str] = field(default_factory=list)
+
+
+def sidecar_path(model_path: Union[str, os.PathLike]) -> Path:
+    """Where the manifest of ``model_path`` lives as a sidecar: ``<stem>.manifest.json``."""
+    path = Path(model_path)
+    return path.with_name(path.stem + ".manifest.json")
+
+
+def load_model(
+    model: Union[str, os.PathLike, torch.nn.Module, "torch.export.ExportedProgram"],
+    example_input: Optional[torch.Tensor] = None,
+    manifest: Union[None, Manifest, str, os.PathLike] = None,
+) -> ImportedModel:
+    """Import ``model`` (ONNX path, ``.pt2`` path, ``nn.Module`` or ``ExportedProgram``).
+
+    Parameters
+    ----------
+    model
+        What to import; an ``nn.Module`` needs ``example_input``.
+    example_input
+        Example input for tracing an ``nn.Module`` with ``torch.export``.
+    manifest
+        A :class:`Manifest` or the path of a manifest JSON file; when ``None`` the sidecar
+        file or the ONNX metadata is used if present.
+
+    Raises
+    ------
+    FrontendError
+        If the file is missing, of an unknown kind, or cannot be imported.
+    ManifestError
+        If a given or found manifest is malformed.
+    """
+    explicit = Manifest.load(manifest) if isinstance(manifest, (str, os.PathLike)) else manifest
+    origin = "argument" if explicit is not None else "none"
+    if isinstance(model, torch.nn.Module):
+        if example_input is None:
+            raise FrontendError("importing an nn.Module needs an example input")
+        program = _export(model, example_input)
+        imported = _from_exported_program(program, type(model).__name__, "torch")
+    elif isinstance(model, torch.export.ExportedProgram):
+        imported = _from_exported_program(model, "ExportedProgram", "torch")
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise FrontendError(f"model file not found: {path}")
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            imported = _from_onnx(path)
+        elif suffix == ".pt2":
+            try:
+                program = torch.export.load(str(path))
+            except Exception as error:  # torch raises many kinds for a bad archive
+                raise FrontendError(f"cannot load {path} as a torch.export program: {error}") from None
+            imported = _from_exported_program(program, str(path), "pt2")
+        else:
+            raise FrontendError(f"unknown model kind {suffix!r} for {path}: expected .onnx or .pt2")
+        if explicit is None:
+            sidecar = sidecar_path(path)
+            if sidecar.is_file():
+                explicit, origin = Manifest.load(sidecar), f"sidecar {sidecar}"
+            elif suffix == ".onnx":
+                explicit = Manifest.from_onnx(path)
+                origin = "ONNX metadata" if explicit is not None else "none"
+    imported.manifest = explicit if explicit is not None else Manifest({}, "<no manifest>")
+    imported.manifest_origin = origin
+    return imported
+
+
+def _export(module: torch.nn.Module, example_input: torch.Tensor) -> "torch.export.ExportedProgram":
+    module = module.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(module, (example_input,))
+    except Exception as error:
+        raise FrontendError(f"torch.export failed for {type(module).__name__}: {error}") from None
+
+
+def _from_exported_program(program, source: str, kind: str) -> ImportedModel:
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mod = from_exported_program(program, keep_params_as_input=True)
+    except Exception as error:
+        raise FrontendError(f"TVM cannot import {source}: {error}") from None
+    # parameters become function inputs named after their placeholders (p_layer1_0_conv1_weight)
+    names = dict(program.graph_signature.inputs_to_parameters)
+    return _bind(mod, lambda var_name: names.get(var_name, var_name), source, kind)
+
+
+def _from_onnx(path: Path) -> ImportedModel:
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as error:
+        raise FrontendError(f"cannot read {path} as ONNX: {error}") from None
+    try:
+        mod = from_onnx(model, keep_params_in_input=True)
+    except Exception as error:
+        raise FrontendError(f"TVM cannot import {path}: {error}") from None
+    # parameters keep their initializer names (torch state_dict names when exported without
+    # constant folding; the exporter's own names such as onnx::Conv_14 otherwise)
+    return _bind(mod, lambda var_name: var_name, str(path), "onnx")
+
+
+def _bind(mod: tvm.IRModule, weight_name, source: str, kind: str) -> ImportedModel:
+    """Detach the parameters of ``main`` and bind them back as constants, recording names."""
+    mod, params = relax.frontend.detach_params(mod)
+    main = mod["main"]
+    num_inputs = int(main.attrs["num_input"]) if "num_input" in main.attrs else (
+        len(main.params) - len(params.get("main", []))
+    )
+    bindings, names = {}, {}
+    for var, value in zip(main.params[num_inputs:], params.get("main", [])):
+        constant = relax.const(value.numpy())
+        bindings[var] = constant
+        names[constant] = weight_name(var.name)
+    mod = relax.transform.BindParams("main", bindings)(mod)
+    inputs = []
+    for var in mod["main"].params:
+        shape = var.ty.shape
+        if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+            raise FrontendError(f"{source}: input {var.name!r} has a dynamic shape {shape}; "
+                                "export the model with a static input shape")
+        inputs.append(InputSpec(var.name, tuple(int(d) for d in shape), str(var.ty.dtype)))
+    return ImportedModel(mod, names, Manifest({}), "none", inputs, kind, source)

@@ -1,0 +1,321 @@
+"""Rewrite every conv2d / linear with a recorded structure into sum-pool + reduced op.
+
+Matches, in each Relax function:
+
+* ``relax.nn.conv2d(x, W)`` with ``W`` a constant, NCHW data and OIHW kernel;
+* ``relax.matmul(x, relax.permute_dims(W, [1, 0]))`` with ``W`` a 2-D constant (a Linear layer
+  as both the torch and the ONNX frontends import it).
+
+For a layer whose weight has a recorded structure it checks the residual, decomposes
+``alpha = A⁺W`` and replaces the call with ``call_tir`` of the TE compute
+:func:`tvm_structconv.ops.structured_conv2d` (or ``structured_dense``). Every other conv or
+linear layer is left as it is and reported with the reason. A weight that does not satisfy
+its recorded structure raises :class:`StructureMismatchError`: never wrong code, never a
+silent skip.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from tvm_structconv import ops
+from tvm_structconv.manifest import Manifest, ManifestError, detect
+from tvm_structconv.structure import Structure
+
+__all__ = [
+    "LayerReport",
+    "RewriteReport",
+    "RewriteStructuredConv",
+    "StructureMismatchError",
+    "default_tolerance",
+]
+
+CONV2D = is_op("relax.nn.conv2d")(wildcard(), wildcard())
+LINEAR = is_op("relax.matmul")(wildcard(), is_op("relax.permute_dims")(is_const()))
+
+
+class StructureMismatchError(ValueError):
+    """A layer's weights do not satisfy the structure recorded for it."""
+
+
+def default_tolerance(dtype: str) -> float:
+    """Residual tolerance for weights of ``dtype``: 100 × its machine epsilon (fp32: 1.2e-5).
+
+    A structured fp32 kernel, rounded once to fp32 and scaled per output channel (BatchNorm
+    folding), has a residual near ``eps``; a kernel that merely resembles a structured one has
+    one many orders of magnitude larger.
+    """
+    return 100.0 * float(np.finfo(np.dtype(dtype)).eps)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What the pass did with one conv or linear layer.
+
+    Attributes
+    ----------
+    name
+        The weight's name in the model (``layer1.0.conv1.weight``), or a description of an
+        unnamed weight (``conv2d #3 (64x64x3x3)``).
+    kind
+        ``"conv2d"`` or ``"linear"``.
+    rewritten
+        Whether it now runs as sum-pool + reduced op.
+    reason
+        Why it was skipped, or how its structure was found (``"manifest"`` or
+        ``"matched by value"``).
+    structure
+        The structure used (or recorded), if any.
+    residual
+        The weight's residual under ``structure``.
+    macs_before, macs_after
+        MACs of the layer before and after the rewrite (equal when skipped).
+    """
+
+    name: str
+    kind: str
+    rewritten: bool
+    reason: str
+    structure: Optional[Structure] = None
+    residual: Optional[float] = None
+    macs_before: int = 0
+    macs_after: int = 0
+
+
+@dataclass
+class RewriteReport:
+    """Per-layer outcome of :class:`RewriteStructuredConv`, in program order."""
+
+    layers: List[LayerReport] = field(default_factory=list)
+    unmatched: List[str] = field(default_factory=list)
+
+    @property
+    def rewritten(self) -> List[LayerReport]:
+        """The layers that were rewritten."""
+        return [layer for layer in self.layers if layer.rewritten]
+
+    @property
+    def skipped(self) -> List[LayerReport]:
+        """The layers that were left alone."""
+        return [layer for layer in self.layers if not layer.rewritten]
+
+    @property
+    def macs_before(self) -> int:
+        """Total MACs of all reported layers before the rewrite."""
+        return sum(layer.macs_before for layer in self.layers)
+
+    @property
+    def macs_after(self) -> int:
+        """Total MACs of all reported layers after the rewrite."""
+        return sum(layer.macs_after for layer in self.layers)
+
+    def format(self) -> str:
+        """A human-readable table: one line per layer, then the totals."""
+        lines = [f"{'layer':<40} {'kind':<7} {'C/N -> c/n':<26} {'MACs before':>13} "
+                 f"{'MACs after':>13}  status"]
+        for layer in self.layers:
+            if layer.structure is not None:
+                s = layer.structure
+                change = (f"{s.in_channels}/{s.kernel_size[0]}x{s.kernel_size[1]} -> "
+                          f"{s.reduced_channels}/{s.reduced_kernel_size[0]}x"
+                          f"{s.reduced_kernel_size[1]}")
+            else:
+                change = "-"
+            status = f"rewritten ({layer.reason})" if layer.rewritten else f"skipped: {layer.reason}"
+            lines.append(f"{layer.name:<40} {layer.kind:<7} {change:<26} "
+                         f"{layer.macs_before:>13,} {layer.macs_after:>13,}  {status}")
+        for name in self.unmatched:
+            lines.append(f"{name:<40} manifest entry matched no weight of the model")
+        ratio = self.macs_before / self.macs_after if self.macs_after else float("nan")
+        lines.append(f"{len(self.rewritten)} of {len(self.layers)} layers rewritten; "
+                     f"conv/linear MACs {self.macs_before:,} -> {self.macs_after:,} ({ratio:.2f}x)")
+        return "\n".join(lines)
+
+
+@tvm.transform.module_pass(opt_level=0, name="RewriteStructuredConv")
+class RewriteStructuredConv:
+    """The structured-conv rewrite as a module pass; after it runs, ``report`` says what it did.
+
+    Parameters
+    ----------
+    manifest
+        Recorded structures keyed by weight name.
+    weight_names
+        ``{weight constant: weight name}``, as the frontend and the BatchNorm fold leave it
+        (Relax constants hash by identity).
+    tol
+        Largest accepted relative residual; ``None`` picks :func:`default_tolerance` of each
+        weight's dtype.
+    match_by_value
+        Also look for a structure (:func:`~tvm_structconv.manifest.detect`) in weights that the
+        manifest does not name, e.g. because an exporter renamed them.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        weight_names: Optional[Mapping[tvm.ir.Constant, str]] = None,
+        tol: Optional[float] = None,
+        match_by_value: bool = False,
+    ) -> None:
+        self.manifest = manifest
+        self.weight_names = weight_names or {}
+        self.tol = tol
+        self.match_by_value = match_by_value
+        self.report = RewriteReport()
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        """Rewrite every Relax function of ``mod``; fill ``self.report``."""
+        rewriter = _StructuredConvMutator(mod, self)
+        for global_var, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                updated = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
+                rewriter.builder_.update_func(global_var, updated)
+        seen = {layer.name for layer in rewriter.report.layers}
+        rewriter.report.unmatched = sorted(set(self.manifest.layers) - seen)
+        self.report = rewriter.report
+        return relax.transform.CanonicalizeBindings()(rewriter.builder_.get())
+
+
+@mutator
+class _StructuredConvMutator(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, options: RewriteStructuredConv) -> None:
+        super().__init__(mod)
+        self.options = options
+        self.report = RewriteReport()
+        self.unnamed = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        if CONV2D.match(call):
+            return self._conv2d(call)
+        var2val = {arg: self.lookup_binding(arg) for arg in call.args[1:2]
+                   if isinstance(arg, relax.Var) and self.lookup_binding(arg) is not None}
+        if LINEAR.match(call, var2val):
+            return self._linear(call, var2val)
+        return call
+
+    # ------------------------------------------------------------------ layers
+    def _conv2d(self, call: relax.Call) -> relax.Expr:
+        data, weight = call.args
+        attrs = call.attrs
+        out_shape = [int(d) for d in call.ty.shape]
+        if not isinstance(weight, tvm.ir.Constant):
+            self._skip("conv2d", f"conv2d #{self._next_unnamed()}", "weight is not a constant")
+            return call
+        kernel = weight.value.numpy()
+        name = self._name(weight, "conv2d", kernel.shape)
+        groups = int(attrs.groups)
+        original_macs = int(np.prod(kernel.shape)) * out_shape[0] * int(np.prod(out_shape[2:]))
+        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
+        if layouts != ("NCHW", "OIHW", "NCHW"):
+            self._skip("conv2d", name, f"layout {'/'.join(layouts)} is not NCHW/OIHW/NCHW",
+                       original_macs)
+            return call
+        structure, reason = self._structure(name, kernel, groups)
+        if structure is None:
+            self._skip("conv2d", name, reason, original_macs)
+            return call
+        alpha, residual = self._checked_alpha(name, kernel, structure)
+        out_dtype = call.ty.dtype
+        compute = functools.partial(
+            ops.structured_conv2d,
+            structure=structure,
+            strides=[int(s) for s in attrs.strides],
+            padding=[int(p) for p in attrs.padding],
+            dilation=[int(d) for d in attrs.dilation],
+            out_dtype=out_dtype,
+        )
+        self._record("conv2d", name, reason, structure, residual, original_macs,
+                     int(np.prod(alpha.shape)) * out_shape[0] * int(np.prod(out_shape[2:])))
+        return self.builder_.call_te(compute, data, relax.const(alpha),
+                                     primfunc_name_hint="structured_conv2d")
+
+    def _linear(self, call: relax.Call, var2val: Dict[relax.Var, relax.Expr]) -> relax.Expr:
+        data, transposed = call.args
+        transpose = var2val.get(transposed, transposed)
+        weight = transpose.args[0]
+        axes = transpose.attrs.axes
+        kernel = weight.value.numpy()
+        if kernel.ndim != 2 or (axes is not None and [int(a) for a in axes] != [1, 0]):
+            return call
+        name = self._name(weight, "linear", kernel.shape)
+        out_shape = [int(d) for d in call.ty.shape]
+        rows = int(np.prod(out_shape[:-1]))
+        original_macs = int(np.prod(kernel.shape)) * rows
+        structure, reason = self._structure(name, kernel, 1)
+        if structure is None:
+            self._skip("linear", name, reason, original_macs)
+            return call
+        alpha, residual = self._checked_alpha(name, kernel, structure)
+        compute = functools.partial(ops.structured_dense, structure=structure,
+                                    out_dtype=call.ty.dtype)
+        self._record("linear", name, reason, structure, residual, original_macs,
+                     int(np.prod(alpha.shape)) * rows)
+        return self.builder_.call_te(compute, data, relax.const(alpha),
+                                     primfunc_name_hint="structured_dense")
+
+    # ------------------------------------------------------------------ helpers
+    def _name(self, weight: tvm.ir.Constant, kind: str, shape: Tuple[int, ...]) -> str:
+        name = self.options.weight_names.get(weight)
+        if name is None:
+            name = f"{kind} #{self._next_unnamed()} ({'x'.join(map(str, shape))})"
+        return name
+
+    def _next_unnamed(self) -> int:
+        self.unnamed += 1
+        return self.unnamed
+
+    def _tolerance(self, kernel: np.ndarray) -> float:
+        return self.options.tol if self.options.tol is not None else default_tolerance(kernel.dtype)
+
+    def _structure(self, name: str, kernel: np.ndarray, groups: int) -> Tuple[Optional[Structure], str]:
+        """The structure to use for this weight and where it came from, or why there is none."""
+        spec = self.options.manifest.layers.get(name)
+        if spec is not None:
+            try:
+                structure = spec.structure(kernel.shape, groups)
+            except ValueError as error:
+                raise ManifestError(
+                    f"{self.options.manifest.source}: {name!r} does not fit its weight of shape "
+                    f"{kernel.shape} (groups={groups}): {error}"
+                ) from None
+            if structure.is_trivial:
+                return None, "recorded structure reduces nothing (c = C, n = N)"
+            return structure, "manifest"
+        if self.options.match_by_value:
+            found = detect(kernel, self._tolerance(kernel), groups)
+            if found is not None:
+                return found, "matched by value"
+            return None, "no recorded structure and none detected"
+        return None, "no recorded structure"
+
+    def _checked_alpha(self, name: str, kernel: np.ndarray,
+                       structure: Structure) -> Tuple[np.ndarray, float]:
+        """``alpha`` in the weight's dtype and the residual; refuses a weight off its structure."""
+        tolerance = self._tolerance(kernel)
+        exact = kernel.astype(np.float64)
+        residual = structure.residual(exact)
+        if residual > tolerance:
+            raise StructureMismatchError(
+                f"layer {name!r}: weights do not satisfy the recorded {structure}: "
+                f"residual {residual:.3e} > tolerance {tolerance:.1e}"
+            )
+        return structure.decompose(exact).astype(kernel.dtype), residual
+
+    def _skip(self, kind: str, name: str, reason: str, macs: int = 0) -> None:
+        self.report.layers.append(LayerReport(name, kind, False, reason, None, None, macs, macs))
+
+    def _record(self, kind: str, name: str, reason: str, structure: Structure,
+                residual: float, macs_before: int, macs_after: int) -> None:
+        self.report.layers.append(
+            LayerReport(name, kind, True, reason, structure, residual, macs_before, macs_after)
+        )
