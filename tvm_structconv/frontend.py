@@ -20,9 +20,10 @@ import torch
 import tvm
 from tvm import relax
 
+from tvm_structconv.export import sidecar_path
 from tvm_structconv.manifest import Manifest
 
-__all__ = ["FrontendError", "ImportedModel", "InputSpec", "load_model", "sidecar_path"]
+__all__ = ["FrontendError", "ImportedModel", "InputSpec", "load_model"]
 
 
 class FrontendError(ValueError):
@@ -76,12 +77,6 @@ class ImportedModel:
     kind: str
     source: str
     notes: List[str] = field(default_factory=list)
-
-
-def sidecar_path(model_path: Union[str, os.PathLike]) -> Path:
-    """Where the manifest of ``model_path`` lives as a sidecar: ``<stem>.manifest.json``."""
-    path = Path(model_path)
-    return path.with_name(path.stem + ".manifest.json")
 
 
 def load_model(
@@ -177,7 +172,9 @@ def _from_onnx(path: Path) -> ImportedModel:
     except Exception as error:
         raise FrontendError(f"cannot read {path} as ONNX: {error}") from None
     try:
-        mod = from_onnx(model, keep_params_in_input=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the importer warns for every renamed tensor
+            mod = from_onnx(model, keep_params_in_input=True)
     except Exception as error:
         raise FrontendError(f"TVM cannot import {path}: {error}") from None
     # parameters keep their initializer names (torch state_dict names when exported without

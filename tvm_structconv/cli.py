@@ -1,0 +1,269 @@
+"""The ``structconv`` command: demo, export, compile, verify and the built-in model list."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+class Progress:
+    """Numbered progress lines on stderr with the time each step took."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.step = 0
+
+    def run(self, message: str, action: Callable):
+        """Print ``[k/total] message …``, run ``action()``, print its duration; return its result."""
+        self.step += 1
+        print(f"[{self.step}/{self.total}] {message} ...", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        result = action()
+        print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        return result
+
+
+# --------------------------------------------------------------------------- helpers
+def _load(args: argparse.Namespace):
+    from tvm_structconv.frontend import load_model
+
+    return load_model(args.model, manifest=args.manifest)
+
+
+def _reference_outputs(imported, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """The model's outputs from an independent runtime: onnxruntime for ONNX, torch for .pt2."""
+    if imported.kind == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(imported.source, providers=["CPUExecutionProvider"])
+        feeds = {spec.name: array for spec, array in zip(session.get_inputs(), inputs)}
+        return list(session.run(None, feeds))
+    import torch
+
+    program = torch.export.load(imported.source)
+    with torch.no_grad():
+        result = program.module()(*(torch.from_numpy(a) for a in inputs))
+    flat = result if isinstance(result, (tuple, list)) else [result]
+    return [tensor.numpy() for tensor in flat]
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="an ONNX file or a torch.export program (.pt2)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--manifest", help="manifest JSON (default: <stem>.manifest.json next to "
+                        "the model, else the ONNX metadata)")
+    source.add_argument("--detect", action="store_true",
+                        help="find structures in the weights by value instead of a manifest")
+    parser.add_argument("--target", default="x86", help="x86 (default), aarch64 or cuda")
+    parser.add_argument("--tol", type=float, default=None,
+                        help="largest accepted weight residual (default: 100 x the dtype's eps)")
+
+
+# --------------------------------------------------------------------------- subcommands
+def cmd_models(args: argparse.Namespace) -> int:
+    from tvm_structconv.models import create_structured, list_models
+
+    for name in list_models():
+        cost = create_structured(name, image_size=args.image_size).cost()
+        print(f"{name:<14} {cost.summary()}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tvm_structconv.export import export
+    from tvm_structconv.models import create_structured
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    built = create_structured(args.name, plan=args.plan, seed=args.seed, image_size=args.image_size)
+    for suffix in (".onnx", ".pt2"):
+        path = out / f"{args.name}{suffix}"
+        export(built.model, path, built.example_input, built.manifest)
+        print(path)
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from tvm_structconv.build import compile_model
+
+    imported = _load(args)
+    compiled = compile_model(imported, args.target, structured=not args.original, tol=args.tol,
+                             match_by_value=args.detect)
+    for note in compiled.notes:
+        print(f"note: {note}")
+    print(f"manifest: {imported.manifest_origin}; BatchNorm folded into {len(compiled.folded)} convs")
+    if compiled.report is not None:
+        print(compiled.report.format())
+    compiled.export(args.output)
+    print(f"wrote {args.output} ({compiled.target})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tvm_structconv.build import compile_model, max_errors
+
+    imported = _load(args)
+    inputs = [spec.random(args.seed) for spec in imported.inputs]
+    expected = _reference_outputs(imported, inputs)
+    oracle = "onnxruntime" if imported.kind == "onnx" else "torch"
+    worst = 0.0
+    for structured in (False, True):
+        compiled = compile_model(imported, args.target, structured=structured, tol=args.tol,
+                                 match_by_value=args.detect)
+        absolute, relative = max_errors(compiled.run(*inputs), expected)
+        worst = max(worst, relative)
+        label = "structured" if structured else "original"
+        extra = f" ({len(compiled.report.rewritten)} layers rewritten)" if structured else ""
+        print(f"{label:<10} vs {oracle}: max abs error {absolute:.3e}, max rel error "
+              f"{relative:.3e}{extra}")
+    if worst > args.rtol:
+        print(f"FAILED: relative error {worst:.3e} > {args.rtol:.1e}")
+        return 1
+    print(f"OK: both builds match {oracle} within {args.rtol:.1e}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tvm_structconv.bench import measure_latency
+    from tvm_structconv.build import compile_model, max_errors, prepare_module
+    from tvm_structconv.export import export
+    from tvm_structconv.frontend import load_model
+    from tvm_structconv.models import create_structured
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="structconv-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(7)
+    built = progress.run(f"building structured {args.model} ({args.image_size}px)",
+                         lambda: create_structured(args.model, image_size=args.image_size))
+    onnx_path, pt2_path = workdir / f"{args.model}.onnx", workdir / f"{args.model}.pt2"
+
+    def export_both():
+        export(built.model, onnx_path, built.example_input, built.manifest)
+        export(built.model, pt2_path, built.example_input, built.manifest)
+
+    progress.run(f"exporting {onnx_path.name} and {pt2_path.name} to {workdir}", export_both)
+    imported = progress.run("importing the ONNX model into Relax", lambda: load_model(onnx_path))
+    pt2_report = progress.run(
+        "importing the .pt2 program and rewriting it (check)",
+        lambda: prepare_module(load_model(pt2_path))[1],
+    )
+    original = progress.run("compiling the original model for this CPU",
+                            lambda: compile_model(imported, "x86", structured=False))
+    structured = progress.run("compiling the structured model for this CPU",
+                              lambda: compile_model(imported, "x86", structured=True))
+    inputs = [built.example_input.numpy()]
+    expected = _reference_outputs(imported, inputs)
+    errors = {label: max_errors(model.run(*inputs), expected)
+              for label, model in (("original", original), ("structured", structured))}
+
+    def time_both():
+        rounds = {"original": None, "structured": None}
+        for _ in range(args.rounds):  # interleaved, so drift hits both alike
+            for label, model in (("original", original), ("structured", structured)):
+                latency = measure_latency(model, inputs, repeat=args.repeat)
+                rounds[label] = latency if rounds[label] is None else rounds[label].merged(latency)
+        return rounds
+
+    latency = progress.run(f"timing both ({args.rounds} interleaved rounds of {args.repeat})",
+                           time_both)
+    report = structured.report
+    cost = built.cost()
+    print()
+    print(report.format() if args.verbose else
+          f"{len(report.rewritten)} of {len(report.layers)} conv/linear layers rewritten "
+          f"({len(pt2_report.rewritten)} through the .pt2 frontend); "
+          f"BatchNorm folded into {len(structured.folded)} convs")
+    print()
+    header = f"{'':<11}{'params':>10}{'GMAC':>8}{'median ms':>11}{'p90 ms':>9}{'max rel err':>13}"
+    print(f"{args.model}, batch 1, fp32, {structured.target}")
+    print(header)
+    rows = (("original", cost.original_params, cost.original_macs),
+            ("structured", cost.structured_params, cost.structured_macs))
+    for label, params, macs in rows:
+        print(f"{label:<11}{params / 1e6:>9.2f}M{macs / 1e9:>8.2f}"
+              f"{latency[label].median_ms:>11.2f}{latency[label].p90_ms:>9.2f}"
+              f"{errors[label][1]:>13.2e}")
+    speedup = latency["original"].median_ms / latency["structured"].median_ms
+    print(f"speedup {speedup:.2f}x (MAC ratio {cost.mac_ratio:.2f}x); "
+          f"outputs checked against onnxruntime")
+    worst = max(relative for _, relative in errors.values())
+    if worst > args.rtol:
+        print(f"FAILED: relative error {worst:.3e} > {args.rtol:.1e}")
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``structconv``."""
+    parser = argparse.ArgumentParser(
+        prog="structconv",
+        description="Compile models with Structured Convolutions into sum-pool + small-conv "
+                    "kernels with Apache TVM.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="the main job: built-in structured model, exported, "
+                               "compiled original vs structured, checked and timed")
+    demo.add_argument("--model", default="resnet18", help="built-in model (default resnet18)")
+    demo.add_argument("--image-size", type=int, default=224)
+    demo.add_argument("--repeat", type=int, default=5, help="timed repeats per round")
+    demo.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
+    demo.add_argument("--rtol", type=float, default=1e-3,
+                      help="largest accepted output error relative to the output's magnitude")
+    demo.add_argument("--workdir", help="where the exported models go (default: a temp dir)")
+    demo.add_argument("--verbose", action="store_true", help="print the per-layer report")
+    demo.set_defaults(func=cmd_demo)
+
+    models = commands.add_parser("models", help="list the built-in models with their costs")
+    models.add_argument("--image-size", type=int, default=224)
+    models.set_defaults(func=cmd_models)
+
+    export = commands.add_parser("export", help="export a built-in structured model to "
+                                 "ONNX and .pt2 with its manifest")
+    export.add_argument("name", help="built-in model name (see `structconv models`)")
+    export.add_argument("-o", "--output", required=True, help="output folder")
+    export.add_argument("--plan", default="3x3:n=2,c=C", help="structure plan (default %(default)s)")
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--image-size", type=int, default=224)
+    export.set_defaults(func=cmd_export)
+
+    compile_ = commands.add_parser("compile", help="compile a model into a shared library")
+    _add_model_arguments(compile_)
+    compile_.add_argument("-o", "--output", required=True, help="output library (.so)")
+    compile_.add_argument("--original", action="store_true",
+                          help="compile without the structured rewrite (the baseline)")
+    compile_.set_defaults(func=cmd_compile)
+
+    verify = commands.add_parser("verify", help="compile original and structured and compare "
+                                 "both with onnxruntime (ONNX) or torch (.pt2)")
+    _add_model_arguments(verify)
+    verify.add_argument("--rtol", type=float, default=1e-3,
+                        help="largest accepted error relative to the output's magnitude")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    verify.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``structconv``; user errors become one line on stderr and exit status 2."""
+    from tvm_structconv.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        print(f"structconv: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
