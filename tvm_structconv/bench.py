@@ -47,7 +47,7 @@ def measure_latency(
     compiled: CompiledModel,
     inputs: Sequence[np.ndarray],
     repeat: int = 10,
-    min_repeat_ms: float = 100.0,
+    min_repeat_ms: int = 100,
     warmup: int = 1,
 ) -> Latency:
     """Time ``main`` of ``compiled`` on ``inputs``.
@@ -71,6 +71,7 @@ def measure_latency(
     arguments: List[tvm.runtime.Tensor] = [tvm.runtime.tensor(a, device) for a in inputs]
     for _ in range(warmup):
         vm["main"](*arguments)
-    timer = vm.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    timer = vm.time_evaluator("main", device, number=1, repeat=repeat,
+                              min_repeat_ms=int(min_repeat_ms))
     result = timer(*arguments)
     return Latency(tuple(float(seconds) * 1e3 for seconds in result.results))

@@ -34,8 +34,11 @@ class Progress:
 # --------------------------------------------------------------------------- helpers
 def _load(args: argparse.Namespace):
     from tvm_structconv.frontend import load_model
+    from tvm_structconv.manifest import Manifest
 
-    return load_model(args.model, manifest=args.manifest)
+    # --detect looks at the weights alone: no recorded structure is read
+    manifest = Manifest({}, "<--detect>") if args.detect else args.manifest
+    return load_model(args.model, manifest=manifest)
 
 
 def _reference_outputs(imported, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:

@@ -3,8 +3,8 @@
 Three sources: an ONNX file, a ``torch.export`` program saved as ``.pt2``, or an in-memory
 ``nn.Module`` with an example input. Each gives an :class:`ImportedModel`: the ``IRModule``
 (weights bound as constants), ``weight_names`` mapping each weight constant to its
-``state_dict`` name, and the manifest, taken from (in this order) the argument, a sidecar
-``<model stem>.manifest.json`` next to the file, or the ONNX metadata.
+``state_dict`` name, and the manifest, taken from (in this order) the argument, the ONNX
+metadata, or a sidecar ``<model stem>.manifest.json`` next to the file.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def load_model(
     example_input
         Example input for tracing an ``nn.Module`` with ``torch.export``.
     manifest
-        A :class:`Manifest` or the path of a manifest JSON file; when ``None`` the sidecar
-        file or the ONNX metadata is used if present.
+        A :class:`Manifest` or the path of a manifest JSON file; when ``None`` the ONNX
+        metadata or the sidecar file is used if present.
 
     Raises
     ------
@@ -127,13 +127,12 @@ def load_model(
             imported = _from_exported_program(program, str(path), "pt2")
         else:
             raise FrontendError(f"unknown model kind {suffix!r} for {path}: expected .onnx or .pt2")
-        if explicit is None:
-            sidecar = sidecar_path(path)
-            if sidecar.is_file():
-                explicit, origin = Manifest.load(sidecar), f"sidecar {sidecar}"
-            elif suffix == ".onnx":
-                explicit = Manifest.from_onnx(path)
-                origin = "ONNX metadata" if explicit is not None else "none"
+        if explicit is None and suffix == ".onnx":
+            explicit = Manifest.from_onnx(path)
+            origin = "ONNX metadata" if explicit is not None else "none"
+        sidecar = sidecar_path(path)
+        if explicit is None and sidecar.is_file():
+            explicit, origin = Manifest.load(sidecar), f"sidecar {sidecar}"
     imported.manifest = explicit if explicit is not None else Manifest({}, "<no manifest>")
     imported.manifest_origin = origin
     return imported

@@ -2,13 +2,16 @@
 
 Matches, in each Relax function:
 
-* ``relax.nn.conv2d(x, W)`` with ``W`` a constant, NCHW data and OIHW kernel;
+* ``relax.nn.conv2d(x, W)`` with ``W`` a constant, NCHW data and OIHW kernel, or NHWC data
+  and output with any kernel layout and ``W`` a constant or ``permute_dims`` of one (what
+  ``relax.transform.ConvertLayout`` leaves; see :mod:`~tvm_structconv.transform.conv_call`);
 * ``relax.matmul(x, relax.permute_dims(W, [1, 0]))`` with ``W`` a 2-D constant (a Linear layer
   as both the torch and the ONNX frontends import it).
 
 For a layer whose weight has a recorded structure it checks the residual, decomposes
 ``alpha = A⁺W`` and replaces the call with ``call_tir`` of the TE compute
-:func:`tvm_structconv.ops.structured_conv2d` (or ``structured_dense``). Every other conv or
+:func:`tvm_structconv.ops.structured_conv2d` (``structured_conv2d_nhwc`` with ``alpha`` packed
+for an NHWC conv; ``structured_dense`` for a linear layer). Every other conv or
 linear layer is left as it is and reported with the reason. A weight that does not satisfy
 its recorded structure raises :class:`StructureMismatchError`: never wrong code, never a
 silent skip.
@@ -22,6 +25,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -29,6 +33,12 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm_structconv import ops
 from tvm_structconv.manifest import Manifest, ManifestError, detect
 from tvm_structconv.structure import Structure
+from tvm_structconv.transform.conv_call import (
+    BlockSize,
+    default_block_size,
+    emit_conv2d,
+    read_conv2d,
+)
 
 __all__ = [
     "LayerReport",
@@ -44,6 +54,11 @@ LINEAR = is_op("relax.matmul")(wildcard(), is_op("relax.permute_dims")(is_const(
 
 class StructureMismatchError(ValueError):
     """A layer's weights do not satisfy the structure recorded for it."""
+
+
+# Errors raised inside a pass cross TVM's FFI; registered, they come out with their own type.
+tvm_ffi.register_error(StructureMismatchError)
+tvm_ffi.register_error(ManifestError)
 
 
 def default_tolerance(dtype: str) -> float:
@@ -157,6 +172,9 @@ class RewriteStructuredConv:
     match_by_value
         Also look for a structure (:func:`~tvm_structconv.manifest.detect`) in weights that the
         manifest does not name, e.g. because an exporter renamed them.
+    block_size
+        For NHWC convs: the output-channel block ``alpha`` is packed with, per layer
+        (:data:`~tvm_structconv.transform.conv_call.BlockSize`; the target's schedule decides).
     """
 
     def __init__(
@@ -165,8 +183,10 @@ class RewriteStructuredConv:
         weight_names: Optional[Mapping[tvm.ir.Constant, str]] = None,
         tol: Optional[float] = None,
         match_by_value: bool = False,
+        block_size: BlockSize = default_block_size,
     ) -> None:
         self.manifest = manifest
+        self.block_size = block_size
         self.weight_names = weight_names or {}
         self.tol = tol
         self.match_by_value = match_by_value
@@ -205,39 +225,20 @@ class _StructuredConvMutator(PyExprMutator):
 
     # ------------------------------------------------------------------ layers
     def _conv2d(self, call: relax.Call) -> relax.Expr:
-        data, weight = call.args
-        attrs = call.attrs
-        out_shape = [int(d) for d in call.ty.shape]
-        if not isinstance(weight, tvm.ir.Constant):
-            self._skip("conv2d", f"conv2d #{self._next_unnamed()}", "weight is not a constant")
+        conv = read_conv2d(call, self.lookup_binding)
+        if isinstance(conv, str):
+            self._skip("conv2d", self._unsupported_name(call), conv)
             return call
-        kernel = weight.value.numpy()
-        name = self._name(weight, "conv2d", kernel.shape)
-        groups = int(attrs.groups)
-        original_macs = int(np.prod(kernel.shape)) * out_shape[0] * int(np.prod(out_shape[2:]))
-        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout)
-        if layouts != ("NCHW", "OIHW", "NCHW"):
-            self._skip("conv2d", name, f"layout {'/'.join(layouts)} is not NCHW/OIHW/NCHW",
-                       original_macs)
-            return call
-        structure, reason = self._structure(name, kernel, groups)
+        kernel = conv.kernel
+        name = self._name(conv.constant, "conv2d", kernel.shape)
+        structure, reason = self._structure(name, kernel, conv.groups)
         if structure is None:
-            self._skip("conv2d", name, reason, original_macs)
+            self._skip("conv2d", name, reason, conv.macs)
             return call
         alpha, residual = self._checked_alpha(name, kernel, structure)
-        out_dtype = call.ty.dtype
-        compute = functools.partial(
-            ops.structured_conv2d,
-            structure=structure,
-            strides=[int(s) for s in attrs.strides],
-            padding=[int(p) for p in attrs.padding],
-            dilation=[int(d) for d in attrs.dilation],
-            out_dtype=out_dtype,
-        )
-        self._record("conv2d", name, reason, structure, residual, original_macs,
-                     int(np.prod(alpha.shape)) * out_shape[0] * int(np.prod(out_shape[2:])))
-        return self.builder_.call_te(compute, data, relax.const(alpha),
-                                     primfunc_name_hint="structured_conv2d")
+        self._record("conv2d", name, reason, structure, residual, conv.macs,
+                     int(np.prod(alpha.shape)) * conv.pixels)
+        return emit_conv2d(self.builder_, conv, alpha, structure, self.options.block_size)
 
     def _linear(self, call: relax.Call, var2val: Dict[relax.Var, relax.Expr]) -> relax.Expr:
         data, transposed = call.args
@@ -269,6 +270,13 @@ class _StructuredConvMutator(PyExprMutator):
         if name is None:
             name = f"{kind} #{self._next_unnamed()} ({'x'.join(map(str, shape))})"
         return name
+
+    def _unsupported_name(self, call: relax.Call) -> str:
+        """The weight's name if it is a named constant, else a numbered description."""
+        weight = call.args[1]
+        if isinstance(weight, tvm.ir.Constant):
+            return self._name(weight, "conv2d", tuple(weight.value.shape))
+        return f"conv2d #{self._next_unnamed()}"
 
     def _next_unnamed(self) -> int:
         self.unnamed += 1

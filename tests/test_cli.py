@@ -1,0 +1,110 @@
+"""The structconv command end to end: compile, verify, export, demo and its one-line errors."""
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+import torch.nn as nn
+import tvm
+from tvm import relax
+
+from tvm_structconv.cli import main
+from tvm_structconv.export import export
+from tvm_structconv.manifest import LayerSpec, Manifest
+from tvm_structconv.structure import Structure
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small structured conv net exported to ONNX (manifest inside) and .pt2 (sidecar)."""
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, stride=2), nn.Flatten(), nn.Linear(72, 5)).eval()
+    structures = {"0.weight": Structure(4, 3, 2, 2), "3.weight": Structure(8, 3, 8, 2)}
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 1.5)
+        for name, structure in structures.items():
+            weight = dict(model.named_parameters())[name]
+            weight.copy_(torch.from_numpy(structure.project(weight.double().numpy())))
+    x = torch.randn(1, 4, 8, 8)
+    manifest = Manifest.from_structures(structures)
+    export(model, folder / "net.onnx", x, manifest)
+    export(model, folder / "net.pt2", x, manifest)
+    return folder, x
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    for command in ("demo", "models", "export", "compile", "verify"):
+        assert command in usage
+
+
+def test_compile_writes_a_loadable_library(exported, tmp_path, capsys):
+    folder, x = exported
+    library = tmp_path / "net.so"
+    assert main(["compile", str(folder / "net.onnx"), "-o", str(library)]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 3 layers rewritten" in out and "manifest: ONNX metadata" in out
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    session = onnxruntime.InferenceSession(str(folder / "net.onnx"), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, oracle", [("net.onnx", "onnxruntime"), ("net.pt2", "torch")])
+def test_verify_compares_both_builds_with_the_oracle(exported, capsys, name, oracle):
+    folder, _ = exported
+    assert main(["verify", str(folder / name)]) == 0
+    out = capsys.readouterr().out
+    assert f"original   vs {oracle}" in out and f"structured vs {oracle}" in out
+    assert "(2 layers rewritten)" in out and out.rstrip().endswith(f"within 1.0e-03")
+
+
+def test_detect_finds_structures_without_a_manifest(exported, tmp_path, capsys):
+    folder, _ = exported
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"format": "structconv/1", "layers": {}}))
+    assert main(["compile", str(folder / "net.pt2"), "--manifest", str(empty), "-o",
+                 str(tmp_path / "a.so")]) == 0
+    assert "0 of 3 layers rewritten" in capsys.readouterr().out
+    assert main(["compile", str(folder / "net.pt2"), "--detect", "-o", str(tmp_path / "b.so")]) == 0
+    assert "rewritten (matched by value)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["compile", "missing.onnx", "-o", "x.so"], "model file not found: missing.onnx"),
+        (["compile", "{folder}/net.onnx", "--target", "tpu", "-o", "x.so"], "unknown target 'tpu'; known targets: aarch64, cuda, x86"),
+        (["verify", "{folder}/net.pt2", "--manifest", "{folder}/wrong.json"], "layer '0.weight': weights do not satisfy"),
+        (["verify", "{folder}/net.pt2", "--manifest", "{folder}/broken.json"], "broken.json: not valid JSON"),
+        (["verify", "{folder}/net.txt"], "unknown model kind '.txt'"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(exported, capsys, arguments, message):
+    folder, _ = exported
+    Manifest({"0.weight": LayerSpec(1, (2, 2))}).save(folder / "wrong.json")
+    (folder / "broken.json").write_text("{")
+    (folder / "net.txt").write_text("")
+    status = main([argument.format(folder=folder) for argument in arguments])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("structconv: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_demo_runs_small(tmp_path, capsys):
+    status = main(["demo", "--image-size", "32", "--repeat", "2", "--rounds", "1",
+                   "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "16 of 21 conv/linear layers rewritten (16 through the .pt2 frontend)" in out
+    assert "speedup" in out and "checked against onnxruntime" in out
+    assert (tmp_path / "resnet18.onnx").is_file() and (tmp_path / "resnet18.manifest.json").is_file()

@@ -1,0 +1,192 @@
+"""Fold inference BatchNorm into the constant-weight conv2d before it.
+
+Matches, in every Relax function, the first output of an inference batch norm whose input is
+a conv2d with a constant weight, directly or through a constant per-channel bias add::
+
+    y = batch_norm(conv2d(x, W), gamma, beta, mean, var)[0]
+    y = batch_norm(add(conv2d(x, W), b), gamma, beta, mean, var)[0]      # also add(b, conv)
+
+``b`` is a constant of shape ``(1, Cout, 1, 1)`` or ``(Cout, 1, 1)``, or ``reshape`` of a
+constant to one of them (what ``from_exported_program`` and ``from_onnx`` make of a conv's
+bias). Produces::
+
+    y = add(conv2d(x, W * s[:, None, None, None]), (b - mean) * s + beta)
+
+with ``s = gamma / sqrt(var + epsilon)``, the new bias a constant of shape ``(1, Cout, 1, 1)``,
+``gamma`` left out when the batch norm has ``scale=False`` and ``beta`` when it has
+``center=False``; folded in float64, then cast to the weight's dtype. A chain is folded only
+when the conv is NCHW/OIHW/NCHW with a float weight, the batch norm has ``training=False``,
+``axis=1`` and constant parameters, and every intermediate value (conv output, add output,
+batch-norm tuple) has no user outside the chain, so no value anything else reads changes and
+nothing is computed twice. Everything else is left as it is.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import DFPattern, is_const, is_op, is_tuple_get_item, wildcard
+from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
+
+__all__ = ["FoldBatchNorm"]
+
+_WEIGHT = is_const()
+_CONV = is_op("relax.nn.conv2d")(wildcard(), _WEIGHT)
+_BIAS = is_const() | is_op("relax.reshape")(is_const(), wildcard())
+_ADD = is_op("relax.add")(_CONV, _BIAS) | is_op("relax.add")(_BIAS, _CONV)
+_BATCH_NORM = is_op("relax.nn.batch_norm")(_ADD | _CONV, *(is_const() for _ in range(4)))
+_PATTERN = is_tuple_get_item(_BATCH_NORM, 0)
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
+class FoldBatchNorm:
+    """Fold every inference BatchNorm after a constant-weight conv2d into the conv.
+
+    See the module docstring for what is matched and produced. Functions where nothing was
+    folded are returned unchanged; where something was, the pass ends with dead-code removal
+    (the batch norm and the original conv disappear) and ``CanonicalizeBindings``.
+
+    Parameters
+    ----------
+    names
+        ``{weight constant: weight name}`` (Relax constants hash by identity), e.g. the
+        frontend's ``weight_names``. The dict is updated in place: for every folded conv whose
+        weight constant is named, the new folded weight constant gets the same name, so later
+        passes (the structured-conv rewrite) still know which layer's weight it is.
+
+    Attributes
+    ----------
+    folded
+        After the pass ran: for each folded conv, in program order, its weight's name, or
+        ``"conv2d #k (Cout x C x kh x kw)"`` for an unnamed weight.
+    """
+
+    def __init__(self, names: dict[tvm.ir.Constant, str] | None = None) -> None:
+        self.names = names if names is not None else {}
+        self.folded: list[str] = []
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        """Fold in every Relax function of ``mod``; fill ``self.folded``."""
+        folder = _BatchNormFolder(mod, self.names)
+        for global_var, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                folder.fold_function(global_var, func)
+        self.folded = folder.folded
+        if not self.folded:
+            return mod
+        return relax.transform.CanonicalizeBindings()(folder.builder_.get())
+
+
+@visitor
+class _UseCounter(PyExprVisitor):
+    """Counts the uses of every variable of a function (definitions are not uses)."""
+
+    def __init__(self) -> None:
+        self.uses: Counter[relax.Var] = Counter()
+
+    def visit_var_(self, op: relax.Var) -> None:
+        self.uses[op] += 1
+
+    def visit_dataflow_var_(self, op: relax.DataflowVar) -> None:
+        self.uses[op] += 1
+
+
+@mutator
+class _BatchNormFolder(PyExprMutator):
+    """Rewrites the matched chains of one function at a time into the builder's module."""
+
+    def __init__(self, mod: tvm.IRModule, names: dict[tvm.ir.Constant, str]) -> None:
+        super().__init__(mod)
+        self.names = names
+        self.folded: list[str] = []
+        self.var2val: dict[relax.Var, relax.Expr] = {}
+        self.bound_to: dict[relax.Expr, relax.Var] = {}
+        self.uses: Counter[relax.Var] = Counter()
+
+    def fold_function(self, global_var: tvm.ir.GlobalVar, func: relax.Function) -> None:
+        """Fold in ``func``; replace it in the builder's module if anything was folded."""
+        # dead bindings such as the unused batch_norm(...)[1] of the ONNX importer are no users
+        func = relax.analysis.remove_all_unused(func)
+        self.var2val = relax.analysis.get_var2val(func)
+        self.bound_to = {value: var for var, value in self.var2val.items()}
+        counter = _UseCounter()
+        counter.visit_expr(func)
+        self.uses = counter.uses
+        before = len(self.folded)
+        updated = self.visit_expr(func)
+        if len(self.folded) > before:
+            self.builder_.update_func(global_var, relax.analysis.remove_all_unused(updated))
+
+    def visit_tuple_getitem_(self, op: relax.TupleGetItem) -> relax.Expr:
+        matches = _PATTERN.extract_matched_expr(op, self.var2val)
+        folded = self._fold(matches) if matches is not None else None
+        return folded if folded is not None else super().visit_tuple_getitem_(op)
+
+    def _fold(self, matches: Mapping[DFPattern, relax.Expr]) -> relax.Expr | None:
+        """``add(conv2d(x, W'), b')`` for a matched chain, or ``None`` if it must stay."""
+        conv, weight, batch_norm = matches[_CONV], matches[_WEIGHT], matches[_BATCH_NORM]
+        add = matches[_ADD] if _ADD in matches else None
+        if not (self._used_once(conv, add, batch_norm) and _foldable(conv, batch_norm)):
+            return None
+        kernel = weight.value.numpy()
+        channels = kernel.shape[0]
+        bias = np.zeros(channels) if add is None else _channel_bias(matches[_BIAS], channels)
+        if bias is None:
+            return None
+        new_weight, new_bias = _folded_constants(kernel, bias, batch_norm)
+        if weight in self.names:
+            self.names[new_weight] = self.names[weight]
+        shape = "x".join(map(str, kernel.shape))
+        self.folded.append(self.names.get(weight, f"conv2d #{len(self.folded) + 1} ({shape})"))
+        data = self.visit_expr(conv.args[0])
+        return relax.op.add(relax.Call(conv.op, [data, new_weight], conv.attrs), new_bias)
+
+    def _used_once(self, *calls: relax.Call | None) -> bool:
+        """Whether the variable each call is bound to has one use: the next call of the chain."""
+        return all(self.uses[self.bound_to.get(call)] == 1 for call in calls if call is not None)
+
+
+def _foldable(conv: relax.Call, batch_norm: relax.Call) -> bool:
+    """Whether the layouts, dtypes and batch-norm attributes allow the fold."""
+    layouts = (conv.attrs.data_layout, conv.attrs.kernel_layout, conv.attrs.out_layout)
+    dtype = str(conv.args[1].ty.dtype)
+    return (
+        layouts == ("NCHW", "OIHW", "NCHW")
+        and dtype in ("float16", "float32", "float64")
+        and str(conv.ty.dtype) == dtype
+        and not batch_norm.attrs.training
+        and int(batch_norm.attrs.axis) % 4 == 1
+    )
+
+
+def _channel_bias(bias: relax.Expr, channels: int) -> np.ndarray | None:
+    """The values of a constant (or reshaped constant) bias of shape ``(1, C, 1, 1)`` or
+    ``(C, 1, 1)`` with ``C = channels``, or ``None`` for any other bias."""
+    shape = bias.ty.shape
+    dims = None if shape is None else [
+        int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in shape.values
+    ]
+    if dims not in ([1, channels, 1, 1], [channels, 1, 1]):
+        return None
+    constant = bias if isinstance(bias, tvm.ir.Constant) else bias.args[0]
+    return constant.value.numpy().astype(np.float64).reshape(channels)
+
+
+def _folded_constants(
+    kernel: np.ndarray, bias: np.ndarray, batch_norm: relax.Call
+) -> tuple[tvm.ir.Constant, tvm.ir.Constant]:
+    """``W * s`` and ``(b - mean) * s + beta`` (shape ``(1, C, 1, 1)``) with
+    ``s = gamma / sqrt(var + eps)``, computed in float64 and cast to the kernel's dtype."""
+    attrs = batch_norm.attrs
+    gamma, beta, mean, var = (arg.value.numpy().astype(np.float64) for arg in batch_norm.args[1:])
+    scale = (gamma if attrs.scale else 1.0) / np.sqrt(var + float(attrs.epsilon))
+    shift = (bias - mean) * scale + (beta if attrs.center else 0.0)
+    weight = kernel.astype(np.float64) * scale[:, None, None, None]
+    return (
+        relax.const(weight.astype(kernel.dtype)),
+        relax.const(shift.reshape(1, -1, 1, 1).astype(kernel.dtype)),
+    )
