@@ -64,7 +64,9 @@ def banded_ones(full: int, reduced: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=512)
 def _banded_pinv(full: int, reduced: int) -> np.ndarray:
-    pinv = np.linalg.pinv(banded_ones(full, reduced))
+    band = banded_ones(full, reduced)
+    # full column rank: the pseudo-inverse is (BᵀB)⁻¹Bᵀ, a solve instead of an SVD
+    pinv = np.linalg.solve(band.T @ band, band.T)
     pinv.flags.writeable = False
     return pinv
 
@@ -81,12 +83,15 @@ def _factor_like(matrix: np.ndarray, like: Array) -> Array:
 def _apply_factors(tensor: Array, channel: Array, height: Array, width: Array) -> Array:
     """Multiply axes 1, 2, 3 of a ``(Cout, k, u, v)`` tensor by the three factor matrices.
 
-    One axis at a time (three small matrix products), never the dense Kronecker product.
+    One axis at a time (three batched matrix products, BLAS in numpy and torch alike), never
+    the dense Kronecker product.
     """
-    einsum = torch.einsum if isinstance(tensor, torch.Tensor) else np.einsum
-    tensor = einsum("wv,okuv->okuw", width, tensor)
-    tensor = einsum("hu,okuw->okhw", height, tensor)
-    return einsum("ck,okhw->ochw", channel, tensor)
+    tensor = height @ (tensor @ width.T)  # (o, k, u, v) -> (o, k, h, w)
+    out_channels, channels, rows, columns = tensor.shape
+    # channels first, so the channel product is one large matrix product
+    flat = tensor.swapaxes(0, 1).reshape(channels, out_channels * rows * columns)
+    tensor = (channel @ flat).reshape(channel.shape[0], out_channels, rows, columns)
+    return tensor.swapaxes(0, 1)
 
 
 @dataclass(frozen=True)
