@@ -46,17 +46,17 @@ def sum_pool(x: torch.Tensor, structure: Structure, dilation: IntPair = 1) -> to
         )
     dilation_h, dilation_w = as_pair(dilation, "dilation")
     depth, window_h, window_w = structure.pool_window
-    if structure.is_trivial:
-        return x
     batch, _, height, width = x.shape
-    grouped = x.reshape(batch * structure.groups, 1, structure.group_channels, height, width)
-    if (dilation_h, dilation_w) == (1, 1) or (window_h, window_w) == (1, 1):
-        pooled = F.avg_pool3d(grouped, (depth, window_h, window_w), stride=1)
-        pooled = pooled * float(depth * window_h * window_w)
-    else:
-        ones = torch.ones((1, 1, depth, window_h, window_w), dtype=x.dtype, device=x.device)
-        pooled = F.conv3d(grouped, ones, dilation=(1, dilation_h, dilation_w))
-    return pooled.reshape(batch, structure.reduced_channels, *pooled.shape[-2:])
+    if depth > 1:  # channel window, inside each group: a (D, 1) window over (channel, pixel)
+        grouped = x.reshape(batch * structure.groups, 1, structure.group_channels, height * width)
+        x = F.avg_pool2d(grouped, (depth, 1), stride=1) * float(depth)
+        x = x.reshape(batch, structure.reduced_channels, height, width)
+    if (window_h, window_w) == (1, 1):
+        return x
+    if (dilation_h, dilation_w) == (1, 1):
+        return F.avg_pool2d(x, (window_h, window_w), stride=1) * float(window_h * window_w)
+    ones = torch.ones((x.shape[1], 1, window_h, window_w), dtype=x.dtype, device=x.device)
+    return F.conv2d(x, ones, dilation=(dilation_h, dilation_w), groups=x.shape[1])
 
 
 def structured_conv2d(

@@ -1,0 +1,299 @@
+"""Structured layers that hold and train the small kernel ``alpha`` directly.
+
+:class:`StructuredConv2d` and :class:`StructuredLinear` are drop-in replacements for
+``nn.Conv2d`` and ``nn.Linear`` whose weight is always exactly structured: the only weight
+parameter is ``alpha`` and the forward pass is the fast path of
+:mod:`tvm_structconv.nn.functional` (sum-pool, then the reduced conv or linear), so it never
+forms the full kernel. This is the paper's direct training of ``alpha`` (DESIGN.md §1, step 3).
+``from_conv`` / ``to_conv`` (``from_linear`` / ``to_linear``) convert from and to the ordinary
+layers: ``alpha = A⁺ W`` one way, ``W = A alpha`` the other.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from tvm_structconv.nn.functional import structured_conv2d, structured_linear
+from tvm_structconv.structure import IntPair, Structure, as_pair
+
+__all__ = ["StructuredConv2d", "StructuredLinear"]
+
+ConvPadding = Union[str, int, Tuple[int, int]]
+
+
+def _initialize(alpha: torch.Tensor, bias: Optional[torch.Tensor], structure: Structure) -> None:
+    """Initialize like ``nn.Conv2d``, compensating the pool's larger output variance.
+
+    ``alpha`` gets ``nn.Conv2d``'s default (Kaiming-uniform with ``a = √5``, bound
+    ``1/√(fan_in)`` of the reduced conv), divided by ``√(D·Mh·Mw)``: each pooled value sums
+    ``D·Mh·Mw`` inputs, so the layer's output then has the variance of a freshly initialized
+    ordinary layer. ``bias`` is uniform in ``±1/√(C·Nh·Nw)``, as ``nn.Conv2d`` does for the
+    full layer.
+    """
+    nn.init.kaiming_uniform_(alpha, a=math.sqrt(5))
+    with torch.no_grad():
+        alpha.div_(math.sqrt(math.prod(structure.pool_window)))
+    if bias is not None:
+        bound = 1.0 / math.sqrt(structure.group_channels * math.prod(structure.kernel_size))
+        nn.init.uniform_(bias, -bound, bound)
+
+
+class StructuredConv2d(nn.Module):
+    """A 2-D convolution whose kernel is structured: ``W = A · alpha``, trained through ``alpha``.
+
+    The arguments mirror ``nn.Conv2d``, plus the structure.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, dilation, groups, bias, device, dtype
+        As in ``nn.Conv2d``.
+    reduced_channels
+        ``c`` in total over all groups (``alpha`` is the weight of
+        ``nn.Conv2d(reduced_channels, out_channels, reduced_kernel_size, groups=groups)``).
+    reduced_kernel_size
+        ``n`` or ``(nh, nw)``, the kernel size of ``alpha``.
+    padding
+        As in ``nn.Conv2d``: an int, a pair, ``"valid"`` or ``"same"`` (stride 1 only).
+    padding_mode
+        Only ``"zeros"`` is supported.
+
+    Attributes
+    ----------
+    alpha : nn.Parameter
+        The small kernel, shape ``structure.alpha_shape(out_channels)``.
+    bias : nn.Parameter or None
+        ``(out_channels,)``.
+
+    Raises
+    ------
+    ValueError
+        For a non-zero ``padding_mode``, ``"same"`` padding with stride > 1, or a structure that
+        does not fit (see :class:`~tvm_structconv.structure.Structure`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        reduced_channels: int,
+        reduced_kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: ConvPadding = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"StructuredConv2d supports only padding_mode='zeros', got {padding_mode!r}"
+            )
+        if out_channels % groups:
+            raise ValueError(f"out_channels={out_channels} is not divisible by groups={groups}")
+        self._structure = Structure(
+            in_channels, kernel_size, reduced_channels, reduced_kernel_size, groups
+        )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = self._structure.kernel_size
+        self.stride = as_pair(stride, "stride")
+        self.dilation = as_pair(dilation, "dilation")
+        self.padding = padding if isinstance(padding, str) else as_pair(padding, "padding")
+        self.groups = groups
+        self._padding_lrtb = self._explicit_padding()
+        factory = {"device": device, "dtype": dtype}
+        self.alpha = nn.Parameter(torch.empty(self._structure.alpha_shape(out_channels), **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        _initialize(self.alpha, self.bias, self._structure)
+
+    @property
+    def structure(self) -> Structure:
+        """The layer's :class:`~tvm_structconv.structure.Structure`."""
+        return self._structure
+
+    @property
+    def reduced_channels(self) -> int:
+        """``c`` in total over all groups."""
+        return self._structure.reduced_channels
+
+    @property
+    def reduced_kernel_size(self) -> Tuple[int, int]:
+        """``(nh, nw)``, the kernel size of ``alpha``."""
+        return self._structure.reduced_kernel_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum-pool the zero-padded input, then convolve with ``alpha``."""
+        return structured_conv2d(
+            x, self.alpha, self._structure, self.bias,
+            stride=self.stride, padding=self._padding_lrtb, dilation=self.dilation,
+        )
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Conv2d, reduced_channels: int, reduced_kernel_size: IntPair
+    ) -> "StructuredConv2d":
+        """The structured layer closest to ``conv``: ``alpha = A⁺ · conv.weight``, same bias.
+
+        Exact (same output) when ``conv.weight`` is structured; otherwise the layer computes
+        ``conv`` with its weight projected onto the structured kernels.
+
+        Raises
+        ------
+        ValueError
+            If ``conv`` pads with a non-zero mode or the structure does not fit it.
+        """
+        layer = cls(
+            conv.in_channels, conv.out_channels, tuple(conv.kernel_size), reduced_channels,
+            reduced_kernel_size, stride=tuple(conv.stride), padding=_conv_padding(conv),
+            dilation=tuple(conv.dilation), groups=conv.groups, bias=conv.bias is not None,
+            padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.alpha.copy_(layer.structure.decompose(conv.weight.detach()))
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    def to_conv(self) -> nn.Conv2d:
+        """An ordinary ``nn.Conv2d`` with the composed kernel ``W = A · alpha`` (same output)."""
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
+            padding=self.padding, dilation=self.dilation, groups=self.groups,
+            bias=self.bias is not None, device=self.alpha.device, dtype=self.alpha.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self._structure.compose(self.alpha.detach()))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"reduced_channels={self.reduced_channels}, "
+            f"reduced_kernel_size={self.reduced_kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}"
+        )
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+    def _explicit_padding(self) -> Tuple[int, int, int, int]:
+        """Padding as ``(left, right, top, bottom)``, resolving ``"valid"`` and ``"same"``."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            if self.stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            (total_h, total_w) = (
+                d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)
+            )
+            return (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
+        if isinstance(self.padding, str):
+            raise ValueError(
+                f"padding must be an int, a pair, 'valid' or 'same', got {self.padding!r}"
+            )
+        pad_h, pad_w = self.padding
+        return (pad_w, pad_w, pad_h, pad_h)
+
+
+def _conv_padding(conv: nn.Conv2d) -> ConvPadding:
+    return conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+
+
+class StructuredLinear(nn.Module):
+    """A linear layer whose weight is structured along its input features, trained via ``alpha``.
+
+    The weight ``(out_features, in_features)`` is ``A · alpha`` for ``alpha`` of shape
+    ``(out_features, reduced_features)``: a sliding sum over ``in_features − reduced_features
+    + 1`` consecutive inputs, then a smaller linear layer.
+
+    Parameters
+    ----------
+    in_features, out_features, bias, device, dtype
+        As in ``nn.Linear``.
+    reduced_features
+        ``c``: the input features of ``alpha``.
+
+    Attributes
+    ----------
+    alpha : nn.Parameter
+        ``(out_features, reduced_features)``.
+    bias : nn.Parameter or None
+        ``(out_features,)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        reduced_features: int,
+        bias: bool = True,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self._structure = Structure(in_features, 1, reduced_features, 1)
+        self.in_features = in_features
+        self.out_features = out_features
+        factory = {"device": device, "dtype": dtype}
+        self.alpha = nn.Parameter(torch.empty((out_features, reduced_features), **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        _initialize(self.alpha, self.bias, self._structure)
+
+    @property
+    def structure(self) -> Structure:
+        """The layer's :class:`~tvm_structconv.structure.Structure` (1×1 kernel)."""
+        return self._structure
+
+    @property
+    def reduced_features(self) -> int:
+        """``c``: the input features of ``alpha``."""
+        return self._structure.reduced_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Sliding sum over the last axis, then the linear map with ``alpha``."""
+        return structured_linear(x, self.alpha, self._structure, self.bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, reduced_features: int) -> "StructuredLinear":
+        """The structured layer closest to ``linear``: ``alpha = A⁺ · linear.weight``, same bias."""
+        layer = cls(
+            linear.in_features, linear.out_features, reduced_features,
+            bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.alpha.copy_(layer.structure.decompose(linear.weight.detach()))
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def to_linear(self) -> nn.Linear:
+        """An ordinary ``nn.Linear`` with the composed weight ``W = A · alpha`` (same output)."""
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None,
+            device=self.alpha.device, dtype=self.alpha.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self._structure.compose(self.alpha.detach()))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"reduced_features={self.reduced_features}, bias={self.bias is not None}"
+        )
