@@ -1,4 +1,4 @@
-"""The ``structconv`` command: demo, export, compile, verify and the built-in model list."""
+"""The ``structconv`` command: demo, export, compile, verify, deploy and the built-in model list."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def _load(args: argparse.Namespace):
     return load_model(args.model, manifest=manifest)
 
 
+def _target(args: argparse.Namespace):
+    from tvm_structconv.targets import make_target
+
+    return make_target(args.target, args.cuda_arch)
+
+
 def _reference_outputs(imported, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
     """The model's outputs from an independent runtime: onnxruntime for ONNX, torch for .pt2."""
     if imported.kind == "onnx":
@@ -66,6 +72,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--detect", action="store_true",
                         help="find structures in the weights by value instead of a manifest")
     parser.add_argument("--target", default="x86", help="x86 (default), aarch64 or cuda")
+    parser.add_argument("--cuda-arch", default=None,
+                        help="GPU architecture of --target cuda (default sm_80)")
     parser.add_argument("--tol", type=float, default=None,
                         help="largest accepted weight residual (default: 100 x the dtype's eps)")
 
@@ -98,7 +106,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from tvm_structconv.build import compile_model
 
     imported = _load(args)
-    compiled = compile_model(imported, args.target, structured=not args.original, tol=args.tol,
+    compiled = compile_model(imported, _target(args), structured=not args.original, tol=args.tol,
                              match_by_value=args.detect)
     for note in compiled.notes:
         print(f"note: {note}")
@@ -119,7 +127,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     oracle = "onnxruntime" if imported.kind == "onnx" else "torch"
     worst = 0.0
     for structured in (False, True):
-        compiled = compile_model(imported, args.target, structured=structured, tol=args.tol,
+        compiled = compile_model(imported, _target(args), structured=structured, tol=args.tol,
                                  match_by_value=args.detect)
         absolute, relative = max_errors(compiled.run(*inputs), expected)
         worst = max(worst, relative)
@@ -131,6 +139,63 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"FAILED: relative error {worst:.3e} > {args.rtol:.1e}")
         return 1
     print(f"OK: both builds match {oracle} within {args.rtol:.1e}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from tvm_structconv.build import compile_model
+    from tvm_structconv.deploy import deploy, run_bundle
+    from tvm_structconv.runtime_libs import host_arch
+    from tvm_structconv.toolchain import RunnerError
+
+    imported = _load(args)
+    compiled = compile_model(imported, _target(args), structured=not args.original, tol=args.tol,
+                             match_by_value=args.detect)
+    for note in compiled.notes:
+        print(f"note: {note}")
+    if compiled.report is not None:
+        print(compiled.report.format())
+    inputs = [spec.random(args.seed) for spec in imported.inputs]
+    bundle = deploy(compiled, imported, args.output, inputs, _reference_outputs(imported, inputs),
+                    build=not args.no_build)
+    print(f"wrote {bundle.folder} ({bundle.arch}: model.so, model.json, runner sources, sample)")
+    print(f"runner: {bundle.runner}" if bundle.runner else bundle.build_hint)
+    if not args.check:
+        return 0
+    if bundle.runner is None:
+        raise RunnerError(f"--check needs the runner: {bundle.build_hint}")
+    done = run_bundle(bundle.folder, expect=bundle.folder / "sample" / "expected.bin",
+                      repeat=args.repeat, rtol=args.rtol)
+    print(done.stdout.rstrip())
+    if done.returncode not in (0, 1):
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RunnerError(f"the runner failed: {last}")
+    if bundle.arch != host_arch():
+        print(f"(ran under qemu-{bundle.arch}-static: a correctness check; the timing means "
+              "nothing, measure on the board or through TVM RPC)")
+    return done.returncode
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tvm_structconv.benchmark import run_benchmark
+
+    def progress(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    report = run_benchmark(
+        args.model, targets=args.targets.split(","),
+        peers=[p for p in args.peers.split(",") if p], threads=args.threads, repeat=args.repeat,
+        rounds=args.rounds, manifest=args.manifest, rpc_tracker=args.rpc_tracker,
+        device_key=args.device_key, workdir=args.workdir, image_size=args.image_size,
+        progress=progress,
+    )
+    print(report.format())
+    if args.json:
+        report.save_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -253,6 +318,42 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest accepted error relative to the output's magnitude")
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     verify.set_defaults(func=cmd_verify)
+
+    deploy = commands.add_parser("deploy", help="compile a model into a folder a board runs "
+                                 "without Python: library, model.json, C++ runner, sample")
+    _add_model_arguments(deploy)
+    deploy.add_argument("-o", "--output", required=True, help="bundle folder")
+    deploy.add_argument("--original", action="store_true",
+                        help="compile without the structured rewrite (the baseline)")
+    deploy.add_argument("--no-build", action="store_true",
+                        help="write the runner's sources without building it")
+    deploy.add_argument("--check", action="store_true",
+                        help="run the bundle here (under qemu for aarch64) on the sample input "
+                        "and compare with the reference runtime")
+    deploy.add_argument("--rtol", type=float, default=1e-4,
+                        help="largest accepted error of --check relative to the output's magnitude")
+    deploy.add_argument("--repeat", type=int, default=10, help="timed runs of --check")
+    deploy.add_argument("--seed", type=int, default=0, help="seed of the sample input")
+    deploy.set_defaults(func=cmd_deploy)
+    bench = commands.add_parser("bench", help="latency of original vs structured through TVM on "
+                                "each target, and of the peer runtimes")
+    bench.add_argument("model", help="ONNX file, .pt2 program or built-in model name")
+    bench.add_argument("--manifest", help="manifest JSON (default: ONNX metadata or sidecar)")
+    bench.add_argument("--targets", default="x86", help="comma-separated: x86,cuda,aarch64")
+    bench.add_argument("--peers", default="onnxruntime,torch,inductor",
+                       help="comma-separated peers on this host ('' for none)")
+    bench.add_argument("--threads", type=int, default=None, help="threads of every runtime "
+                       "(default: all cores)")
+    bench.add_argument("--repeat", type=int, default=10, help="samples per round")
+    bench.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    bench.add_argument("--image-size", type=int, default=224, help="input size of built-in models")
+    bench.add_argument("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: measure the TVM "
+                       "builds on its devices")
+    bench.add_argument("--device-key", help="key the devices registered under")
+    bench.add_argument("--workdir", help="where libraries and exports go (default: a temp dir)")
+    bench.add_argument("--json", help="write every row and raw sample as JSON")
+    bench.add_argument("--plot", help="write a bar chart (PNG)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

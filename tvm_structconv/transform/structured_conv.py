@@ -93,6 +93,8 @@ class LayerReport:
         The weight's residual under ``structure``.
     macs_before, macs_after
         MACs of the layer before and after the rewrite (equal when skipped).
+    params_before, params_after
+        Weight parameters (``W`` and ``alpha``; equal when skipped).
     """
 
     name: str
@@ -103,6 +105,8 @@ class LayerReport:
     residual: Optional[float] = None
     macs_before: int = 0
     macs_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
 
 
 @dataclass
@@ -131,6 +135,16 @@ class RewriteReport:
     def macs_after(self) -> int:
         """Total MACs of all reported layers after the rewrite."""
         return sum(layer.macs_after for layer in self.layers)
+
+    @property
+    def params_before(self) -> int:
+        """Total weight parameters of all reported layers before the rewrite."""
+        return sum(layer.params_before for layer in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        """Total weight parameters of all reported layers after the rewrite."""
+        return sum(layer.params_after for layer in self.layers)
 
     def format(self) -> str:
         """A human-readable table: one line per layer, then the totals."""
@@ -233,11 +247,11 @@ class _StructuredConvMutator(PyExprMutator):
         name = self._name(conv.constant, "conv2d", kernel.shape)
         structure, reason = self._structure(name, kernel, conv.groups)
         if structure is None:
-            self._skip("conv2d", name, reason, conv.macs)
+            self._skip("conv2d", name, reason, conv.macs, kernel.size)
             return call
         alpha, residual = self._checked_alpha(name, kernel, structure)
         self._record("conv2d", name, reason, structure, residual, conv.macs,
-                     int(np.prod(alpha.shape)) * conv.pixels)
+                     alpha.size * conv.pixels, kernel.size, alpha.size)
         return emit_conv2d(self.builder_, conv, alpha, structure, self.options.block_size)
 
     def _linear(self, call: relax.Call, var2val: Dict[relax.Var, relax.Expr]) -> relax.Expr:
@@ -254,13 +268,13 @@ class _StructuredConvMutator(PyExprMutator):
         original_macs = int(np.prod(kernel.shape)) * rows
         structure, reason = self._structure(name, kernel, 1)
         if structure is None:
-            self._skip("linear", name, reason, original_macs)
+            self._skip("linear", name, reason, original_macs, kernel.size)
             return call
         alpha, residual = self._checked_alpha(name, kernel, structure)
         compute = functools.partial(ops.structured_dense, structure=structure,
                                     out_dtype=call.ty.dtype)
         self._record("linear", name, reason, structure, residual, original_macs,
-                     int(np.prod(alpha.shape)) * rows)
+                     alpha.size * rows, kernel.size, alpha.size)
         return self.builder_.call_te(compute, data, relax.const(alpha),
                                      primfunc_name_hint="structured_dense")
 
@@ -319,11 +333,12 @@ class _StructuredConvMutator(PyExprMutator):
             )
         return structure.decompose(exact).astype(kernel.dtype), residual
 
-    def _skip(self, kind: str, name: str, reason: str, macs: int = 0) -> None:
-        self.report.layers.append(LayerReport(name, kind, False, reason, None, None, macs, macs))
-
-    def _record(self, kind: str, name: str, reason: str, structure: Structure,
-                residual: float, macs_before: int, macs_after: int) -> None:
+    def _skip(self, kind: str, name: str, reason: str, macs: int = 0, params: int = 0) -> None:
         self.report.layers.append(
-            LayerReport(name, kind, True, reason, structure, residual, macs_before, macs_after)
+            LayerReport(name, kind, False, reason, None, None, macs, macs, params, params)
         )
+
+    def _record(self, kind: str, name: str, reason: str, structure: Structure, residual: float,
+                macs_before: int, macs_after: int, params_before: int, params_after: int) -> None:
+        self.report.layers.append(LayerReport(name, kind, True, reason, structure, residual,
+                                              macs_before, macs_after, params_before, params_after))

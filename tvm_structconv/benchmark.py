@@ -1,0 +1,323 @@
+"""Cross-hardware latency of one model: TVM original vs structured per target, and the peers.
+
+:func:`run_benchmark` compiles the model for every target, times each build (locally in its own
+worker process, or on remote devices through an RPC tracker) and times the peer runtimes on
+this host; :class:`BenchReport` prints the table, writes the JSON with every raw sample and
+draws the plot.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from tvm_structconv.bench import Job, Latency, measure_isolated, save_inputs
+from tvm_structconv.peers import PEERS
+
+__all__ = ["BenchReport", "BenchRow", "ModelSource", "run_benchmark"]
+
+
+@dataclass
+class BenchRow:
+    """One measured (or unavailable) configuration."""
+
+    target: str
+    runtime: str
+    variant: str
+    macs: int
+    params: int
+    latency: Optional[Latency] = None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        """``target / runtime / variant``."""
+        return f"{self.target}/{self.runtime}/{self.variant}"
+
+
+@dataclass
+class ModelSource:
+    """The model under test, in every form the runtimes need.
+
+    Attributes
+    ----------
+    onnx, pt2
+        Model files (either may be ``None``).
+    builtin
+        ``create_structured`` arguments when the model is a built-in one (torch peers can then
+        also run its structured variant).
+    """
+
+    onnx: Optional[str] = None
+    pt2: Optional[str] = None
+    builtin: Optional[Dict[str, object]] = None
+
+    @classmethod
+    def resolve(cls, model: str, workdir: Path, image_size: int = 224) -> "ModelSource":
+        """A path (``.onnx`` / ``.pt2``) or a built-in model name, exported into ``workdir``."""
+        from tvm_structconv.models import list_models
+
+        if model in list_models():
+            from tvm_structconv.export import export
+            from tvm_structconv.models import create_structured
+
+            builtin = {"name": model, "image_size": image_size, "seed": 0}
+            built = create_structured(**builtin)
+            paths = [str(workdir / f"{model}{suffix}") for suffix in (".onnx", ".pt2")]
+            for path in paths:
+                export(built.model, path, built.example_input, built.manifest)
+            return cls(onnx=paths[0], pt2=paths[1], builtin=builtin)
+        suffix = Path(model).suffix.lower()
+        return cls(onnx=model if suffix == ".onnx" else None, pt2=model if suffix == ".pt2" else None)
+
+    @property
+    def primary(self) -> str:
+        """The file the compiler imports (ONNX preferred)."""
+        return self.onnx or self.pt2
+
+
+@dataclass
+class BenchReport:
+    """All rows of one benchmark run and the facts that make them comparable."""
+
+    model: str
+    rows: List[BenchRow]
+    threads: int
+    meta: Dict[str, object] = field(default_factory=dict)
+
+    def row(self, target: str, runtime: str, variant: str) -> Optional[BenchRow]:
+        """The row for that configuration, if measured."""
+        for row in self.rows:
+            if (row.target, row.runtime, row.variant) == (target, runtime, variant):
+                return row
+        return None
+
+    def format(self) -> str:
+        """The table: one line per row, then the headline ratios."""
+        lines = [f"{self.model}, batch 1, fp32, {self.threads} threads; {self.meta.get('cpu', '')}",
+                 f"{'target':<8}{'runtime':<17}{'variant':<11}{'median ms':>10}{'p90 ms':>9}"
+                 f"{'p99 ms':>9}{'GMAC':>7}{'params M':>10}  note"]
+        for row in self.rows:
+            if row.latency is not None:
+                timing = (f"{row.latency.median_ms:>10.2f}{row.latency.p90_ms:>9.2f}"
+                          f"{row.latency.p99_ms:>9.2f}")
+            else:
+                timing = f"{'n/a':>10}{'':>9}{'':>9}"
+            lines.append(f"{row.target:<8}{row.runtime:<17}{row.variant:<11}{timing}"
+                         f"{row.macs / 1e9:>7.2f}{row.params / 1e6:>10.2f}  {row.note}")
+        lines.extend(self.ratios())
+        return "\n".join(lines)
+
+    def ratios(self) -> List[str]:
+        """Structured TVM vs original TVM and vs each peer's original, per target (one run)."""
+        lines = []
+        for target in dict.fromkeys(row.target for row in self.rows):
+            ours = self.row(target, "tvm", "structured")
+            if ours is None or ours.latency is None:
+                continue
+            for row in self.rows:
+                if row is ours or row.variant != "original" or row.latency is None:
+                    continue
+                if row.target != target and row.runtime == "tvm":
+                    continue
+                ratio = row.latency.median_ms / ours.latency.median_ms
+                lines.append(f"structured tvm ({target}) is {ratio:.2f}x faster than "
+                             f"{row.runtime} ({row.target}) on the original model")
+        return lines
+
+    def to_json(self) -> Dict[str, object]:
+        """Everything, with the raw samples."""
+        rows = []
+        for row in self.rows:
+            entry = asdict(row)
+            entry["latency"] = None
+            if row.latency is not None:
+                entry["samples_ms"] = list(row.latency.samples_ms)
+                entry.update(median_ms=row.latency.median_ms, p90_ms=row.latency.p90_ms,
+                             p99_ms=row.latency.p99_ms)
+            rows.append(entry)
+        return {"model": self.model, "threads": self.threads, "meta": self.meta, "rows": rows,
+                "ratios": self.ratios()}
+
+    def save_json(self, path: str) -> None:
+        """Write :meth:`to_json` to ``path``."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    def plot(self, path: str) -> None:
+        """Bar chart of median latency with p90 whiskers, grouped by target and runtime."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        groups = list(dict.fromkeys((row.target, row.runtime) for row in self.rows))
+        figure, axes = plt.subplots(figsize=(max(6.0, 1.4 * len(groups) + 2), 4.2))
+        width = 0.38
+        colors = {"original": "#8c8c8c", "structured": "#1f77b4"}
+        for offset, variant in ((-width / 2, "original"), (width / 2, "structured")):
+            for index, (target, runtime) in enumerate(groups):
+                row = self.row(target, runtime, variant)
+                if row is None or row.latency is None:
+                    continue
+                median = row.latency.median_ms
+                axes.bar(index + offset, median, width, color=colors[variant],
+                         yerr=[[0], [row.latency.p90_ms - median]], capsize=3,
+                         label=variant if index == 0 or not axes.get_legend_handles_labels()[1].count(variant) else None)
+                axes.text(index + offset, median, f"{median:.1f}", ha="center", va="bottom", fontsize=7)
+        axes.set_xticks(range(len(groups)))
+        axes.set_xticklabels([f"{runtime}\n{target}" for target, runtime in groups], fontsize=8)
+        axes.set_ylabel("median latency, ms (whisker: p90)")
+        axes.set_title(f"{self.model}: batch 1, fp32, {self.threads} threads")
+        handles, labels = axes.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        axes.legend(unique.values(), unique.keys())
+        figure.tight_layout()
+        figure.savefig(path, dpi=130)
+        plt.close(figure)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_benchmark(
+    model: str,
+    targets: Sequence[str] = ("x86",),
+    peers: Sequence[str] = PEERS,
+    threads: Optional[int] = None,
+    repeat: int = 10,
+    min_repeat_ms: int = 100,
+    rounds: int = 2,
+    manifest: Optional[str] = None,
+    rpc_tracker: Optional[str] = None,
+    device_key: Optional[str] = None,
+    workdir: Optional[str] = None,
+    image_size: int = 224,
+    progress: Callable[[str], None] = lambda message: None,
+) -> BenchReport:
+    """Measure ``model`` (path or built-in name) on every target and every peer.
+
+    Parameters
+    ----------
+    model
+        ``.onnx`` / ``.pt2`` path, or a built-in model name (exported first).
+    targets
+        Target names (:func:`tvm_structconv.targets.known_targets`).
+    peers
+        Peer runtimes (``onnxruntime``, ``torch``, ``inductor``), on this host.
+    threads
+        Threads of every runtime (default: this host's cores).
+    repeat, min_repeat_ms, rounds
+        Samples per round, the least time per sample, and interleaved rounds (original and
+        structured alternate, so drift hits both alike).
+    manifest
+        Manifest file (default: sidecar / ONNX metadata).
+    rpc_tracker, device_key
+        Measure the TVM builds on the tracker's servers registered under the key instead of here.
+    progress
+        Called with a message before each step.
+    """
+    from tvm_structconv.build import compile_model
+    from tvm_structconv.frontend import load_model
+    from tvm_structconv.peers import PeerUnavailable
+    from tvm_structconv.targets import make_target
+
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        raise PeerUnavailable(f"unknown peer {unknown[0]!r}; known peers: {', '.join(PEERS)}")
+    for target in targets:
+        make_target(target)  # unknown names fail before any work
+    threads = threads or len(os.sched_getaffinity(0))
+    folder = Path(workdir or tempfile.mkdtemp(prefix="structconv-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    progress(f"preparing {model}")
+    source = ModelSource.resolve(model, folder, image_size)
+    imported = load_model(source.primary, manifest=manifest)
+    inputs = [spec.random(0) for spec in imported.inputs]
+    inputs_path = save_inputs(str(folder / "inputs.npz"), inputs)
+    remote = None
+    if rpc_tracker:
+        from tvm_structconv.remote import RemoteDevices
+
+        remote = RemoteDevices(rpc_tracker, device_key or "")
+        remote.servers()
+
+    rows: List[BenchRow] = []
+    costs: Dict[str, tuple] = {}
+    tvm_jobs: List[tuple] = []
+    for target in targets:
+        for variant in ("original", "structured"):
+            progress(f"compiling {variant} for {target}")
+            compiled = compile_model(imported, target, structured=variant == "structured")
+            report = compiled.report
+            if report is not None:
+                costs["structured"] = (report.macs_after, report.params_after)
+                costs["original"] = (report.macs_before, report.params_before)
+            library = str(folder / f"{target}-{variant}.so")
+            compiled.export(library)
+            row = BenchRow(target, "tvm", variant, 0, 0)
+            rows.append(row)
+            tvm_jobs.append((row, library, target))
+    for row in rows:
+        row.macs, row.params = costs.get(row.variant, (0, 0))
+
+    def peer_rows() -> List[tuple]:
+        jobs = []
+        for peer in peers:
+            for variant in ("original", "structured"):
+                row = BenchRow("host", peer, variant, *costs.get(variant, (0, 0)))
+                rows.append(row)
+                jobs.append((row, Job(peer, variant, inputs_path, threads, repeat, min_repeat_ms,
+                                      onnx=source.onnx, pt2=source.pt2, builtin=source.builtin)))
+        return jobs
+
+    local_jobs = []
+    if remote is not None:
+        from tvm_structconv.remote import RemoteJob
+
+        progress(f"measuring {len(tvm_jobs)} TVM builds on {remote.servers()} device(s) "
+                 f"of key {device_key!r}")
+        results = remote.measure_all([RemoteJob(row.label, library, inputs, repeat, min_repeat_ms)
+                                      for row, library, _ in tvm_jobs])
+        for row, _, _ in tvm_jobs:
+            row.latency, row.note = results[row.label]
+            row.note = row.note and f"n/a ({row.note})"
+    else:
+        for row, library, target in tvm_jobs:
+            if target != "x86":
+                row.note = f"n/a ({target} builds run on their device: use --rpc-tracker)"
+                continue
+            local_jobs.append((row, Job("tvm", row.variant, inputs_path, threads, repeat,
+                                        min_repeat_ms, library=library)))
+    local_jobs.extend(peer_rows())
+    for round_index in range(rounds):
+        for row, job in local_jobs:
+            if row.note:
+                continue
+            progress(f"round {round_index + 1}/{rounds}: {row.label}")
+            latency, reason = measure_isolated(job)
+            if latency is None:
+                row.note = f"n/a ({reason})"
+                row.latency = None
+            else:
+                row.latency = latency if row.latency is None else row.latency.merged(latency)
+    import tvm
+
+    meta = {"cpu": _cpu_name(), "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
+            "date": datetime.date.today().isoformat(), "tvm": tvm.__version__,
+            "repeat": repeat, "rounds": rounds, "min_repeat_ms": min_repeat_ms,
+            "schedules": "hand-scheduled, untuned"}
+    return BenchReport(Path(model).stem if model.endswith((".onnx", ".pt2")) else model,
+                       rows, threads, meta)
