@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import socket
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -69,6 +70,8 @@ class RemoteDevices:
         from tvm import rpc
 
         try:
+            # TVM retries an unreachable tracker for a minute; a plain connect fails at once
+            socket.create_connection((self.host, self.port), timeout=10).close()
             return rpc.connect_tracker(self.host, self.port)
         except Exception as error:  # tvm raises RuntimeError/OSError/TVMError variously
             raise RemoteError(f"cannot reach the RPC tracker at {self.address}: {error}") from None
