@@ -50,12 +50,15 @@ def onnxruntime_runner(onnx_path: str, inputs: Sequence[np.ndarray], threads: in
 
 def torch_runner(module, inputs: Sequence[np.ndarray], threads: int,
                  compiled: bool) -> Callable[[], object]:
-    """torch eager (or ``torch.compile`` with Inductor) on ``module``, ``threads`` threads."""
+    """torch eager (or ``torch.compile`` with Inductor) on ``module``, ``threads`` threads.
+
+    ``module`` must already be in inference mode (a built-in model, or the module of a
+    ``torch.export`` program, which has no train mode).
+    """
     import torch
 
     torch.set_num_threads(threads)
     tensors = [torch.from_numpy(array) for array in inputs]
-    module = module.eval()
     if compiled:
         module = torch.compile(module)
 

@@ -1,0 +1,66 @@
+"""structconv bench: rows, peers, JSON with raw samples, plot, and unavailable rows with reasons."""
+
+import json
+
+import pytest
+
+from tvm_structconv.benchmark import run_benchmark
+from tvm_structconv.cli import main
+from tvm_structconv.peers import PeerUnavailable
+from tvm_structconv.targets import TargetError
+from small_nets import structured_net
+from tvm_structconv.export import export
+
+
+@pytest.fixture(scope="module")
+def exported_small_net(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    model, x, manifest = structured_net()
+    paths = {"onnx": folder / "net.onnx", "pt2": folder / "net.pt2"}
+    for path in paths.values():
+        export(model, path, x, manifest)
+    return paths
+
+
+def test_bench_measures_tvm_and_peers(exported_small_net, tmp_path):
+    onnx_path = str(exported_small_net["onnx"])
+    report = run_benchmark(onnx_path, targets=["x86", "aarch64"], peers=["onnxruntime", "torch"],
+                           threads=1, repeat=3, min_repeat_ms=5, rounds=2, workdir=str(tmp_path))
+    ours = report.row("x86", "tvm", "structured")
+    baseline = report.row("x86", "tvm", "original")
+    assert ours.latency is not None and baseline.latency is not None
+    assert len(ours.latency.samples_ms) == 6  # 2 interleaved rounds of 3
+    assert ours.macs < baseline.macs and ours.params < baseline.params
+    onnx_rows = [report.row("host", "onnxruntime", v) for v in ("original", "structured")]
+    assert all(row.latency is not None for row in onnx_rows)
+    torch_row = report.row("host", "torch", "original")
+    assert torch_row.latency is None and "torch needs a torch.export program" in torch_row.note
+    arm = report.row("aarch64", "tvm", "structured")
+    assert arm.latency is None and "use --rpc-tracker" in arm.note
+    assert any("faster than onnxruntime" in line for line in report.ratios())
+    table = report.format()
+    assert "n/a" in table and "median ms" in table
+
+
+def test_bench_command_writes_json_and_plot(exported_small_net, tmp_path, capsys):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    status = main(["bench", str(exported_small_net["pt2"]), "--peers", "torch", "--repeat", "2",
+                   "--rounds", "1", "--threads", "1", "--json", str(out_json), "--plot", str(out_png),
+                   "--workdir", str(tmp_path / "work")])
+    assert status == 0
+    data = json.loads(out_json.read_text())
+    rows = {(r["target"], r["runtime"], r["variant"]): r for r in data["rows"]}
+    assert len(rows[("x86", "tvm", "structured")]["samples_ms"]) == 2
+    assert rows[("host", "torch", "original")]["median_ms"] > 0
+    assert "built-in models" in rows[("host", "torch", "structured")]["note"]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_targets_and_peers(exported_small_net, capsys):
+    with pytest.raises(PeerUnavailable, match="unknown peer 'tflite'"):
+        run_benchmark(str(exported_small_net["onnx"]), peers=["tflite"])
+    with pytest.raises(TargetError, match="unknown target 'tpu'"):
+        run_benchmark(str(exported_small_net["onnx"]), targets=["tpu"])
+    assert main(["bench", str(exported_small_net["onnx"]), "--rpc-tracker", "127.0.0.1:1",
+                 "--device-key", "x"]) == 2
+    assert "cannot reach the RPC tracker" in capsys.readouterr().err
