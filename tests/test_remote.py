@@ -129,3 +129,18 @@ def test_a_server_killed_mid_run_costs_only_its_job(cluster, library):
     failed = [reason for latency, reason in results.values() if latency is None]
     assert measured, results  # the surviving server measured jobs
     assert all("server lost or failed" in reason for reason in failed), failed
+
+
+def test_bench_sends_tvm_builds_to_the_devices(cluster, tmp_path):
+    from small_nets import export_net
+    from tvm_structconv.benchmark import run_benchmark
+
+    port, _, servers = cluster
+    alive = [server for server in servers if server.poll() is None]
+    assert alive, "the fixture's servers are gone"
+    report = run_benchmark(str(export_net(tmp_path)), peers=[], repeat=2, min_repeat_ms=5,
+                           rounds=1, rpc_tracker=f"127.0.0.1:{port}", device_key="cpu",
+                           workdir=str(tmp_path / "work"))
+    for variant in ("original", "structured"):
+        row = report.row("x86", "tvm", variant)
+        assert row.latency is not None and len(row.latency.samples_ms) == 2, row.note
