@@ -8,18 +8,6 @@ from tvm_structconv.benchmark import run_benchmark
 from tvm_structconv.cli import main
 from tvm_structconv.peers import PeerUnavailable
 from tvm_structconv.targets import TargetError
-from small_nets import structured_net
-from tvm_structconv.export import export
-
-
-@pytest.fixture(scope="module")
-def exported_small_net(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bench")
-    model, x, manifest = structured_net()
-    paths = {"onnx": folder / "net.onnx", "pt2": folder / "net.pt2"}
-    for path in paths.values():
-        export(model, path, x, manifest)
-    return paths
 
 
 def test_bench_measures_tvm_and_peers(exported_small_net, tmp_path):

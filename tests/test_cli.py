@@ -5,35 +5,16 @@ import json
 import numpy as np
 import onnxruntime
 import pytest
-import torch
-import torch.nn as nn
 import tvm
 from tvm import relax
 
 from tvm_structconv.cli import main
-from tvm_structconv.export import export
 from tvm_structconv.manifest import LayerSpec, Manifest
-from tvm_structconv.structure import Structure
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A small structured conv net exported to ONNX (manifest inside) and .pt2 (sidecar)."""
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, stride=2), nn.Flatten(), nn.Linear(72, 5)).eval()
-    structures = {"0.weight": Structure(4, 3, 2, 2), "3.weight": Structure(8, 3, 8, 2)}
-    with torch.no_grad():
-        model[1].running_var.uniform_(0.5, 1.5)
-        for name, structure in structures.items():
-            weight = dict(model.named_parameters())[name]
-            weight.copy_(torch.from_numpy(structure.project(weight.double().numpy())))
-    x = torch.randn(1, 4, 8, 8)
-    manifest = Manifest.from_structures(structures)
-    export(model, folder / "net.onnx", x, manifest)
-    export(model, folder / "net.pt2", x, manifest)
-    return folder, x
+def exported(exported_small_net):
+    return exported_small_net["folder"], exported_small_net["x"]
 
 
 def test_help_lists_the_subcommands(capsys):

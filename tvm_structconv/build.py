@@ -1,8 +1,27 @@
 """Compile an imported model for a target, with or without the structured rewrite.
 
-The pipeline: fold BatchNorm into convs, rewrite every structured conv / linear
-(:class:`~tvm_structconv.transform.RewriteStructuredConv`), then TVM's default Relax pipeline
-for the target.
+The pipeline (:func:`prepare_module`, then :func:`compile_model`):
+
+1. fold BatchNorm into convs (:class:`~tvm_structconv.transform.FoldBatchNorm`);
+2. for a scheduled CPU build, plan activations in NHWC: ``clip`` as ``minimum(maximum(…))``
+   (:class:`~tvm_structconv.transform.ExpandClip`) so that ``relax.transform.ConvertLayout``
+   carries NHWC through ReLU6 too; layout transposes remain only at the model's input and
+   where a tensor leaves the conv part (before ``flatten``);
+3. rewrite every structured conv / linear (:class:`~tvm_structconv.transform.RewriteStructuredConv`),
+   then every other conv as the same fused op with the trivial structure
+   (:class:`~tvm_structconv.transform.RewriteOrdinaryConv`) — in both builds, so that original
+   and structured models get the same schedules; NHWC kernels are packed at compile time;
+4. TVM's CPU Relax pipeline (legalize, fuse: bias, ReLU/ReLU6 and residual adds fuse into the
+   conv's function), with the project's hand schedules applied after fusion
+   (:class:`~tvm_structconv.transform.ApplySchedules`); other targets, or ``schedules=False``,
+   get TVM's default pipeline on the NCHW module. For CUDA that pipeline schedules every
+   fused function with dlight's GPU rules (``Matmul``, ``GEMV``, ``Reduction``,
+   ``GeneralReduction``, then ``Fallback``, which binds the fused structured conv's loops to
+   threads), so a CUDA build needs no tuning log; a dedicated GPU schedule is future work.
+
+A library for another CPU (aarch64) is linked with its cross compiler on export
+(:func:`~tvm_structconv.toolchain.export_compiler`); running a build that cannot run here
+(aarch64 on x86, CUDA without a GPU) raises :class:`~tvm_structconv.toolchain.DeviceError`.
 """
 
 from __future__ import annotations
@@ -15,12 +34,28 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+from tvm.relax.backend.cuda import pipeline as gpu_pipeline
+
 from tvm_structconv.frontend import ImportedModel, InputSpec
 from tvm_structconv.manifest import ManifestError
+from tvm_structconv.schedules import x86
 from tvm_structconv.targets import make_target
-from tvm_structconv.transform import FoldBatchNorm, RewriteReport, RewriteStructuredConv
+from tvm_structconv.toolchain import check_runnable, export_compiler
+from tvm_structconv.transform import (
+    ApplySchedules,
+    ExpandClip,
+    FoldBatchNorm,
+    RewriteOrdinaryConv,
+    RewriteReport,
+    RewriteStructuredConv,
+)
+from tvm_structconv.transform.conv_call import BlockSize, default_block_size
 
-__all__ = ["CompiledModel", "compile_model", "prepare_module"]
+__all__ = ["CompiledModel", "compile_model", "prepare_module", "scheduled_pipeline"]
+
+#: ``relax.transform.ConvertLayout``'s request for a scheduled CPU build.
+NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
 
 
 @dataclass
@@ -55,7 +90,14 @@ class CompiledModel:
         return tvm.cuda() if self.target.kind.name == "cuda" else tvm.cpu()
 
     def load(self) -> relax.VirtualMachine:
-        """A VM ready to run ``main`` on :meth:`device`."""
+        """A VM ready to run ``main`` on :meth:`device`.
+
+        Raises
+        ------
+        DeviceError
+            If the build cannot run here (an aarch64 library on x86, CUDA without a GPU).
+        """
+        check_runnable(self.target)
         return relax.VirtualMachine(self.executable, self.device())
 
     def run(self, *arrays: np.ndarray) -> List[np.ndarray]:
@@ -65,8 +107,16 @@ class CompiledModel:
         return flatten_outputs(result)
 
     def export(self, path: Union[str, os.PathLike]) -> None:
-        """Write a shared library that ``tvm.runtime.load_module`` loads (weights built in)."""
-        self.executable.export_library(os.fspath(path))
+        """Write a shared library that ``tvm.runtime.load_module`` loads (weights built in).
+
+        A library for another architecture (aarch64) is linked with its cross compiler.
+
+        Raises
+        ------
+        ToolchainError
+            If the cross compiler is not installed.
+        """
+        self.executable.export_library(os.fspath(path), fcompile=export_compiler(self.target))
 
 
 def flatten_outputs(result) -> List[np.ndarray]:
@@ -81,8 +131,25 @@ def prepare_module(
     structured: bool = True,
     tol: Optional[float] = None,
     match_by_value: bool = False,
+    layout: str = "NCHW",
+    block_size: BlockSize = default_block_size,
 ) -> tuple[tvm.IRModule, Optional[RewriteReport], List[str], List[str]]:
     """Run the project's passes on ``imported.mod``.
+
+    Parameters
+    ----------
+    imported
+        The model.
+    structured
+        Rewrite the structured layers (else only BatchNorm folding and the ordinary convs).
+    tol, match_by_value
+        See :class:`~tvm_structconv.transform.RewriteStructuredConv`.
+    layout
+        ``"NCHW"`` keeps the model's layout; ``"NHWC"`` plans activations in NHWC first, so
+        every conv becomes the NHWC fused op with a packed kernel (what the CPU schedules are
+        written for).
+    block_size
+        Output-channel block of packed NHWC kernels, per layer (the target's choice).
 
     Returns the module, the rewrite report (``None`` when ``structured`` is false), the list
     of folded convs and notes.
@@ -94,29 +161,74 @@ def prepare_module(
     StructureMismatchError
         If a layer's weights do not satisfy its recorded structure.
     """
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout must be NCHW or NHWC, got {layout!r}")
     names = dict(imported.weight_names)
     fold = FoldBatchNorm(names)
     mod = fold(imported.mod)
+    if layout == "NHWC":
+        # ConvertLayout keeps each weight constant (under permute_dims): names stay valid
+        mod = relax.transform.ConvertLayout(NHWC_LAYOUTS)(ExpandClip()(mod))
     notes: List[str] = []
-    if not structured:
-        return mod, None, list(fold.folded), notes
-    manifest = imported.manifest
-    missing = sorted(set(manifest.layers) - set(names.values()))
-    if missing and not match_by_value:
-        if imported.kind != "onnx":
-            raise ManifestError(
-                f"{manifest.source}: {missing[0]!r} names no weight of the model"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    report = None
+    if structured:
+        manifest = imported.manifest
+        missing = sorted(set(manifest.layers) - set(names.values()))
+        if missing and not match_by_value:
+            if imported.kind != "onnx":
+                raise ManifestError(
+                    f"{manifest.source}: {missing[0]!r} names no weight of the model"
+                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                )
+            # ONNX exporters rename weights they fold (onnx::Conv_14): find those by value
+            notes.append(
+                f"{len(missing)} manifest names are not initializer names of the ONNX model "
+                "(renamed by the exporter); their weights are matched by value"
             )
-        # ONNX exporters rename weights they fold (onnx::Conv_14): find those by value
-        notes.append(
-            f"{len(missing)} manifest names are not initializer names of the ONNX model "
-            "(renamed by the exporter); their weights are matched by value"
+            match_by_value = True
+        rewrite = RewriteStructuredConv(manifest, names, tol=tol, match_by_value=match_by_value,
+                                        block_size=block_size)
+        mod = rewrite(mod)
+        report = rewrite.report
+    mod = RewriteOrdinaryConv(block_size)(mod)
+    return mod, report, list(fold.folded), notes
+
+
+def scheduled_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CPU Relax pipeline with :class:`ApplySchedules` right after operator fusion."""
+
+    @tvm.transform.module_pass(opt_level=0, name="ScheduledCPUPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        passes = (
+            cpu_pipeline.library_dispatch_passes(target)
+            + cpu_pipeline.legalize_passes(target)
+            + [ApplySchedules(target)]
+            + cpu_pipeline.dataflow_lower_passes(target)
+            + cpu_pipeline.finalize_passes(target)
         )
-        match_by_value = True
-    rewrite = RewriteStructuredConv(manifest, names, tol=tol, match_by_value=match_by_value)
-    mod = rewrite(mod)
-    return mod, rewrite.report, list(fold.folded), notes
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
+def cuda_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CUDA Relax pipeline with :class:`ApplySchedules` between fusion and dlight's rules."""
+
+    @tvm.transform.module_pass(opt_level=0, name="ScheduledCUDAPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        legalize = gpu_pipeline.legalize_passes(target)  # ends with dlight's default rules
+        passes = (
+            gpu_pipeline.library_dispatch_passes(target)
+            + legalize[:-1]
+            + [ApplySchedules(target), legalize[-1]]
+            + gpu_pipeline.dataflow_lower_passes(target)
+            + gpu_pipeline.finalize_passes(target)
+        )
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
 
 
 def compile_model(
@@ -125,17 +237,28 @@ def compile_model(
     structured: bool = True,
     tol: Optional[float] = None,
     match_by_value: bool = False,
+    schedules: bool = True,
 ) -> CompiledModel:
     """Compile ``imported`` for ``target`` (a name from :mod:`tvm_structconv.targets` or a Target).
 
     With ``structured`` false the model is compiled as it is (BatchNorm still folded): the
-    baseline that structured builds are compared with.
+    baseline that structured builds are compared with. With ``schedules`` (the default) an
+    LLVM target gets NHWC layout planning and the hand schedules
+    (:func:`scheduled_pipeline`); without, or for another target kind, TVM's default pipeline
+    compiles the NCHW module.
     """
     if isinstance(target, str):
         target = make_target(target)
-    mod, report, folded, notes = prepare_module(imported, structured, tol, match_by_value)
+    scheduled = schedules and target.kind.name == "llvm"
+    if scheduled:
+        layout, block_size, pipeline = "NHWC", x86.block_size_for(target), scheduled_pipeline(target)
+    else:
+        pipeline = cuda_pipeline(target) if target.kind.name == "cuda" else "default"
+        layout, block_size = "NCHW", default_block_size
+    mod, report, folded, notes = prepare_module(imported, structured, tol, match_by_value,
+                                                layout, block_size)
     with target:
-        executable = tvm.compile(mod, target=target)
+        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     return CompiledModel(executable, target, list(imported.inputs), report, folded, notes)
 
 

@@ -1,64 +1,152 @@
 """TE computes of the structured ops: separable sum-pool followed by the reduced conv or dense.
 
-``structured_conv2d`` is one TE function with three stages: zero padding, the pooled tensor ``S``
-(running sums, one window axis at a time: channel, width, height — ``D + Mw + Mh`` adds per
-element instead of ``D·Mh·Mw``), and the reduced conv over ``S``. The last stage carries the
-``schedule_rule`` attribute ``SCHEDULE_RULE`` so that per-target schedules can find it. With a
-trivial structure (``D = Mh = Mw = 1``) the pool stages vanish and it is an ordinary conv.
+``structured_conv2d`` (NCHW in and out, ``alpha`` as OIHW) and ``structured_conv2d_nhwc``
+(NHWC in and out, ``alpha`` pre-packed by :func:`pack_alpha`) are one TE function each with
+three stages: zero padding, the pooled tensor ``S`` (sums one window axis at a time: channel,
+width, height — ``D + Mw + Mh`` adds per element instead of ``D·Mh·Mw``), and the reduced conv
+over ``S``. The last stage carries the ``schedule_rule`` attribute ``SCHEDULE_RULE`` so that
+per-target schedules can find it. With a trivial structure (``D = Mh = Mw = 1``) the pool
+stages vanish and it is an ordinary conv.
+
+The NHWC form is the one the CPU schedules are written for: channels are contiguous, so the
+pool stages vectorize over channels, and ``alpha`` packed as ``(Cout/B, nh, nw, c, B)`` gives
+the reduced conv contiguous vectors of ``B`` output channels per (row, column, input channel)
+of the kernel, one register block of the accumulator (:mod:`tvm_structconv.schedules.x86`).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import math
+from typing import Callable, Optional, Sequence, Tuple
 
+import numpy as np
 from tvm import te, topi
 
 from tvm_structconv.structure import Structure
 
-__all__ = ["SCHEDULE_RULE", "sum_pool", "structured_conv2d", "structured_dense"]
+__all__ = [
+    "SCHEDULE_RULE",
+    "output_channel_block",
+    "pack_alpha",
+    "sum_pool",
+    "structured_conv2d",
+    "structured_conv2d_nhwc",
+    "structured_dense",
+]
 
 SCHEDULE_RULE = "structured_conv2d"
 
+# (channel, height, width) axis of each supported activation layout
+_AXES = {"NCHW": (1, 2, 3), "NHWC": (3, 1, 2)}
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in _AXES:
+        raise ValueError(f"layout must be one of {sorted(_AXES)}, got {layout!r}")
+    return layout
+
 
 def _window_sum(tensor: te.Tensor, axis: int, window: int, step: int, name: str,
-                group_size: int = 0, groups: int = 1) -> te.Tensor:
+                group_size: int = 0, groups: int = 1, pairs_as_sum: bool = True) -> te.Tensor:
     """Sliding sum of ``window`` elements spaced ``step`` apart along ``axis`` (stride 1).
 
     With ``group_size`` set, the axis holds ``groups`` groups of ``group_size`` elements and the
     window slides within each group only (the output has ``group_size − window + 1`` per group).
+
+    Computed by doubling, so a window of ``D`` costs about ``log2 D + popcount D`` adds per
+    element rather than ``D`` (a 1×1 layer with ``c = C/2`` has ``D = C/2 + 1``): stages
+    ``name_2``, ``name_4`` … hold sums of 2, 4 … elements (``T_2m[j] = T_m[j] + T_m[j + m]``),
+    and the stage ``name`` adds the powers of two that make up ``window`` (for a power of two,
+    the last doubling stage is ``name``). Every sum is a balanced tree of the inputs.
+
+    ``pairs_as_sum`` writes each doubling as a two-element ``te.sum``, so that every access
+    reads one element (what dlight's GPU rules expect); otherwise as ``a + b``, one elementwise
+    pass that a CPU schedule vectorizes directly.
     """
     if window == 1:
         return tensor
-    shape = list(tensor.shape)
-    if group_size:
-        per_group = group_size - window + 1
-        shape[axis] = per_group * groups
-    else:
-        shape[axis] = shape[axis] - step * (window - 1)
-    offset = te.reduce_axis((0, window), name=f"{name}_k")
+    length = group_size if group_size else int(tensor.shape[axis])
+    groups = groups if group_size else 1
 
-    def compute(*index):
-        index = list(index)
-        if group_size:
-            position = index[axis]
-            index[axis] = (position // per_group) * group_size + position % per_group + offset
-        else:
-            index[axis] = index[axis] + step * offset
-        return te.sum(tensor[tuple(index)], axis=offset)
+    def source_index(index, out_length: int, source_length: int, shift) -> tuple:
+        """``index`` moved to the source tensor and ``shift`` further along ``axis``."""
+        moved = list(index)
+        position = index[axis]
+        if groups > 1:
+            position = (position // out_length) * source_length + position % out_length
+        moved[axis] = position + shift
+        return tuple(moved)
 
-    return te.compute(shape, compute, name=name)
+    def shape_of(out_length: int) -> list:
+        shape = list(tensor.shape)
+        shape[axis] = out_length * groups
+        return shape
+
+    def doubling(source: te.Tensor, source_length: int, out_length: int, size: int,
+                 stage_name: str) -> te.Tensor:
+        """Sums of ``2·size`` elements from the sums of ``size`` in ``source``."""
+        if not pairs_as_sum:
+            return te.compute(
+                shape_of(out_length),
+                lambda *index: (source[source_index(index, out_length, source_length, 0)]
+                                + source[source_index(index, out_length, source_length,
+                                                      size * step)]),
+                name=stage_name,
+            )
+        pair = te.reduce_axis((0, 2), name=f"{stage_name}_k")
+        return te.compute(
+            shape_of(out_length),
+            lambda *index: te.sum(
+                source[source_index(index, out_length, source_length, pair * size * step)],
+                axis=pair),
+            name=stage_name,
+        )
+
+    powers = [(tensor, length)]  # powers[b]: sums of 2**b elements and their group length
+    while 2 ** len(powers) <= window:
+        size = 2 ** (len(powers) - 1)
+        source, source_length = powers[-1]
+        out_length = source_length - size * step
+        stage_name = name if 2 * size == window else f"{name}_{2 * size}"
+        powers.append((doubling(source, source_length, out_length, size, stage_name), out_length))
+    if 2 ** (len(powers) - 1) == window:
+        return powers[-1][0]
+    terms, offset = [], 0
+    for bit in reversed(range(len(powers))):
+        if window >> bit & 1:
+            terms.append((*powers[bit], offset * step))
+            offset += 2 ** bit
+    out_length = length - (window - 1) * step
+
+    def combine(*index):
+        values = [source[source_index(index, out_length, source_length, shift)]
+                  for source, source_length, shift in terms]
+        total = values[0]
+        for value in values[1:]:
+            total = total + value
+        return total
+
+    return te.compute(shape_of(out_length), combine, name=name)
 
 
-def sum_pool(padded: te.Tensor, structure: Structure, dilation: Tuple[int, int] = (1, 1)) -> te.Tensor:
-    """``S``: the sum-pool of an already padded NCHW tensor over (channel, height, width).
+def sum_pool(padded: te.Tensor, structure: Structure, dilation: Tuple[int, int] = (1, 1),
+             layout: str = "NCHW") -> te.Tensor:
+    """``S``: the sum-pool of an already padded tensor over (channel, height, width).
 
     The channel window stays inside each group; spatial windows are dilated by ``dilation``.
+    ``layout`` is ``"NCHW"`` or ``"NHWC"``; ``S`` has the same layout. The NHWC form (the CPU
+    schedules') adds pairs elementwise, the NCHW form (TVM's default and GPU rules') with
+    two-element sums (see :func:`_window_sum`).
     """
+    channel_axis, height_axis, width_axis = _AXES[_check_layout(layout)]
     depth, window_h, window_w = structure.pool_window
-    pooled = _window_sum(padded, 1, depth, 1, "pool_channel",
-                         structure.group_channels, structure.groups)
-    pooled = _window_sum(pooled, 3, window_w, dilation[1], "pool_width")
-    return _window_sum(pooled, 2, window_h, dilation[0], "pool_height")
+    as_sum = layout == "NCHW"
+    pooled = _window_sum(padded, channel_axis, depth, 1, "pool_channel",
+                         structure.group_channels, structure.groups, as_sum)
+    pooled = _window_sum(pooled, width_axis, window_w, dilation[1], "pool_width",
+                         pairs_as_sum=as_sum)
+    return _window_sum(pooled, height_axis, window_h, dilation[0], "pool_height",
+                       pairs_as_sum=as_sum)
 
 
 def structured_conv2d(
@@ -118,6 +206,130 @@ def structured_conv2d(
         tag="structured_conv2d",
         attrs={"schedule_rule": SCHEDULE_RULE},
     )
+
+
+def output_channel_block(out_channels: int, groups: int, preferred: int, lanes: int = 1) -> int:
+    """The output-channel block ``B`` to pack ``alpha`` with for :func:`structured_conv2d_nhwc`.
+
+    ``B`` divides ``out_channels`` and, for a grouped conv with several outputs per group, the
+    outputs per group (so one block reads one group's channels of ``S``). Among the divisors up
+    to ``preferred`` it takes the one sharing the most factors of two with ``lanes`` (whole
+    vector registers), then the largest.
+    """
+    per_group = out_channels // groups
+    bound = out_channels if groups == 1 or per_group == 1 else per_group
+    candidates = [d for d in range(1, min(preferred, bound) + 1) if bound % d == 0]
+    return max(candidates, key=lambda d: (math.gcd(d, lanes), d))
+
+
+def pack_alpha(alpha: np.ndarray, block: int) -> np.ndarray:
+    """``alpha`` (OIHW, ``(Cout, c/groups, nh, nw)``) packed as ``(Cout/block, nh, nw, c/groups, block)``."""
+    out_channels, channels, height, width = alpha.shape
+    if out_channels % block:
+        raise ValueError(f"block {block} does not divide {out_channels} output channels")
+    packed = alpha.reshape(out_channels // block, block, channels, height, width)
+    return np.ascontiguousarray(packed.transpose(0, 3, 4, 2, 1))
+
+
+def _pad(data: te.Tensor, padding: Sequence[int], layout: str) -> te.Tensor:
+    """Zero-pad the spatial axes by ``(top, left, bottom, right)``; no stage when all are 0."""
+    top, left, bottom, right = (int(p) for p in padding)
+    if not any((top, left, bottom, right)):
+        return data
+    _, height_axis, width_axis = _AXES[layout]
+    before, after = [0] * 4, [0] * 4
+    before[height_axis], before[width_axis] = top, left
+    after[height_axis], after[width_axis] = bottom, right
+    return topi.nn.pad(data, before, after, name="pad")
+
+
+def _subsample(data: te.Tensor, stride_h: int, stride_w: int) -> te.Tensor:
+    """Every ``stride_h``-th row and ``stride_w``-th column of an NHWC tensor."""
+    batch, height, width, channels = data.shape
+    shape = (batch, (height - 1) // stride_h + 1, (width - 1) // stride_w + 1, channels)
+    return te.compute(shape, lambda b, y, x, c: data[b, y * stride_h, x * stride_w, c],
+                      name="subsample")
+
+
+def _output_size(size: int, kernel: int, stride: int, dilation: int) -> int:
+    return (size - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def structured_conv2d_nhwc(
+    data: te.Tensor,
+    packed_alpha: te.Tensor,
+    structure: Structure,
+    strides: Sequence[int] = (1, 1),
+    padding: Sequence[int] = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    out_dtype: Optional[str] = None,
+) -> te.Tensor:
+    """``conv2d(data, compose(alpha))`` computed as ``conv2d(S, alpha)``, NHWC in and out.
+
+    Parameters
+    ----------
+    data
+        Input ``(B, H, W, in_channels)``.
+    packed_alpha
+        The small kernel packed by :func:`pack_alpha`: ``(Cout/block, nh, nw, c/groups, block)``.
+    structure
+        The layer's structure.
+    strides, dilation
+        ``(sh, sw)`` and ``(dh, dw)`` of the original conv.
+    padding
+        ``(top, left, bottom, right)``, as in Relax's ``conv2d`` attributes.
+    out_dtype
+        Accumulation and output dtype; defaults to the input's.
+    """
+    out_dtype = out_dtype or data.dtype
+    stride_h, stride_w = (int(s) for s in strides)
+    dilation_h, dilation_w = (int(d) for d in dilation)
+    padded = _pad(data, padding, "NHWC")
+    if not structure.is_trivial and structure.kernel_size == (1, 1) and (stride_h, stride_w) != (1, 1):
+        # a strided 1x1 conv reads S only on the strided grid: pool the channels only there
+        padded = _subsample(padded, stride_h, stride_w)
+        stride_h = stride_w = 1
+    pooled = sum_pool(padded, structure, (dilation_h, dilation_w), "NHWC")
+    batch, height, width, _ = pooled.shape
+    blocks, kernel_h, kernel_w, reduced_per_group, block = (int(d) for d in packed_alpha.shape)
+    out_channels = blocks * block
+    out_h = _output_size(height, kernel_h, stride_h, dilation_h)
+    out_w = _output_size(width, kernel_w, stride_w, dilation_w)
+    channel_of = _pooled_channel(out_channels, structure.groups, reduced_per_group, block)
+    channel = te.reduce_axis((0, reduced_per_group), name="rc")
+    row = te.reduce_axis((0, kernel_h), name="ry")
+    column = te.reduce_axis((0, kernel_w), name="rx")
+    return te.compute(
+        (batch, out_h, out_w, out_channels),
+        lambda b, y, x, o: te.sum(
+            pooled[
+                b,
+                y * stride_h + row * dilation_h,
+                x * stride_w + column * dilation_w,
+                channel_of(o, channel),
+            ].astype(out_dtype)
+            * packed_alpha[o // block, row, column, channel, o % block].astype(out_dtype),
+            axis=[row, column, channel],
+        ),
+        name="structured_conv2d",
+        tag="structured_conv2d_nhwc",
+        attrs={"schedule_rule": SCHEDULE_RULE},
+    )
+
+
+def _pooled_channel(out_channels: int, groups: int, reduced_per_group: int,
+                    block: int) -> Callable:
+    """``(o, r) ↦`` channel of ``S`` that output ``o`` reads as its ``r``-th reduced channel.
+
+    Written so that, once the output channel is split by ``block``, the group index is free of
+    the lane index whenever a block lies inside one group (the schedule vectorizes over lanes).
+    """
+    per_group = out_channels // groups
+    if groups == 1:
+        return lambda o, r: r
+    if per_group % block == 0:
+        return lambda o, r: (o // block) // (per_group // block) * reduced_per_group + r
+    return lambda o, r: (o // per_group) * reduced_per_group + r
 
 
 def structured_dense(data: te.Tensor, alpha: te.Tensor, structure: Structure,

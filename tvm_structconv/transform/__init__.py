@@ -1,9 +1,23 @@
 """Relax passes, one pass per module."""
 
+from tvm_structconv.transform.apply_schedules import ApplySchedules
+from tvm_structconv.transform.expand_clip import ExpandClip
 from tvm_structconv.transform.fold_batchnorm import FoldBatchNorm
+from tvm_structconv.transform.ordinary_conv import RewriteOrdinaryConv
 from tvm_structconv.transform.structured_conv import (
     LayerReport,
     RewriteReport,
     RewriteStructuredConv,
     StructureMismatchError,
 )
+
+__all__ = [
+    "ApplySchedules",
+    "ExpandClip",
+    "FoldBatchNorm",
+    "LayerReport",
+    "RewriteOrdinaryConv",
+    "RewriteReport",
+    "RewriteStructuredConv",
+    "StructureMismatchError",
+]

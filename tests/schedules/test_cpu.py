@@ -1,0 +1,87 @@
+"""The generic CPU rules: pools, global pooling, dense and elementwise ops scheduled and exact."""
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir, te
+
+from tvm_structconv.build import scheduled_pipeline
+from tvm_structconv.schedules import cpu
+
+HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+                          "num-cores": 2})
+
+
+def run_scheduled(build, inputs):
+    """Build a one-function Relax module, compile it with the scheduled pipeline, run it."""
+    params = [relax.Var(f"x{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(inputs)]
+    builder = relax.BlockBuilder()
+    with builder.function("main", params):
+        with builder.dataflow():
+            out = builder.emit_output(builder.emit(build(*params)))
+        builder.emit_func_output(out)
+    mod = builder.get()
+    lowered = scheduled_pipeline(HOST)(mod)
+    kernels = [f for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    executable = tvm.compile(mod, target=HOST, relax_pipeline=scheduled_pipeline(HOST))
+    result = relax.VirtualMachine(executable, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in inputs))
+    return result.numpy(), kernels
+
+
+def test_nhwc_max_pool_is_scheduled_and_exact():
+    x = np.random.default_rng(0).standard_normal((1, 30, 30, 64)).astype("float32")
+    got, kernels = run_scheduled(
+        lambda v: relax.op.nn.max_pool2d(v, 3, 2, 1, layout="NHWC"), [x])
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    expected = np.max([padded[:, i:i + 29:2, j:j + 29:2] for i in range(3) for j in range(3)], axis=0)
+    np.testing.assert_array_equal(got, expected)
+    assert all(k.attrs["tirx.is_scheduled"] for k in kernels)
+    assert "T.parallel" in kernels[0].script() and "T.vectorized" in kernels[0].script()
+
+
+def test_global_average_pool_and_dense_with_bias():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 7, 7, 48)).astype("float32")
+    weight = rng.standard_normal((48, 1000)).astype("float32")
+    bias = rng.standard_normal(1000).astype("float32")
+
+    def build(v):
+        pooled = relax.op.reshape(relax.op.mean(v, axis=[1, 2], keepdims=True), (1, 48))
+        return relax.op.add(relax.op.matmul(pooled, relax.const(weight)), relax.const(bias))
+
+    got, kernels = run_scheduled(build, [x])
+    expected = x.astype(np.float64).mean(axis=(1, 2)) @ weight + bias
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert all(k.attrs.get("tirx.is_scheduled") for k in kernels)
+
+
+def test_elementwise_and_transpose():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 3, 20, 20)).astype("float32")
+    got, kernels = run_scheduled(
+        lambda v: relax.op.nn.relu(relax.op.permute_dims(v, [0, 2, 3, 1])), [x])
+    np.testing.assert_array_equal(got, np.maximum(x.transpose(0, 2, 3, 1), 0))
+    assert all(k.attrs["tirx.is_scheduled"] for k in kernels)
+
+
+def test_rules_answer_none_for_other_kinds():
+    a = te.placeholder((8, 8), name="a")
+    k = te.reduce_axis((0, 8), name="k")
+    row_sum = te.compute((8,), lambda i: te.sum(a[i, k], axis=k), name="row_sum")  # inner reduction
+    func = te.create_prim_func([a, row_sum])
+    assert cpu.ChannelReduction().apply(func, HOST, False) is None
+    assert cpu.Injective().apply(func, HOST, False) is None
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+    elementwise = te.create_prim_func([a, te.compute((8, 8), lambda i, j: a[i, j] * 2)])
+    assert cpu.Injective().apply(elementwise, cuda, False) is None
+    assert isinstance(cpu.Injective().apply(elementwise, HOST, False), s_tir.Schedule)
+
+
+def test_dense_with_fewer_outputs_than_a_vector():
+    """5 outputs: no vector width divides them; the schedule must not vectorize a shared loop."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 72)).astype("float32")
+    weight = rng.standard_normal((72, 5)).astype("float32")
+    bias = rng.standard_normal(5).astype("float32")
+    got, _ = run_scheduled(
+        lambda v: relax.op.add(relax.op.matmul(v, relax.const(weight)), relax.const(bias)), [x])
+    np.testing.assert_allclose(got, x.astype(np.float64) @ weight + bias, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,33 @@
+"""The x86 hand schedule as MetaSchedule's custom rule for blocks with ``schedule_rule``.
+
+Apart from test_x86.py: MetaSchedule's TuneContext imports TVM's tensor intrinsics, which
+takes about 25 s on these machines.
+"""
+
+import tvm
+from tvm import te
+from tvm.s_tir import meta_schedule as ms
+
+import tvm_structconv.schedules.x86  # noqa: F401  (registers the rule)
+from tvm_structconv import ops
+from tvm_structconv.structure import Structure
+
+HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+                          "num-cores": 2})
+
+
+def test_meta_schedule_uses_the_hand_schedule_as_custom_rule():
+    # MetaSchedule dispatches on the target's keys: "cpu" for llvm
+    assert tvm.get_global_func(f"s_tir.meta_schedule.cpu.{ops.SCHEDULE_RULE}") is not None
+    structure = Structure(8, 3, 8, 2)
+    data, alpha = te.placeholder((1, 8, 8, 8)), te.placeholder((1, 2, 2, 8, 8))
+    out = ops.structured_conv2d_nhwc(data, alpha, structure, padding=(1, 1, 1, 1))
+    relu = te.compute(out.shape, lambda *i: tvm.tirx.max(out(*i), 0.0), name="relu")
+    mod = tvm.IRModule({"main": te.create_prim_func([data, alpha, relu])})
+    context = ms.TuneContext(mod=mod, target=HOST, space_generator="post-order-apply",
+                             task_name="conv")
+    (space,) = context.generate_design_space()
+    text = space.mod.script()
+    assert "T.parallel" in text and "structured_conv2d_local" in text
+    assert 'sblock("relu")' not in text  # the epilogue is inlined into the write-back
+    assert "pool_height_rf" not in text  # no default rule touched the pool stages

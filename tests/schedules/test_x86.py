@@ -1,0 +1,203 @@
+"""The x86 hand schedule of the fused conv: numerics against torch over many shapes, target
+parameters read from the target, the fused epilogue, tiling choices and the rule's answers."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tvm import relax, te
+
+from strategies import structures
+from tvm_structconv import ops
+from tvm_structconv.build import scheduled_pipeline
+from tvm_structconv.schedules import x86
+from tvm_structconv.schedules.target_info import vector_lanes, vector_registers
+from tvm_structconv.structure import Structure
+
+HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+                          "num-cores": 2})
+
+
+def oracle(x, alpha, structure, stride, padding, dilation, bias=None):
+    """NHWC result of torch's conv2d with the composed kernel (padding: top, left, bottom, right)."""
+    top, left, bottom, right = padding
+    padded = F.pad(torch.from_numpy(x).double(), (left, right, top, bottom))
+    weight = structure.compose(torch.from_numpy(alpha).double())
+    bias = None if bias is None else torch.from_numpy(bias).double()
+    out = F.conv2d(padded, weight, bias, stride=stride, dilation=dilation, groups=structure.groups)
+    return out.numpy().transpose(0, 2, 3, 1)
+
+
+def scheduled_conv(x, alpha, structure, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
+                   target=HOST, block=None):
+    """Run the hand-scheduled NHWC op on NCHW ``x`` and OIHW ``alpha``; return NHWC."""
+    data = te.placeholder(x.transpose(0, 2, 3, 1).shape, name="data")
+    probe = ops.structured_conv2d_nhwc(
+        data, te.placeholder((1, *alpha.shape[2:], alpha.shape[1], alpha.shape[0])),
+        structure, stride, padding, dilation)
+    if block is None:
+        block = x86.channel_block(target, alpha.shape[0], structure.groups, int(probe.shape[2]))
+    packed = ops.pack_alpha(alpha, block)
+    weight = te.placeholder(packed.shape, name="alpha")
+    out = ops.structured_conv2d_nhwc(data, weight, structure, stride, padding, dilation)
+    sch = x86.StructuredConv2dRule().apply(te.create_prim_func([data, weight, out]), target, False)
+    assert sch is not None
+    executable = tvm.compile(sch.mod, target=target).jit()
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    executable(tvm.runtime.tensor(x.transpose(0, 2, 3, 1).copy()), tvm.runtime.tensor(packed), result)
+    return result.numpy()
+
+
+def random_case(structure, out_channels, size, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, structure.in_channels, *size)).astype("float32")
+    alpha = rng.standard_normal(structure.alpha_shape(out_channels)).astype("float32")
+    return x, alpha
+
+
+@settings(max_examples=60)
+@given(
+    structures(max_channels=6, max_kernel=3),
+    st.integers(1, 3),  # out channels per group
+    st.integers(1, 3),  # stride
+    st.tuples(*[st.integers(0, 2)] * 4),  # top, left, bottom, right
+    st.integers(1, 2),  # dilation
+    st.tuples(st.integers(0, 9), st.integers(0, 9)),  # extra input rows, columns
+    st.integers(0, 2**31 - 1),
+)
+def test_scheduled_op_equals_torch_over_random_shapes(structure, out_per_group, stride, padding,
+                                                      dilation, extra, seed):
+    kernel_h, kernel_w = structure.kernel_size
+    size = (dilation * (kernel_h - 1) + 1 + extra[0], dilation * (kernel_w - 1) + 1 + extra[1])
+    x, alpha = random_case(structure, out_per_group * structure.groups, size, seed)
+    got = scheduled_conv(x, alpha, structure, (stride, stride), padding, (dilation, dilation))
+    expected = oracle(x, alpha, structure, stride, padding, dilation)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "structure, out_channels, size, stride, padding",
+    [
+        (Structure(64, 3, 64, 2), 64, (7, 7), 1, (1, 1, 1, 1)),  # ResNet stage 4 at 7x7
+        (Structure(16, 3, 16, 2), 32, (13, 13), 1, (1, 1, 1, 1)),  # a prime output width
+        (Structure(16, 3, 8, 3), 24, (14, 14), 2, (1, 1, 1, 1)),  # channel pool only, strided
+        (Structure(32, 1, 16, 1), 48, (14, 14), 2, (0, 0, 0, 0)),  # 1x1, c = C/2, strided
+        (Structure(32, 3, 32, 2, groups=32), 32, (15, 15), 1, (1, 1, 1, 1)),  # depthwise
+        (Structure(24, (3, 5), 12, (2, 3), groups=2), 16, (9, 11), 1, (1, 2, 1, 2)),  # grouped
+        (Structure(3, 7, 3, 7), 32, (23, 23), 2, (3, 3, 3, 3)),  # a stem conv, trivial
+    ],
+)
+def test_scheduled_op_on_network_like_layers(structure, out_channels, size, stride, padding):
+    x, alpha = random_case(structure, out_channels, size, 1)
+    got = scheduled_conv(x, alpha, structure, (stride, stride), padding)
+    np.testing.assert_allclose(got, oracle(x, alpha, structure, stride, padding, 1),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 16])
+def test_trivial_structure_is_the_ordinary_conv(groups):
+    structure = Structure(16, 3, 16, 3, groups=groups)  # D = M = 1: no pool stage
+    x, alpha = random_case(structure, 16, (10, 9), 2)
+    got = scheduled_conv(x, alpha, structure, padding=(1, 1, 1, 1))
+    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(alpha), padding=1, groups=groups)
+    np.testing.assert_allclose(got, expected.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_avx2_code_for_an_avx2_target():
+    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+    if not tvm.target.codegen.target_has_features("avx2", HOST):
+        pytest.skip("this host cannot run AVX2 code")
+    structure = Structure(16, 3, 16, 2)
+    x, alpha = random_case(structure, 32, (9, 9), 3)
+    got = scheduled_conv(x, alpha, structure, padding=(1, 1, 1, 1), target=avx2)
+    np.testing.assert_allclose(got, oracle(x, alpha, structure, 1, (1, 1, 1, 1), 1),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_fused_bias_relu_and_residual_epilogue():
+    structure = Structure(16, 3, 16, 2)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 11, 11, 16)).astype("float32")
+    residual = rng.standard_normal((1, 11, 11, 24)).astype("float32")
+    alpha = rng.standard_normal(structure.alpha_shape(24)).astype("float32")
+    bias = rng.standard_normal(24).astype("float32")
+    block = x86.channel_block(HOST, 24, 1, 11)
+
+    data = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    skip = relax.Var("r", relax.TensorType(residual.shape, "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [data, skip]):
+        with builder.dataflow():
+            conv = builder.emit(builder.call_te(
+                lambda d, a: ops.structured_conv2d_nhwc(d, a, structure, padding=(1, 1, 1, 1)),
+                data, relax.const(ops.pack_alpha(alpha, block)), primfunc_name_hint="conv"))
+            out = builder.emit(relax.op.add(conv, relax.const(bias.reshape(1, 1, 1, 24))))
+            out = builder.emit(relax.op.nn.relu(out))
+            out = builder.emit(relax.op.add(out, skip))
+            out = builder.emit_output(builder.emit(relax.op.clip(out, 0.0, 6.0)))
+        builder.emit_func_output(out)
+    executable = tvm.compile(builder.get(), target=HOST, relax_pipeline=scheduled_pipeline(HOST))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(residual)).numpy()
+    conv = oracle(x.transpose(0, 3, 1, 2).copy(), alpha, structure, 1, (1, 1, 1, 1), 1, bias)
+    expected = np.clip(np.maximum(conv, 0) + residual, 0, 6)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+    lowered = scheduled_pipeline(HOST)(builder.get())
+    kernels = [f for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(kernels) == 1, "bias, ReLU, residual add and clip fuse into the conv"
+    assert kernels[0].attrs["tirx.is_scheduled"]
+
+
+@pytest.mark.parametrize(
+    "mcpu, lanes, registers",
+    [("haswell", 8, 16), ("znver3", 8, 16), ("skylake-avx512", 16, 32), ("x86-64", 4, 16)],
+)
+def test_vector_width_and_registers_come_from_the_target(mcpu, lanes, registers):
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    assert (vector_lanes(target), vector_registers(target)) == (lanes, registers)
+
+
+def test_neon_target():
+    neon = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    assert (vector_lanes(neon), vector_registers(neon)) == (4, 32)
+
+
+@pytest.mark.parametrize(
+    "mcpu, out_channels, out_width, block, pixels",
+    [
+        ("haswell", 64, 56, 16, 4),  # 4 px x 2 ymm = 8 accumulators (DESIGN §4)
+        ("haswell", 512, 7, 8, 7),  # 7 px x 1 ymm rather than 1 px x 2 ymm
+        ("skylake-avx512", 64, 56, 32, 14),  # 14 px x 2 zmm = 28 of 32 registers
+        ("skylake-avx512", 24, 56, 8, 28),  # 24 lanes is no whole zmm: one ymm
+    ],
+)
+def test_register_tile_fits_the_target(mcpu, out_channels, out_width, block, pixels):
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    assert x86.channel_block(target, out_channels, 1, out_width) == block
+    tiling = x86.choose_tiling(1, out_width, out_width, out_channels, block, target)
+    assert tiling.pixels == pixels
+
+
+@pytest.mark.parametrize("cores, out_height, rows", [(2, 56, 7), (2, 28, 7), (16, 56, 7), (4, 7, 7)])
+def test_tasks_are_balanced_over_cores(cores, out_height, rows):
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": cores})
+    tiling = x86.choose_tiling(1, out_height, out_height, 64, 16, target)
+    assert tiling.rows == rows
+    tasks = (out_height // tiling.rows) * tiling.chunks
+    assert tasks % cores == 0
+
+
+def test_rule_answers_none_for_functions_it_does_not_schedule():
+    a = te.placeholder((4, 4), name="a")
+    elementwise = te.create_prim_func([a, te.compute((4, 4), lambda i, j: a[i, j] + 1)])
+    assert x86.StructuredConv2dRule().apply(elementwise, HOST, False) is None
+    structure = Structure(4, 3, 2, 2)
+    data, alpha = te.placeholder((1, 4, 6, 6)), te.placeholder(structure.alpha_shape(4))
+    nchw = te.create_prim_func([data, alpha, ops.structured_conv2d(data, alpha, structure)])
+    assert x86.StructuredConv2dRule().apply(nchw, HOST, False) is None
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+    assert x86.StructuredConv2dRule().apply(nchw, cuda, False) is None

@@ -1,0 +1,54 @@
+"""Apply the project's hand schedules to every not yet scheduled PrimFunc of a module.
+
+A module pass over TIR, to run after ``FuseOps``/``FuseTIR`` (so a conv's fused epilogue is
+in its function). For an LLVM target the rules are tried in order, the first that answers
+wins (dlight's ``ApplyDefaultSchedule``; a rule answers ``None`` for a function not its kind):
+
+1. :class:`~tvm_structconv.schedules.x86.StructuredConv2dRule` — a function holding the NHWC
+   fused structured conv (``schedule_rule = "structured_conv2d"``), ordinary convs emitted
+   with the trivial structure included;
+2. :class:`~tvm_structconv.schedules.cpu.ChannelReduction` — pools, global pooling, dense;
+3. :class:`~tvm_structconv.schedules.cpu.Injective` — transposes, reshapes, elementwise ops.
+
+Every function a rule scheduled gets ``tirx.is_scheduled``; the others are left as they are
+(TVM's default lowering). For a CUDA target only the fused structured conv is scheduled
+(:class:`~tvm_structconv.schedules.cuda.StructuredConv2dFallback`); dlight's default GPU rules
+then schedule the rest. Other target kinds are returned unchanged.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import dlight
+
+from tvm_structconv.schedules import cpu, cuda, x86
+
+__all__ = ["ApplySchedules"]
+
+
+@tvm.transform.module_pass(opt_level=0, name="ApplySchedules")
+class ApplySchedules:
+    """Schedule every PrimFunc of the module for ``target`` with the project's CPU rules.
+
+    Parameters
+    ----------
+    target
+        The compilation target; only ``llvm`` targets are scheduled.
+    """
+
+    def __init__(self, target: tvm.target.Target) -> None:
+        self.target = target
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        """``mod`` with its PrimFuncs scheduled."""
+        kind = self.target.kind.name
+        if kind == "cuda":
+            rules = dlight.ApplyDefaultSchedule(cuda.StructuredConv2dFallback())
+        elif kind == "llvm":
+            rules = dlight.ApplyDefaultSchedule(
+                x86.StructuredConv2dRule(), cpu.ChannelReduction(), cpu.Injective()
+            )
+        else:
+            return mod
+        with self.target:
+            return rules(mod)

@@ -1,0 +1,164 @@
+"""What the conv rewrites share: reading a Relax ``conv2d`` call and emitting the fused TE op.
+
+Not a pass: :class:`~tvm_structconv.transform.RewriteStructuredConv` and
+:class:`~tvm_structconv.transform.RewriteOrdinaryConv` both read a conv with
+:func:`read_conv2d` and replace it with :func:`emit_conv2d`.
+
+Two forms of conv are understood:
+
+* NCHW data, OIHW kernel, NCHW output — what the frontends give; emitted as
+  :func:`tvm_structconv.ops.structured_conv2d` with ``alpha`` as it is;
+* NHWC data, any kernel layout (a permutation of ``OIHW``), NHWC output — what
+  ``relax.transform.ConvertLayout`` makes of it; the kernel may be a constant or
+  ``permute_dims`` of a constant (the layout change of the weight, not yet folded). Emitted as
+  :func:`tvm_structconv.ops.structured_conv2d_nhwc` with ``alpha`` packed by
+  :func:`tvm_structconv.ops.pack_alpha` at compile time.
+
+The name of the weight is that of the constant under any ``permute_dims``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple, Union
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvm_structconv import ops
+from tvm_structconv.structure import Structure
+
+__all__ = ["BlockSize", "Conv2dCall", "default_block_size", "emit_conv2d", "read_conv2d"]
+
+#: ``(out_channels, groups, out_width) -> block``: the output-channel block ``alpha`` is packed
+#: with for an NHWC conv (a target's schedule decides it; see ``schedules/x86.py``).
+BlockSize = Callable[[int, int, int], int]
+
+
+def default_block_size(out_channels: int, groups: int, out_width: int) -> int:
+    """Blocks of up to 16 output channels, multiples of 8 preferred (two AVX2 registers)."""
+    return ops.output_channel_block(out_channels, groups, preferred=16, lanes=8)
+
+
+@dataclass(frozen=True)
+class Conv2dCall:
+    """A Relax ``conv2d`` with a constant weight, in one of the understood forms.
+
+    Attributes
+    ----------
+    data
+        The input expression.
+    constant
+        The weight constant (under ``permute_dims`` for an NHWC conv after ``ConvertLayout``).
+    kernel
+        The weight as a numpy array in OIHW.
+    layout
+        ``"NCHW"`` or ``"NHWC"`` (data and output alike).
+    strides, padding, dilation, groups
+        The conv's attributes; ``padding`` is ``(top, left, bottom, right)``.
+    out_dtype
+        The output dtype.
+    out_shape
+        The output shape.
+    """
+
+    data: relax.Expr
+    constant: tvm.ir.Constant
+    kernel: np.ndarray
+    layout: str
+    strides: Tuple[int, int]
+    padding: Tuple[int, int, int, int]
+    dilation: Tuple[int, int]
+    groups: int
+    out_dtype: str
+    out_shape: Tuple[int, ...]
+
+    @property
+    def pixels(self) -> int:
+        """Output pixels over the batch (``B · Ho · Wo``)."""
+        spatial = self.out_shape[1:3] if self.layout == "NHWC" else self.out_shape[2:]
+        return self.out_shape[0] * int(np.prod(spatial))
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the conv as it is."""
+        return int(np.prod(self.kernel.shape)) * self.pixels
+
+    @property
+    def out_width(self) -> int:
+        """Width of the output."""
+        return int(self.out_shape[2] if self.layout == "NHWC" else self.out_shape[3])
+
+
+def read_conv2d(call: relax.Call,
+                lookup: Callable[[relax.Var], Optional[relax.Expr]]) -> Union[Conv2dCall, str]:
+    """The conv ``call`` as a :class:`Conv2dCall`, or the reason it is not one we handle.
+
+    Parameters
+    ----------
+    call
+        A ``relax.nn.conv2d`` call.
+    lookup
+        The value bound to a variable (``PyExprMutator.lookup_binding``), for a weight that is
+        a variable bound to ``permute_dims(constant)``.
+    """
+    data, weight = call.args
+    attrs = call.attrs
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+    weight = _bound_value(weight, lookup)
+    axes = None
+    if isinstance(weight, relax.Call) and weight.op.same_as(tvm.ir.Op.get("relax.permute_dims")):
+        axes = weight.attrs.axes
+        weight = _bound_value(weight.args[0], lookup)
+    if not isinstance(weight, tvm.ir.Constant):
+        return "weight is not a constant"
+    array = weight.value.numpy()
+    if axes is not None:
+        array = array.transpose([int(a) for a in axes]) if len(axes) else array.transpose()
+    if layouts == ("NCHW", "OIHW", "NCHW"):
+        layout = "NCHW"
+    elif layouts[0] == layouts[2] == "NHWC" and sorted(layouts[1]) == sorted("OIHW"):
+        layout = "NHWC"
+    else:
+        return f"layout {'/'.join(layouts)} is not NCHW/OIHW/NCHW or NHWC/*/NHWC"
+    kernel = array.transpose([layouts[1].index(axis) for axis in "OIHW"])
+    return Conv2dCall(
+        data=data,
+        constant=weight,
+        kernel=np.ascontiguousarray(kernel),
+        layout=layout,
+        strides=tuple(int(s) for s in attrs.strides),
+        padding=tuple(int(p) for p in attrs.padding),
+        dilation=tuple(int(d) for d in attrs.dilation),
+        groups=int(attrs.groups),
+        out_dtype=str(call.ty.dtype),
+        out_shape=tuple(int(d) for d in call.ty.shape),
+    )
+
+
+def _bound_value(expr: relax.Expr,
+                 lookup: Callable[[relax.Var], Optional[relax.Expr]]) -> relax.Expr:
+    """The value bound to ``expr`` if it is a variable bound in the function, else ``expr``."""
+    if isinstance(expr, relax.Var):
+        value = lookup(expr)
+        if value is not None:
+            return value
+    return expr
+
+
+def emit_conv2d(builder: relax.BlockBuilder, conv: Conv2dCall, alpha: np.ndarray,
+                structure: Structure, block_size: BlockSize = default_block_size) -> relax.Expr:
+    """``call_te`` of the fused op computing ``conv`` from ``alpha`` (OIHW) and ``structure``."""
+    settings = dict(structure=structure, strides=list(conv.strides), padding=list(conv.padding),
+                    dilation=list(conv.dilation), out_dtype=conv.out_dtype)
+    if conv.layout == "NCHW":
+        compute = functools.partial(ops.structured_conv2d, **settings)
+        weight = alpha
+    else:
+        block = block_size(alpha.shape[0], structure.groups, conv.out_width)
+        compute = functools.partial(ops.structured_conv2d_nhwc, **settings)
+        weight = ops.pack_alpha(alpha, block)
+    return builder.call_te(compute, conv.data, relax.const(weight),
+                           primfunc_name_hint="structured_conv2d")
