@@ -102,7 +102,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
+def _compile_reported(args: argparse.Namespace):
+    """Import and compile ``args.model`` as the flags say; print notes and the rewrite report."""
     from tvm_structconv.build import compile_model
 
     imported = _load(args)
@@ -113,6 +114,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"manifest: {imported.manifest_origin}; BatchNorm folded into {len(compiled.folded)} convs")
     if compiled.report is not None:
         print(compiled.report.format())
+    return imported, compiled
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    _, compiled = _compile_reported(args)
     compiled.export(args.output)
     print(f"wrote {args.output} ({compiled.target})")
     return 0
@@ -143,18 +149,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from tvm_structconv.build import compile_model
     from tvm_structconv.deploy import deploy, run_bundle
     from tvm_structconv.runtime_libs import host_arch
     from tvm_structconv.toolchain import RunnerError
 
-    imported = _load(args)
-    compiled = compile_model(imported, _target(args), structured=not args.original, tol=args.tol,
-                             match_by_value=args.detect)
-    for note in compiled.notes:
-        print(f"note: {note}")
-    if compiled.report is not None:
-        print(compiled.report.format())
+    imported, compiled = _compile_reported(args)
     inputs = [spec.random(args.seed) for spec in imported.inputs]
     bundle = deploy(compiled, imported, args.output, inputs, _reference_outputs(imported, inputs),
                     build=not args.no_build)
