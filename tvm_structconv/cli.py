@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -205,6 +206,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tvm_structconv.frontend import load_model
     from tvm_structconv.models import create_structured
 
+    # TVM's pool defaults to physical cores (1 on a 2-vCPU SMT machine): use every core given
+    threads = args.threads or len(os.sched_getaffinity(0))
+    os.environ["TVM_NUM_THREADS"] = str(threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="structconv-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     progress = Progress(7)
@@ -227,9 +231,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     structured = progress.run("compiling the structured model for this CPU",
                               lambda: compile_model(imported, "x86", structured=True))
     inputs = [built.example_input.numpy()]
-    expected = _reference_outputs(imported, inputs)
-    errors = {label: max_errors(model.run(*inputs), expected)
-              for label, model in (("original", original), ("structured", structured))}
 
     def time_both():
         rounds = {"original": None, "structured": None}
@@ -241,6 +242,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     latency = progress.run(f"timing both ({args.rounds} interleaved rounds of {args.repeat})",
                            time_both)
+    # onnxruntime only after the timing: its idle worker threads would slow TVM (DESIGN.md §3)
+    expected = _reference_outputs(imported, inputs)
+    errors = {label: max_errors(model.run(*inputs), expected)
+              for label, model in (("original", original), ("structured", structured))}
     report = structured.report
     cost = built.cost()
     print()
@@ -250,7 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"BatchNorm folded into {len(structured.folded)} convs")
     print()
     header = f"{'':<11}{'params':>10}{'GMAC':>8}{'median ms':>11}{'p90 ms':>9}{'max rel err':>13}"
-    print(f"{args.model}, batch 1, fp32, {structured.target}")
+    print(f"{args.model}, batch 1, fp32, {threads} threads, {structured.target}")
     print(header)
     rows = (("original", cost.original_params, cost.original_macs),
             ("structured", cost.structured_params, cost.structured_macs))
@@ -284,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image-size", type=int, default=224)
     demo.add_argument("--repeat", type=int, default=5, help="timed repeats per round")
     demo.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
+    demo.add_argument("--threads", type=int, default=None, help="TVM threads (default: all cores)")
     demo.add_argument("--rtol", type=float, default=1e-3,
                       help="largest accepted output error relative to the output's magnitude")
     demo.add_argument("--workdir", help="where the exported models go (default: a temp dir)")
