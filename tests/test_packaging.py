@@ -1,0 +1,20 @@
+"""setup.cfg lists every package, so `pip install .` (not only `-e .`) ships all the code."""
+
+import configparser
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_package_is_listed_in_setup_cfg():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "tvm_structconv").rglob("__init__.py")
+    } | {"tvm_structconv.schedules"}
+    assert (ROOT / "schedules" / "__init__.py").is_file()
+    assert listed == on_disk
+    package_dir = config["options"]["package_dir"]
+    assert "tvm_structconv.schedules = schedules" in package_dir
