@@ -176,16 +176,13 @@ def structured_conv2d(
         Accumulation and output dtype; defaults to the input's.
     """
     out_dtype = out_dtype or data.dtype
-    top, left, bottom, right = (int(p) for p in padding)
     stride_h, stride_w = (int(s) for s in strides)
     dilation_h, dilation_w = (int(d) for d in dilation)
-    if any((top, left, bottom, right)):
-        data = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad")
-    pooled = sum_pool(data, structure, (dilation_h, dilation_w))
+    pooled = sum_pool(_pad(data, padding, "NCHW"), structure, (dilation_h, dilation_w))
     batch, _, height, width = pooled.shape
     out_channels, reduced_per_group, kernel_h, kernel_w = alpha.shape
-    out_h = (height - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
-    out_w = (width - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    out_h = _output_size(height, kernel_h, stride_h, dilation_h)
+    out_w = _output_size(width, kernel_w, stride_w, dilation_w)
     outputs_per_group = out_channels // structure.groups
     channel = te.reduce_axis((0, reduced_per_group), name="rc")
     row = te.reduce_axis((0, kernel_h), name="ry")
