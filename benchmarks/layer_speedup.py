@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from tvm_structconv.bench import time_callable, worker_environment
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ("resnet18", "resnet50", "mobilenet_v2")
 PLAN = "3x3:n=2,c=C;1x1:c=C/2"
@@ -193,26 +195,15 @@ def torch_worker(layers: List[Layer], threads: int, repeats: int) -> Dict[str, L
                 return F.conv2d(x, w, stride=layer.stride, padding=layer.padding,
                                 groups=layer.groups)
 
-            for _ in range(3):
-                run()
-            samples = []
-            for _ in range(repeats):
-                count, start = 0, time.perf_counter()
-                while True:
-                    run()
-                    count += 1
-                    elapsed = time.perf_counter() - start
-                    if elapsed > 0.04:
-                        break
-                samples.append(elapsed / count * 1e3)
-            results[layer.key] = samples
+            results[layer.key] = list(time_callable(run, repeats, min_repeat_ms=40,
+                                                    warmup=3).samples_ms)
     return results
 
 
 # ---------------------------------------------------------------------------- driver
 def _run_worker(kind: str, spec: pathlib.Path, libdir: pathlib.Path, threads: int,
                 pairs: int) -> dict:
-    env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env = worker_environment(threads)
     command = [sys.executable, __file__, "--worker", kind, "--spec", str(spec),
                "--libdir", str(libdir), "--threads", str(threads), "--pairs", str(pairs)]
     output = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
