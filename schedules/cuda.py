@@ -18,15 +18,9 @@ from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from tvm_structconv.ops import SCHEDULE_RULE
+from tvm_structconv.ops import find_structured_block
 
 __all__ = ["StructuredConv2dFallback"]
-
-
-def _has_structured_block(func: tirx.PrimFunc) -> bool:
-    sch = s_tir.Schedule(func)
-    return any(sch.get(block).annotations.get("schedule_rule") == SCHEDULE_RULE
-               for block in sch.get_child_blocks(sch.get_sblock("root")))
 
 
 class StructuredConv2dFallback(ScheduleRule):
@@ -35,6 +29,6 @@ class StructuredConv2dFallback(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target,
               tunable: bool) -> Optional[s_tir.Schedule]:
         """Schedule ``func`` if it holds the fused structured conv."""
-        if not isinstance(func, tirx.PrimFunc) or not _has_structured_block(func):
+        if not isinstance(func, tirx.PrimFunc) or find_structured_block(func) is None:
             return None
         return dlight.gpu.Fallback().apply(func, target, tunable)

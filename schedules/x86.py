@@ -32,7 +32,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from tvm_structconv.ops import SCHEDULE_RULE
+from tvm_structconv.ops import SCHEDULE_RULE, find_structured_block
 from tvm_structconv.schedules.target_info import (
     divisors,
     extent,
@@ -66,9 +66,13 @@ def _pixel_tile(out_width: int, block: int, lanes: int, registers: int) -> int:
     Next to the accumulators: the block's weight vectors, one broadcast and one spare register
     (a tile using all 16 AVX2 registers spilled and ran at half speed).
     """
+    return max(divisors(out_width, _pixel_budget(block, lanes, registers)))
+
+
+def _pixel_budget(block: int, lanes: int, registers: int) -> int:
+    """Most pixels of ``block`` output channels whose accumulators fit the vector registers."""
     vectors = -(-block // lanes)
-    budget = max((registers - vectors - 2) // vectors, 1)
-    return max(divisors(out_width, budget))
+    return max((registers - vectors - 2) // vectors, 1)
 
 
 def _tile_score(out_width: int, block: int, lanes: int, registers: int) -> float:
@@ -154,14 +158,6 @@ def _schedule_stage(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: 
         pass
 
 
-def _find_conv(sch: s_tir.Schedule) -> Optional[s_tir.schedule.SBlockRV]:
-    """The root block carrying ``schedule_rule = "structured_conv2d"``, if any."""
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(block).annotations.get("schedule_rule") == SCHEDULE_RULE:
-            return block
-    return None
-
-
 def _is_nhwc_conv(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV) -> bool:
     """Whether ``conv`` is the NHWC compute (5-D packed ``alpha``, seven loops)."""
     stmt = sch.get(conv)
@@ -169,8 +165,21 @@ def _is_nhwc_conv(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV) -> bool:
             and len(stmt.iter_vars) == 7 and len(sch.get_loops(conv)) == 7)
 
 
+def _split(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, outer: Optional[int],
+           inner: Optional[int], max_inner: int, tunable: bool) -> list:
+    """Split ``loop`` in two at the hand choice, or at a sampled perfect tiling if ``tunable``.
+
+    A sampled split draws any ``(outer, inner)`` with ``inner ≤ max_inner`` (``-1``: any) from
+    the schedule's random state; MetaSchedule's tile-size mutator then moves it.
+    """
+    if not tunable:
+        return sch.split(loop, [outer, inner])
+    return sch.split(loop, sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max_inner))
+
+
 def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV,
-                               target: Target, tiling: Optional[ConvTiling] = None) -> bool:
+                               target: Target, tiling: Optional[ConvTiling] = None,
+                               tunable: bool = False) -> bool:
     """Schedule the NHWC structured conv ``conv``, its producer stages and fused epilogue in place.
 
     Parameters
@@ -184,6 +193,10 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
         An LLVM target; vector width and register count are read from it.
     tiling
         Tile sizes; :func:`choose_tiling` when ``None``.
+    tunable
+        Sample the tile sizes (rows per task, pixels per tile up to what the registers hold,
+        output-channel chunks) instead of choosing them: the design space MetaSchedule
+        searches. The packing block of ``alpha`` is fixed at compile time and is not sampled.
 
     Returns
     -------
@@ -209,9 +222,10 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
 
     b, y, x, o, ry, rx, rc = sch.get_loops(conv)
     o_block, o_lane = sch.split(o, [None, block])
-    chunk, o_inner = sch.split(o_block, [tiling.chunks, None])
-    y_task, y_row = sch.split(y, [None, tiling.rows])
-    x_tile, x_pixel = sch.split(x, [None, tiling.pixels])
+    chunk, o_inner = _split(sch, o_block, tiling.chunks, None, -1, tunable)
+    y_task, y_row = _split(sch, y, None, tiling.rows, MAX_ROWS, tunable)
+    pixel_budget = _pixel_budget(block, lanes, vector_registers(target))
+    x_tile, x_pixel = _split(sch, x, None, tiling.pixels, pixel_budget, tunable)
     sch.reorder(b, y_task, chunk, o_inner, y_row, x_tile, ry, rx, rc, x_pixel, o_lane)
     task = sch.fuse(b, y_task, chunk)
     sch.parallel(task)
@@ -257,7 +271,7 @@ class StructuredConv2dRule(ScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         sch = s_tir.Schedule(func)
-        conv = _find_conv(sch)
+        conv = find_structured_block(sch)
         if conv is None:
             return None
         try:
@@ -268,22 +282,30 @@ class StructuredConv2dRule(ScheduleRule):
 
 @tvm.register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}", override=True)
 def _meta_schedule_rule(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> Sequence[s_tir.Schedule]:
-    """MetaSchedule custom rule for the block's ``schedule_rule``: the hand schedule.
+    """MetaSchedule custom rule for the block's ``schedule_rule``: two design spaces.
+
+    The hand schedule with sampled tile sizes (what tuning searches) and the hand schedule as
+    it is (so the untuned choice is among the candidates).
 
     MetaSchedule looks custom rules up by the target's *keys* (``cpu`` for ``llvm``), as
     ``s_tir.meta_schedule.<key>.<rule>``, and calls them without a target in scope while it
     generates design spaces: the target is then this host (all its cores).
     """
     target = Target.current(allow_none=True) or _host_target()
-    if not schedule_structured_conv2d(sch, block, target):
+    if not _is_nhwc_conv(sch, block):
         return [sch]  # the NCHW compute: MetaSchedule's own rules schedule it
-    # the whole function is scheduled: no default rule on the other blocks, nor on the root
-    # (whose parallel/vectorize annotation would make RewriteParallelVectorizeUnroll fail)
-    root = sch.get_sblock("root")
-    for other in [root, *sch.get_child_blocks(root)]:
-        if not sch.get(other).same_as(sch.get(block)):
-            sch.annotate(other, "schedule_rule", "None")
-    return [sch]
+    spaces = []
+    for tunable in (True, False):
+        space = sch.copy()
+        schedule_structured_conv2d(space, block, target, tunable=tunable)
+        # the whole function is scheduled: no default rule on the other blocks, nor on the
+        # root (whose parallel/vectorize annotation would fail RewriteParallelVectorizeUnroll)
+        root = space.get_sblock("root")
+        for other in [root, *space.get_child_blocks(root)]:
+            if not space.get(other).same_as(space.get(block)):
+                space.annotate(other, "schedule_rule", "None")
+        spaces.append(space)
+    return spaces
 
 
 def _host_target() -> Target:

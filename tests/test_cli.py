@@ -22,7 +22,7 @@ def test_help_lists_the_subcommands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
-    for command in ("demo", "models", "export", "compile", "verify"):
+    for command in ("demo", "models", "export", "compile", "verify", "deploy", "tune", "bench"):
         assert command in usage
 
 
@@ -89,3 +89,25 @@ def test_demo_runs_small(tmp_path, capsys):
     assert "16 of 21 conv/linear layers rewritten (16 through the .pt2 frontend)" in out
     assert "speedup" in out and "checked against onnxruntime" in out
     assert (tmp_path / "resnet18.onnx").is_file() and (tmp_path / "resnet18.manifest.json").is_file()
+
+
+def test_tune_then_compile_applies_the_log(exported, tmp_path, capsys):
+    folder, x = exported
+    logs = tmp_path / "logs"
+    assert main(["tune", str(folder / "net.onnx"), "--trials", "4", "--trials-per-iter", "4",
+                 "--tuning-logs", str(logs), "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "structured:" in out and "database 0 -> 4 records" in out
+    library = tmp_path / "net.so"
+    assert main(["compile", str(folder / "net.onnx"), "-o", str(library),
+                 "--tuning-logs", str(logs)]) == 0
+    assert f"tuning log {logs}: tuned schedules for" in capsys.readouterr().out
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    session = onnxruntime.InferenceSession(str(folder / "net.onnx"), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert main(["compile", str(folder / "net.onnx"), "-o", str(library), "--no-logs"]) == 0
+    assert "tuning log" not in capsys.readouterr().out
+    assert main(["tune", str(folder / "net.onnx"), "--target", "cuda", "--trials", "4"]) == 2
+    assert "tuning is implemented for CPU" in capsys.readouterr().err

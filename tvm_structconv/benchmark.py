@@ -118,17 +118,20 @@ class BenchReport:
         """Structured TVM vs original TVM and vs each peer's original, per target (one run)."""
         lines = []
         for target in dict.fromkeys(row.target for row in self.rows):
-            ours = self.row(target, "tvm", "structured")
-            if ours is None or ours.latency is None:
-                continue
-            for row in self.rows:
-                if row is ours or row.variant != "original" or row.latency is None:
+            for runtime in ("tvm", "tvm-tuned"):
+                ours = self.row(target, runtime, "structured")
+                if ours is None or ours.latency is None:
                     continue
-                if row.target != target and row.runtime == "tvm":
-                    continue
-                ratio = row.latency.median_ms / ours.latency.median_ms
-                lines.append(f"structured tvm ({target}) is {ratio:.2f}x faster than "
-                             f"{row.runtime} ({row.target}) on the original model")
+                for row in self.rows:
+                    if row is ours or row.variant != "original" or row.latency is None:
+                        continue
+                    if row.runtime.startswith("tvm") and row.target != target:
+                        continue
+                    if runtime == "tvm-tuned" and not row.runtime.startswith("tvm"):
+                        continue  # the peers are compared with the untuned build above
+                    ratio = row.latency.median_ms / ours.latency.median_ms
+                    lines.append(f"structured {runtime} ({target}) is {ratio:.2f}x faster than "
+                                 f"{row.runtime} ({row.target}) on the original model")
         return lines
 
     def to_json(self) -> Dict[str, object]:
@@ -233,6 +236,7 @@ def run_benchmark(
     from tvm_structconv.frontend import load_model
     from tvm_structconv.peers import PeerUnavailable
     from tvm_structconv.targets import make_target
+    from tvm_structconv.tuning_logs import has_database, logs_dir
 
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
@@ -257,19 +261,30 @@ def run_benchmark(
     rows: List[BenchRow] = []
     costs: Dict[str, tuple] = {}
     tvm_jobs: List[tuple] = []
+    tuning_notes = []
     for target in targets:
+        logs = logs_dir(make_target(target))
         for variant in ("original", "structured"):
             progress(f"compiling {variant} for {target}")
-            compiled = compile_model(imported, target, structured=variant == "structured")
-            report = compiled.report
-            if report is not None:
-                costs["structured"] = (report.macs_after, report.params_after)
-                costs["original"] = (report.macs_before, report.params_before)
-            library = str(folder / f"{target}-{variant}.so")
-            compiled.export(library)
-            row = BenchRow(target, "tvm", variant, 0, 0)
-            rows.append(row)
-            tvm_jobs.append((row, library, target))
+            builds = [("tvm", compile_model(imported, target, structured=variant == "structured",
+                                            tuning_logs=False))]
+            if has_database(logs):
+                progress(f"compiling {variant} for {target} with the tuning log {logs}")
+                tuned = compile_model(imported, target, structured=variant == "structured",
+                                      tuning_logs=logs)
+                if tuned.tuned:
+                    builds.append(("tvm-tuned", tuned))
+                tuning_notes.append(f"{target}/{variant}: {len(tuned.tuned)} tuned functions")
+            for runtime, compiled in builds:
+                report = compiled.report
+                if report is not None:
+                    costs["structured"] = (report.macs_after, report.params_after)
+                    costs["original"] = (report.macs_before, report.params_before)
+                library = str(folder / f"{target}-{runtime}-{variant}.so")
+                compiled.export(library)
+                row = BenchRow(target, runtime, variant, 0, 0)
+                rows.append(row)
+                tvm_jobs.append((row, library, target))
     for row in rows:
         row.macs, row.params = costs.get(row.variant, (0, 0))
 
@@ -318,6 +333,8 @@ def run_benchmark(
     meta = {"cpu": _cpu_name(), "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
             "date": datetime.date.today().isoformat(), "tvm": tvm.__version__,
             "repeat": repeat, "rounds": rounds, "min_repeat_ms": min_repeat_ms,
-            "schedules": "hand-scheduled, untuned"}
+            "schedules": "tvm: hand schedules; tvm-tuned: the target's tuning log applied "
+                         "(hand schedules for the functions it does not hold)",
+            "tuning": tuning_notes}
     return BenchReport(Path(model).stem if model.endswith((".onnx", ".pt2")) else model,
                        rows, threads, meta)

@@ -42,8 +42,10 @@ from tvm_structconv.manifest import ManifestError
 from tvm_structconv.schedules import x86
 from tvm_structconv.targets import make_target
 from tvm_structconv.toolchain import check_runnable, export_compiler
+from tvm_structconv.tuning_logs import has_database, logs_dir, open_database
 from tvm_structconv.transform import (
     ApplySchedules,
+    ApplyTuningDatabase,
     ExpandClip,
     FoldBatchNorm,
     RewriteOrdinaryConv,
@@ -75,7 +77,9 @@ class CompiledModel:
     folded
         The convs BatchNorm was folded into.
     notes
-        Anything the user should know (e.g. weights matched by value).
+        Anything the user should know (e.g. weights matched by value, the tuning log applied).
+    tuned
+        The fused functions that got a schedule from a tuning log.
     """
 
     executable: relax.Executable
@@ -84,6 +88,7 @@ class CompiledModel:
     report: Optional[RewriteReport]
     folded: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    tuned: List[str] = field(default_factory=list)
 
     def device(self) -> tvm.runtime.Device:
         """The device this build runs on (``tvm.cpu()`` or ``tvm.cuda()``)."""
@@ -194,14 +199,28 @@ def prepare_module(
     return mod, report, list(fold.folded), notes
 
 
-def scheduled_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CPU Relax pipeline with :class:`ApplySchedules` right after operator fusion."""
+def fusion_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
+    """TVM's CPU passes up to operator fusion: what runs before any schedule is applied.
+
+    Tuning extracts its tasks after exactly these passes (:mod:`tvm_structconv.tune`), so the
+    functions a tuning database holds are the ones :func:`scheduled_pipeline` looks up.
+    """
+    return cpu_pipeline.library_dispatch_passes(target) + cpu_pipeline.legalize_passes(target)
+
+
+def scheduled_pipeline(target: tvm.target.Target,
+                       tuned: Optional[ApplyTuningDatabase] = None) -> tvm.transform.Pass:
+    """TVM's CPU Relax pipeline with the project's schedules right after operator fusion.
+
+    With ``tuned`` (a tuning database's pass), each fused function the database holds gets
+    its tuned schedule first; :class:`ApplySchedules` then schedules the others by hand.
+    """
 
     @tvm.transform.module_pass(opt_level=0, name="ScheduledCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         passes = (
-            cpu_pipeline.library_dispatch_passes(target)
-            + cpu_pipeline.legalize_passes(target)
+            fusion_passes(target)
+            + ([tuned] if tuned is not None else [])
             + [ApplySchedules(target)]
             + cpu_pipeline.dataflow_lower_passes(target)
             + cpu_pipeline.finalize_passes(target)
@@ -238,20 +257,35 @@ def compile_model(
     tol: Optional[float] = None,
     match_by_value: bool = False,
     schedules: bool = True,
+    tuning_logs: Union[bool, str, os.PathLike] = True,
 ) -> CompiledModel:
     """Compile ``imported`` for ``target`` (a name from :mod:`tvm_structconv.targets` or a Target).
 
     With ``structured`` false the model is compiled as it is (BatchNorm still folded): the
     baseline that structured builds are compared with. With ``schedules`` (the default) an
-    LLVM target gets NHWC layout planning and the hand schedules
-    (:func:`scheduled_pipeline`); without, or for another target kind, TVM's default pipeline
-    compiles the NCHW module.
+    LLVM target gets NHWC layout planning, the tuned schedules of its tuning log and the hand
+    schedules for the rest (:func:`scheduled_pipeline`); without, or for another target kind,
+    TVM's default pipeline compiles the NCHW module.
+
+    ``tuning_logs``: ``True`` applies the target's database
+    (:func:`~tvm_structconv.tuning_logs.logs_dir`) when there is one, ``False`` ignores tuning
+    logs, a folder names the database to apply. The notes say which was applied and how many
+    functions it scheduled.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``tuning_logs`` names a folder without a database.
     """
     if isinstance(target, str):
         target = make_target(target)
     scheduled = schedules and target.kind.name == "llvm"
+    tuned = None
     if scheduled:
-        layout, block_size, pipeline = "NHWC", x86.block_size_for(target), scheduled_pipeline(target)
+        folder = _tuning_folder(target, tuning_logs)
+        tuned = ApplyTuningDatabase(open_database(folder)) if folder is not None else None
+        layout, block_size = "NHWC", x86.block_size_for(target)
+        pipeline = scheduled_pipeline(target, tuned)
     else:
         pipeline = cuda_pipeline(target) if target.kind.name == "cuda" else "default"
         layout, block_size = "NCHW", default_block_size
@@ -259,7 +293,25 @@ def compile_model(
                                                 layout, block_size)
     with target:
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
-    return CompiledModel(executable, target, list(imported.inputs), report, folded, notes)
+    if tuned is not None:
+        notes.append(f"tuning log {folder}: tuned schedules for {len(tuned.applied)} functions, "
+                     "hand schedules for the rest")
+    return CompiledModel(executable, target, list(imported.inputs), report, folded, notes,
+                         tuned=list(tuned.applied) if tuned is not None else [])
+
+
+def _tuning_folder(target: tvm.target.Target,
+                   tuning_logs: Union[bool, str, os.PathLike]) -> Optional[str]:
+    """The database folder :func:`compile_model` applies, or ``None``."""
+    if tuning_logs is False:
+        return None
+    if tuning_logs is True:
+        folder = logs_dir(target)
+        return os.fspath(folder) if has_database(folder) else None
+    if not has_database(tuning_logs):
+        raise FileNotFoundError(f"{os.fspath(tuning_logs)}: no tuning database there "
+                                "(database_workload.json and database_tuning_record.json)")
+    return os.fspath(tuning_logs)
 
 
 def max_errors(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""The ``structconv`` command: demo, export, compile, verify, deploy and the built-in model list."""
+"""The ``structconv`` command: demo, models, export, compile, verify, deploy, tune and bench."""
 
 from __future__ import annotations
 
@@ -77,6 +77,19 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPU architecture of --target cuda (default sm_80)")
     parser.add_argument("--tol", type=float, default=None,
                         help="largest accepted weight residual (default: 100 x the dtype's eps)")
+    logs = parser.add_mutually_exclusive_group()
+    logs.add_argument("--tuning-logs", default=None, metavar="DIR",
+                      help="apply the tuning database in DIR (default: the target's folder "
+                      "under tuning_logs/, when it exists)")
+    logs.add_argument("--no-logs", action="store_true",
+                      help="ignore tuning logs: hand schedules only")
+
+
+def _tuning_logs(args: argparse.Namespace):
+    """``compile_model``'s ``tuning_logs`` from ``--tuning-logs`` / ``--no-logs``."""
+    if args.no_logs:
+        return False
+    return args.tuning_logs if args.tuning_logs else True
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -109,7 +122,7 @@ def _compile_reported(args: argparse.Namespace):
 
     imported = _load(args)
     compiled = compile_model(imported, _target(args), structured=not args.original, tol=args.tol,
-                             match_by_value=args.detect)
+                             match_by_value=args.detect, tuning_logs=_tuning_logs(args))
     for note in compiled.notes:
         print(f"note: {note}")
     print(f"manifest: {imported.manifest_origin}; BatchNorm folded into {len(compiled.folded)} convs")
@@ -135,7 +148,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     worst = 0.0
     for structured in (False, True):
         compiled = compile_model(imported, _target(args), structured=structured, tol=args.tol,
-                                 match_by_value=args.detect)
+                                 match_by_value=args.detect, tuning_logs=_tuning_logs(args))
         absolute, relative = max_errors(compiled.run(*inputs), expected)
         worst = max(worst, relative)
         label = "structured" if structured else "original"
@@ -174,6 +187,26 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"(ran under qemu-{bundle.arch}-static: a correctness check; the timing means "
               "nothing, measure on the board or through TVM RPC)")
     return done.returncode
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tvm_structconv.targets import target_key
+    from tvm_structconv.tune import tune_model
+
+    imported = _load(args)
+    target = _target(args)
+    variants = [True, False] if args.original else [True]
+    for structured in variants:
+        label = "structured" if structured else "original"
+        print(f"tuning the {label} model's convs for {target_key(target)} ({args.trials} trials)",
+              file=sys.stderr, flush=True)
+        result = tune_model(imported, target, trials=args.trials, structured=structured,
+                            folder=args.tuning_logs, trials_per_iter=args.trials_per_iter,
+                            rpc_tracker=args.rpc_tracker, device_key=args.device_key,
+                            seed=args.seed)
+        print(f"{label}:")
+        print(result.table())
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -340,6 +373,32 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--repeat", type=int, default=10, help="timed runs of --check")
     deploy.add_argument("--seed", type=int, default=0, help="seed of the sample input")
     deploy.set_defaults(func=cmd_deploy)
+    tune = commands.add_parser("tune", help="tune the model's convs with MetaSchedule (XGBoost "
+                               "cost model) into tuning_logs/<target>/, which compile applies")
+    tune.add_argument("model", help="an ONNX file or a torch.export program (.pt2)")
+    tune_source = tune.add_mutually_exclusive_group()
+    tune_source.add_argument("--manifest", help="manifest JSON (default: sidecar or ONNX metadata)")
+    tune_source.add_argument("--detect", action="store_true",
+                             help="find structures in the weights by value instead of a manifest")
+    tune.add_argument("--target", default="x86", help="x86 (default) or aarch64 (needs "
+                      "--rpc-tracker)")
+    tune.add_argument("--trials", type=int, default=256,
+                      help="measured candidates per model, shared out over its convs "
+                      "(default %(default)s)")
+    tune.add_argument("--original", action="store_true",
+                      help="also tune the original model's convs (same budget), for fair "
+                      "comparisons")
+    tune.add_argument("--trials-per-iter", type=int, default=16,
+                      help="candidates built and measured per round (default %(default)s)")
+    tune.add_argument("--tuning-logs", default=None, metavar="DIR",
+                      help="database folder (default: tuning_logs/<target key>/); an existing "
+                      "database is added to")
+    tune.add_argument("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: time candidates "
+                      "on its devices")
+    tune.add_argument("--device-key", help="key the devices registered under")
+    tune.add_argument("--seed", type=int, default=None, help="seed of the search")
+    tune.set_defaults(func=cmd_tune, cuda_arch=None)
+
     bench = commands.add_parser("bench", help="latency of original vs structured through TVM on "
                                 "each target, and of the peer runtimes")
     bench.add_argument("model", help="ONNX file, .pt2 program or built-in model name")

@@ -26,6 +26,7 @@ from tvm_structconv.structure import Structure
 
 __all__ = [
     "SCHEDULE_RULE",
+    "find_structured_block",
     "output_channel_block",
     "pack_alpha",
     "sum_pool",
@@ -35,6 +36,23 @@ __all__ = [
 ]
 
 SCHEDULE_RULE = "structured_conv2d"
+
+
+def find_structured_block(func_or_schedule) -> Optional["s_tir.schedule.SBlockRV"]:
+    """The root-level block of a PrimFunc (or schedule) tagged with :data:`SCHEDULE_RULE`.
+
+    Returns the block (of the given schedule, or of a new one for a PrimFunc), or ``None``
+    when the function holds no fused conv.
+    """
+    from tvm import s_tir
+
+    sch = func_or_schedule
+    if not isinstance(sch, s_tir.Schedule):
+        sch = s_tir.Schedule(func_or_schedule)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).annotations.get("schedule_rule") == SCHEDULE_RULE:
+            return block
+    return None
 
 # (channel, height, width) axis of each supported activation layout
 _AXES = {"NCHW": (1, 2, 3), "NHWC": (3, 1, 2)}

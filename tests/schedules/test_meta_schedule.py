@@ -1,8 +1,5 @@
-"""The x86 hand schedule as MetaSchedule's custom rule for blocks with ``schedule_rule``.
-
-Apart from test_x86.py: MetaSchedule's TuneContext imports TVM's tensor intrinsics, which
-takes about 25 s on these machines.
-"""
+"""The x86 hand schedule as MetaSchedule's custom rule for blocks with ``schedule_rule``:
+the design spaces tuning searches (the tunable hand schedule and the hand schedule as it is)."""
 
 import tvm
 from tvm import te
@@ -11,6 +8,7 @@ from tvm.s_tir import meta_schedule as ms
 import tvm_structconv.schedules.x86  # noqa: F401  (registers the rule)
 from tvm_structconv import ops
 from tvm_structconv.structure import Structure
+from tvm_structconv.tune import _search_space
 
 HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
                           "num-cores": 2})
@@ -24,10 +22,15 @@ def test_meta_schedule_uses_the_hand_schedule_as_custom_rule():
     out = ops.structured_conv2d_nhwc(data, alpha, structure, padding=(1, 1, 1, 1))
     relu = te.compute(out.shape, lambda *i: tvm.tirx.max(out(*i), 0.0), name="relu")
     mod = tvm.IRModule({"main": te.create_prim_func([data, alpha, relu])})
-    context = ms.TuneContext(mod=mod, target=HOST, space_generator="post-order-apply",
+    context = ms.TuneContext(mod=mod, target=HOST, space_generator=_search_space(),
                              task_name="conv")
-    (space,) = context.generate_design_space()
-    text = space.mod.script()
-    assert "T.parallel" in text and "structured_conv2d_local" in text
-    assert 'sblock("relu")' not in text  # the epilogue is inlined into the write-back
-    assert "pool_height_rf" not in text  # no default rule touched the pool stages
+    spaces = context.generate_design_space()
+    sampled = sorted(len([inst for inst in space.trace.insts
+                          if inst.kind.name == "SamplePerfectTile"]) for space in spaces)
+    # the hand schedule; the tunable one samples output-channel chunks, rows and pixels
+    assert sampled == [0, 3]
+    for space in spaces:
+        text = space.mod.script()
+        assert "T.parallel" in text and "structured_conv2d_local" in text
+        assert 'sblock("relu")' not in text  # the epilogue is inlined into the write-back
+        assert "pool_height_rf" not in text  # no default rule touched the pool stages

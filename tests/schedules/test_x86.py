@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tvm import relax, te
+from tvm import relax, s_tir, te
 
 from strategies import structures
 from tvm_structconv import ops
@@ -32,8 +32,12 @@ def oracle(x, alpha, structure, stride, padding, dilation, bias=None):
 
 
 def scheduled_conv(x, alpha, structure, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
-                   target=HOST, block=None):
-    """Run the hand-scheduled NHWC op on NCHW ``x`` and OIHW ``alpha``; return NHWC."""
+                   target=HOST, block=None, tiling_seed=None):
+    """Run the hand-scheduled NHWC op on NCHW ``x`` and OIHW ``alpha``; return NHWC.
+
+    With ``tiling_seed``, the tunable schedule (MetaSchedule's space) with tile sizes drawn
+    from that seed.
+    """
     data = te.placeholder(x.transpose(0, 2, 3, 1).shape, name="data")
     probe = ops.structured_conv2d_nhwc(
         data, te.placeholder((1, *alpha.shape[2:], alpha.shape[1], alpha.shape[0])),
@@ -43,7 +47,14 @@ def scheduled_conv(x, alpha, structure, stride=(1, 1), padding=(0, 0, 0, 0), dil
     packed = ops.pack_alpha(alpha, block)
     weight = te.placeholder(packed.shape, name="alpha")
     out = ops.structured_conv2d_nhwc(data, weight, structure, stride, padding, dilation)
-    sch = x86.StructuredConv2dRule().apply(te.create_prim_func([data, weight, out]), target, False)
+    func = te.create_prim_func([data, weight, out])
+    if tiling_seed is None:
+        sch = x86.StructuredConv2dRule().apply(func, target, False)
+    else:
+        sch = s_tir.Schedule(func, seed=tiling_seed)
+        assert x86.schedule_structured_conv2d(sch, ops.find_structured_block(sch), target,
+                                              tunable=True)
+        assert len(sch.trace.decisions) == 3  # rows, pixels and chunks were sampled
     assert sch is not None
     executable = tvm.compile(sch.mod, target=target).jit()
     result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
@@ -76,6 +87,26 @@ def test_scheduled_op_equals_torch_over_random_shapes(structure, out_per_group, 
     got = scheduled_conv(x, alpha, structure, (stride, stride), padding, (dilation, dilation))
     expected = oracle(x, alpha, structure, stride, padding, dilation)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=25)
+@given(
+    structures(max_channels=8, max_kernel=3),
+    st.sampled_from([8, 16, 24]),  # out channels
+    st.integers(1, 2),  # stride
+    st.integers(4, 12),  # input size
+    st.integers(1, 2**31 - 1),  # tiling seed
+)
+def test_tunable_schedule_is_exact_for_every_sampled_tiling(structure, out_channels, stride,
+                                                            size, seed):
+    if out_channels % structure.groups:
+        out_channels = structure.groups * 8
+    kernel_h, kernel_w = structure.kernel_size
+    x, alpha = random_case(structure, out_channels, (size + kernel_h, size + kernel_w), seed)
+    got = scheduled_conv(x, alpha, structure, (stride, stride), (1, 1, 1, 1),
+                         tiling_seed=seed)
+    np.testing.assert_allclose(got, oracle(x, alpha, structure, stride, (1, 1, 1, 1), 1),
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,107 @@
+"""MetaSchedule tuning: a few trials on the small structured net write a database, compiling
+with it applies the tuned schedules (the database is hit) and stays exact; tuning resumes from
+the database; candidates can be timed on a real RPC server; bad requests are refused."""
+
+import numpy as np
+import pytest
+
+from small_nets import structured_net
+from tvm_structconv.build import compile_model
+from tvm_structconv.frontend import load_model
+from tvm_structconv.targets import make_target
+from tvm_structconv.tune import TuneError, conv_tasks, tune_model
+from tvm_structconv.tuning_logs import has_database, logs_dir
+
+from rpc_cluster import rpc_cluster
+
+
+@pytest.fixture(scope="module")
+def net():
+    model, x, manifest = structured_net()
+    return load_model(model, x, manifest), x, model(x).detach().numpy()
+
+
+@pytest.fixture(scope="module")
+def tuned(net, tmp_path_factory):
+    imported, _, _ = net
+    folder = tmp_path_factory.mktemp("logs") / "x86"
+    result = tune_model(imported, "x86", trials=8, folder=folder, trials_per_iter=4,
+                        progress=False, seed=0)
+    return folder, result
+
+
+def test_tuning_writes_a_database_with_measured_records(tuned):
+    folder, result = tuned
+    assert has_database(folder)
+    assert result.records_before == 0 and result.records_after == 8
+    assert sorted(task.weight for task in result.tasks) == [1, 1]  # the two structured convs
+    assert sum(task.trials for task in result.tasks) == 8
+    for task in result.tasks:
+        assert task.best_ms is not None and 0 < task.best_ms < 100
+
+
+def test_compiling_with_the_database_applies_tuned_schedules_exactly(net, tuned):
+    imported, x, expected = net
+    folder, result = tuned
+    compiled = compile_model(imported, "x86", tuning_logs=folder)
+    assert sorted(compiled.tuned) == sorted(task.name for task in result.tasks)  # hit
+    assert any(str(folder) in note for note in compiled.notes)
+    (got,) = compiled.run(x.numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    untuned = compile_model(imported, "x86", tuning_logs=False)
+    assert untuned.tuned == [] and not any("tuning log" in note for note in untuned.notes)
+
+
+def test_tuning_again_adds_to_the_database(net, tuned):
+    imported, _, _ = net
+    folder, first = tuned
+    again = tune_model(imported, "x86", trials=2, folder=folder, trials_per_iter=2,
+                       progress=False, seed=1)
+    assert again.records_before == first.records_after
+    assert again.records_after == first.records_after + 2
+    # the best record can only get better when records are added
+    best = {task.name: task.best_ms for task in first.tasks}
+    assert all(task.best_ms <= best[task.name] for task in again.tasks)
+
+
+def test_tasks_are_the_fused_convs_weighted_by_calls():
+    from tvm_structconv.build import prepare_module
+    from tvm_structconv.models import create_structured
+    from tvm_structconv.schedules import x86
+    from tvm_structconv.frontend import load_model as load
+
+    built = create_structured("resnet18", seed=0)
+    target = make_target("x86")
+    imported = load(built.model, built.example_input, built.manifest)
+    mod, *_ = prepare_module(imported, True, layout="NHWC", block_size=x86.block_size_for(target))
+    tasks = conv_tasks(mod, target)
+    # 20 convs in ResNet-18; the repeated 3x3 blocks share tasks
+    assert sum(task.weight for task in tasks) == 20
+    assert len(tasks) < 20
+    assert all(task.task_name.startswith("fused_structured_conv2d") for task in tasks)
+
+
+def test_candidates_are_timed_on_an_rpc_server(net, tmp_path):
+    imported, _, _ = net
+    with rpc_cluster("tune-cpu", 1) as (port, _, _):
+        result = tune_model(imported, "x86", trials=2, folder=tmp_path, trials_per_iter=2,
+                            rpc_tracker=f"127.0.0.1:{port}", device_key="tune-cpu",
+                            progress=False, seed=0)
+    timed = [task for task in result.tasks if task.trials]
+    assert timed and all(task.best_ms is not None for task in timed)
+    assert result.records_after == 2
+
+
+def test_bad_requests_are_refused(net, tmp_path):
+    imported, _, _ = net
+    with pytest.raises(TuneError, match="CPU"):
+        tune_model(imported, "cuda", trials=4, folder=tmp_path)
+    with pytest.raises(TuneError, match="positive"):
+        tune_model(imported, "x86", trials=0, folder=tmp_path)
+    with pytest.raises(TuneError, match="RPC tracker"):
+        tune_model(imported, "aarch64", trials=4, folder=tmp_path)
+    with pytest.raises(TuneError, match="device-key"):
+        tune_model(imported, "x86", trials=4, folder=tmp_path, rpc_tracker="127.0.0.1:9")
+    with pytest.raises(FileNotFoundError, match="no tuning database"):
+        compile_model(imported, "x86", tuning_logs=tmp_path / "missing")
+    assert logs_dir(make_target("x86")).name.startswith("x86-")

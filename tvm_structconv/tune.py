@@ -1,0 +1,351 @@
+"""Auto-tuning with MetaSchedule: tasks, search, and the per-target tuning logs.
+
+``structconv tune MODEL --target T --trials N`` (:func:`tune_model`) compiles the model up to
+operator fusion exactly as :func:`~tvm_structconv.build.compile_model` does
+(:func:`~tvm_structconv.build.fusion_passes`), takes every fused function holding a conv (the
+fused structured op, and the ordinary convs emitted with the trivial structure) as a task, and
+searches their schedules with MetaSchedule's evolutionary search guided by its XGBoost cost
+model. The space of a conv task is the hand schedule with sampled tile sizes (rows per task,
+pixels per accumulator tile, output-channel chunks; see
+:func:`tvm_structconv.schedules.x86.schedule_structured_conv2d`), plus the hand schedule as it
+is. Pools, transposes and elementwise functions are memory-bound and keep the hand rules.
+
+Measured records go to a MetaSchedule JSON database in ``tuning_logs/<target key>/``
+(:func:`logs_dir`; one folder per target because the database is not target-aware). Tuning
+again adds trials to the same database and starts its search from the best records already
+there. ``compile`` applies the database of its target when it exists
+(:func:`load_database`).
+
+Candidates are built here (``LocalBuilder``) and timed either here (``LocalRunner``, with the
+target's thread count) or on the servers of an RPC tracker (``RPCRunner``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
+
+import tvm
+import tvm_ffi
+from tvm import relax
+
+from tvm_structconv.build import fusion_passes, prepare_module
+from tvm_structconv.frontend import ImportedModel
+from tvm_structconv.ops import find_structured_block
+from tvm_structconv.schedules import x86
+from tvm_structconv.remote import parse_tracker
+from tvm_structconv.schedules.target_info import target_cores
+from tvm_structconv.targets import make_target
+from tvm_structconv.toolchain import DeviceError, check_runnable
+from tvm_structconv.tuning_logs import logs_dir, open_database
+
+if TYPE_CHECKING:  # MetaSchedule is imported when tuning or applying a database
+    from tvm.s_tir import meta_schedule as ms
+
+_LOG = logging.getLogger(__name__)
+
+__all__ = ["TaskResult", "TuneError", "TuneResult", "conv_tasks", "tune_model"]
+
+#: Seconds a candidate may take to build (LocalBuilder's 30 s default is too short on a busy
+#: 2-core machine: a fused conv's LLVM build alone takes several seconds there).
+BUILD_TIMEOUT = 120.0
+
+
+class TuneError(Exception):
+    """A tuning request that cannot be carried out (target, runner, empty model)."""
+
+
+def _call_counts(mod: tvm.IRModule) -> Dict[str, int]:
+    """How often ``main`` calls each PrimFunc (a task's weight)."""
+    counts: Dict[str, int] = {}
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
+                and expr.op.name == "relax.call_tir":
+            name = expr.args[0].name_hint
+            counts[name] = counts.get(name, 0) + 1
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return counts
+
+
+def conv_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> List["ms.ExtractedTask"]:
+    """The tuning tasks of a prepared module: one per distinct fused function holding a conv.
+
+    ``mod`` is what :func:`~tvm_structconv.build.prepare_module` returns (NHWC); it is taken
+    through :func:`~tvm_structconv.build.fusion_passes`, the passes the scheduled build runs
+    before it looks functions up in a database, so tuned and compiled functions are the same.
+    Structurally equal functions are one task, weighted by how often the model calls them.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    with target:
+        fused = tvm.transform.Sequential(fusion_passes(target))(mod)
+    counts = _call_counts(fused)
+    tasks: Dict[int, list] = {}
+    for gvar, func in fused.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or find_structured_block(func) is None:
+            continue
+        task_mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        key = tvm_ffi.structural_hash(task_mod)
+        weight = counts.get(gvar.name_hint, 1)
+        if key in tasks:
+            tasks[key][2] += weight
+        else:
+            tasks[key] = [gvar.name_hint, task_mod, weight]
+    return [ms.ExtractedTask(name, task_mod, target, [task_mod], weight)
+            for name, task_mod, weight in tasks.values()]
+
+
+@dataclass
+class TaskResult:
+    """One tuned function.
+
+    Attributes
+    ----------
+    name
+        The fused function (``fused_structured_conv2d3_add_relu``).
+    weight
+        How often the model calls it.
+    trials
+        Candidates measured for it in this run.
+    best_ms
+        The fastest time the database holds for it (mean of the runs), ms; ``None`` if no
+        candidate ever ran.
+    """
+
+    name: str
+    weight: int
+    trials: int = 0
+    best_ms: Optional[float] = None
+
+
+@dataclass
+class TuneResult:
+    """What a tuning run did.
+
+    Attributes
+    ----------
+    folder
+        The target's tuning-log folder the records went to.
+    tasks
+        One entry per task.
+    records_before, records_after
+        Records in the database before and after the run (resuming adds to it).
+    seconds
+        Wall time of the run.
+    """
+
+    folder: Path
+    tasks: List[TaskResult] = field(default_factory=list)
+    records_before: int = 0
+    records_after: int = 0
+    seconds: float = 0.0
+
+    def estimated_ms(self) -> float:
+        """The tasks' best times weighted by their call counts (the model's conv time), ms."""
+        return sum(t.best_ms * t.weight for t in self.tasks if t.best_ms is not None)
+
+    def table(self) -> str:
+        """A plain-text table of the tasks."""
+        lines = [f"{'task':<44} {'calls':>5} {'trials':>6} {'best us':>10}"]
+        for t in self.tasks:
+            best = f"{1e3 * t.best_ms:.1f}" if t.best_ms is not None else "n/a"
+            lines.append(f"{t.name:<44} {t.weight:>5} {t.trials:>6} {best:>10}")
+        lines.append(f"conv time (best records x calls) {self.estimated_ms():.3f} ms; database "
+                     f"{self.records_before} -> {self.records_after} records in {self.folder}; "
+                     f"{self.seconds:.0f} s")
+        return "\n".join(lines)
+
+
+def build_without_intrinsics(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
+    """MetaSchedule's ``default_build`` without its import of TVM's tensor intrinsics.
+
+    That import costs about 25 s in every builder process, and LocalBuilder starts fresh
+    processes for each batch; the conv spaces here use no tensor intrinsic.
+    """
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return build(mod, target=target)
+
+
+def _search_space() -> "ms.space_generator.SpaceGenerator":
+    """Post-order application of the custom rule alone, with CPU postprocessors and mutators.
+
+    Every task holds the conv block whose ``schedule_rule`` names the hand schedule, which
+    then schedules the whole function; no generic rule is needed (nor the import of the
+    tensor intrinsics that building the default rule list costs).
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.space_generator.PostOrderApply(
+        sch_rules=[ms.schedule_rule.ApplyCustomRule()],
+        postprocs=[ms.postproc.DisallowDynamicLoop(),
+                   ms.postproc.RewriteParallelVectorizeUnroll(),
+                   ms.postproc.RewriteReductionBlock()],
+        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+    )
+
+
+def _progress_callback(total: int, show: bool):
+    """A MetaSchedule measure callback that advances a progress bar per measured candidate."""
+    from tqdm import tqdm
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        def __init__(self) -> None:
+            self.bar = tqdm(total=total, desc="tuning", unit="trial", disable=not show)
+            self.trials: Dict[int, int] = {}
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results) -> None:
+            self.trials[task_id] = self.trials.get(task_id, 0) + len(measure_candidates)
+            errors = [b.error_msg for b in builder_results if b.error_msg]
+            errors += [r.error_msg for r in runner_results if r.error_msg]
+            failed = len(errors)
+            for error in errors[:1]:
+                _LOG.warning("candidate of task %d failed: %s", task_id, error)
+            self.bar.update(len(measure_candidates))
+            if failed:
+                self.bar.set_postfix(build_failures=failed)
+
+    return Progress()
+
+
+def _runner(target: tvm.target.Target, rpc_tracker: Optional[str], device_key: Optional[str],
+            timeout: float) -> "ms.runner.Runner":
+    """``RPCRunner`` on the tracker's servers, else ``LocalRunner`` (which needs this host)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=50)
+    if rpc_tracker:
+        if not device_key:
+            raise TuneError("--rpc-tracker needs --device-key (the key the servers registered)")
+        host, port = parse_tracker(rpc_tracker)
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device_key,
+                                     session_timeout_sec=int(timeout))
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+    try:
+        check_runnable(target)
+    except DeviceError as error:
+        raise TuneError(f"cannot time {target.kind.name} candidates here ({error}); "
+                        "give the RPC tracker of a device with --rpc-tracker") from None
+    return ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=evaluator)
+
+
+def tune_model(
+    imported: ImportedModel,
+    target: Union[str, tvm.target.Target] = "x86",
+    trials: int = 64,
+    structured: bool = True,
+    folder: Union[str, os.PathLike, None] = None,
+    trials_per_iter: int = 16,
+    rpc_tracker: Optional[str] = None,
+    device_key: Optional[str] = None,
+    progress: bool = True,
+    seed: Optional[int] = None,
+    timeout: float = 60.0,
+) -> TuneResult:
+    """Tune the convs of ``imported`` for ``target`` with MetaSchedule and its XGBoost model.
+
+    Parameters
+    ----------
+    imported
+        The model (its manifest is used when ``structured``).
+    target
+        A target name or an LLVM :class:`tvm.target.Target`.
+    trials
+        Candidates to measure in this run, over all tasks (MetaSchedule's gradient task
+        scheduler shares them out by expected gain).
+    structured
+        Tune the structured build's tasks; ``False`` tunes the original model's (its ordinary
+        convs through the same template), for comparisons at equal effort.
+    folder
+        The database folder; :func:`~tvm_structconv.tuning_logs.logs_dir` of the target by
+        default. An existing database is added to, and its best records seed the search.
+    trials_per_iter
+        Candidates built and measured per round.
+    rpc_tracker, device_key
+        Time candidates on the servers registered under ``device_key`` at the tracker
+        ``HOST:PORT`` instead of on this host.
+    progress
+        Show a progress bar (on stderr).
+    seed
+        Seed of the search.
+    timeout
+        Seconds a candidate may run.
+
+    Raises
+    ------
+    TuneError
+        For a non-CPU target, a target this host cannot run without an RPC tracker, a model
+        without convs, or a non-positive ``trials``.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    started = time.perf_counter()
+    if isinstance(target, str):
+        target = make_target(target)
+    if target.kind.name != "llvm":
+        raise TuneError(f"tuning is implemented for CPU (llvm) targets, not {target.kind.name}: "
+                        "CUDA builds use the hand schedule of schedules/cuda.py")
+    if trials < 1:
+        raise TuneError(f"--trials must be positive, got {trials}")
+    runner = _runner(target, rpc_tracker, device_key, timeout)
+    mod, _, _, _ = prepare_module(imported, structured, layout="NHWC",
+                                  block_size=x86.block_size_for(target))
+    tasks = conv_tasks(mod, target)
+    if not tasks:
+        raise TuneError("the model has no conv to tune")
+    folder = Path(folder) if folder is not None else logs_dir(target)
+    database = open_database(folder)
+    before = len(database)
+    contexts = [
+        ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=_search_space(),
+                       search_strategy="evolutionary", task_name=task.task_name,
+                       num_threads=target_cores(target), rand_state=-1 if seed is None else seed)
+        for task in tasks
+    ]
+    callback = _progress_callback(trials, progress)
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    saved_threads = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(target_cores(target))  # what LocalRunner's workers use
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=[float(task.weight) for task in tasks],
+            work_dir=str(folder / "logs"),
+            max_trials_global=trials,
+            num_trials_per_iter=min(trials_per_iter, trials),
+            builder=ms.builder.LocalBuilder(f_build=build_without_intrinsics,
+                                            timeout_sec=BUILD_TIMEOUT),
+            runner=runner,
+            database=database,
+            cost_model=ms.cost_model.XGBModel(num_warmup_samples=0),
+            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [callback],
+        )
+    finally:
+        callback.bar.close()
+        if saved_threads is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = saved_threads
+    result = TuneResult(folder, records_before=before, records_after=len(database))
+    for index, task in enumerate(tasks):
+        best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
+        runs = best[0].run_secs if best else None
+        result.tasks.append(TaskResult(
+            task.task_name, task.weight, callback.trials.get(index, 0),
+            1e3 * sum(float(r) for r in runs) / len(runs) if runs else None))
+    result.seconds = time.perf_counter() - started
+    return result
