@@ -14,10 +14,10 @@ The pipeline (:func:`prepare_module`, then :func:`compile_model`):
 4. TVM's CPU Relax pipeline (legalize, fuse: bias, ReLU/ReLU6 and residual adds fuse into the
    conv's function), with the project's hand schedules applied after fusion
    (:class:`~tvm_structconv.transform.ApplySchedules`); other targets, or ``schedules=False``,
-   get TVM's default pipeline on the NCHW module. For CUDA that pipeline schedules every
-   fused function with dlight's GPU rules (``Matmul``, ``GEMV``, ``Reduction``,
-   ``GeneralReduction``, then ``Fallback``, which binds the fused structured conv's loops to
-   threads), so a CUDA build needs no tuning log; a dedicated GPU schedule is future work.
+   get TVM's default pipeline on the NCHW module. For CUDA the functions holding the fused
+   conv get the shared-memory template of :mod:`tvm_structconv.schedules.cuda` (before dlight
+   runs), and dlight's GPU rules (``Matmul``, ``GEMV``, ``Reduction``, ``GeneralReduction``,
+   ``Fallback``) schedule the rest, so a CUDA build needs no tuning log.
 
 A library for another CPU (aarch64) is linked with its cross compiler on export
 (:func:`~tvm_structconv.toolchain.export_compiler`); running a build that cannot run here

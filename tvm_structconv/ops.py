@@ -65,7 +65,7 @@ def _check_layout(layout: str) -> str:
 
 
 def _window_sum(tensor: te.Tensor, axis: int, window: int, step: int, name: str,
-                group_size: int = 0, groups: int = 1, pairs_as_sum: bool = True) -> te.Tensor:
+                group_size: int = 0, groups: int = 1) -> te.Tensor:
     """Sliding sum of ``window`` elements spaced ``step`` apart along ``axis`` (stride 1).
 
     With ``group_size`` set, the axis holds ``groups`` groups of ``group_size`` elements and the
@@ -77,9 +77,8 @@ def _window_sum(tensor: te.Tensor, axis: int, window: int, step: int, name: str,
     and the stage ``name`` adds the powers of two that make up ``window`` (for a power of two,
     the last doubling stage is ``name``). Every sum is a balanced tree of the inputs.
 
-    ``pairs_as_sum`` writes each doubling as a two-element ``te.sum``, so that every access
-    reads one element (what dlight's GPU rules expect); otherwise as ``a + b``, one elementwise
-    pass that a CPU schedule vectorizes directly.
+    Each doubling is one elementwise pass (``a + b``): a CPU schedule vectorizes it, a GPU
+    schedule computes it into shared memory with one thread per element.
     """
     if window == 1:
         return tensor
@@ -103,20 +102,11 @@ def _window_sum(tensor: te.Tensor, axis: int, window: int, step: int, name: str,
     def doubling(source: te.Tensor, source_length: int, out_length: int, size: int,
                  stage_name: str) -> te.Tensor:
         """Sums of ``2·size`` elements from the sums of ``size`` in ``source``."""
-        if not pairs_as_sum:
-            return te.compute(
-                shape_of(out_length),
-                lambda *index: (source[source_index(index, out_length, source_length, 0)]
-                                + source[source_index(index, out_length, source_length,
-                                                      size * step)]),
-                name=stage_name,
-            )
-        pair = te.reduce_axis((0, 2), name=f"{stage_name}_k")
         return te.compute(
             shape_of(out_length),
-            lambda *index: te.sum(
-                source[source_index(index, out_length, source_length, pair * size * step)],
-                axis=pair),
+            lambda *index: (source[source_index(index, out_length, source_length, 0)]
+                            + source[source_index(index, out_length, source_length,
+                                                  size * step)]),
             name=stage_name,
         )
 
@@ -152,19 +142,14 @@ def sum_pool(padded: te.Tensor, structure: Structure, dilation: Tuple[int, int] 
     """``S``: the sum-pool of an already padded tensor over (channel, height, width).
 
     The channel window stays inside each group; spatial windows are dilated by ``dilation``.
-    ``layout`` is ``"NCHW"`` or ``"NHWC"``; ``S`` has the same layout. The NHWC form (the CPU
-    schedules') adds pairs elementwise, the NCHW form (TVM's default and GPU rules') with
-    two-element sums (see :func:`_window_sum`).
+    ``layout`` is ``"NCHW"`` or ``"NHWC"``; ``S`` has the same layout.
     """
     channel_axis, height_axis, width_axis = _AXES[_check_layout(layout)]
     depth, window_h, window_w = structure.pool_window
-    as_sum = layout == "NCHW"
     pooled = _window_sum(padded, channel_axis, depth, 1, "pool_channel",
-                         structure.group_channels, structure.groups, as_sum)
-    pooled = _window_sum(pooled, width_axis, window_w, dilation[1], "pool_width",
-                         pairs_as_sum=as_sum)
-    return _window_sum(pooled, height_axis, window_h, dilation[0], "pool_height",
-                       pairs_as_sum=as_sum)
+                         structure.group_channels, structure.groups)
+    pooled = _window_sum(pooled, width_axis, window_w, dilation[1], "pool_width")
+    return _window_sum(pooled, height_axis, window_h, dilation[0], "pool_height")
 
 
 def structured_conv2d(

@@ -301,7 +301,6 @@ def tune_model(
                         "CUDA builds use the hand schedule of schedules/cuda.py")
     if trials < 1:
         raise TuneError(f"--trials must be positive, got {trials}")
-    runner = _runner(target, rpc_tracker, device_key, timeout)
     mod, _, _, _ = prepare_module(imported, structured, layout="NHWC",
                                   block_size=x86.block_size_for(target))
     tasks = conv_tasks(mod, target)
@@ -319,8 +318,11 @@ def tune_model(
     callback = _progress_callback(trials, progress)
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     saved_threads = os.environ.get("TVM_NUM_THREADS")
-    os.environ["TVM_NUM_THREADS"] = str(target_cores(target))  # what LocalRunner's workers use
+    # LocalRunner's worker processes start with the runner and read this once: TVM's default
+    # is the physical cores (1 on a 2-vCPU machine), not the target's
+    os.environ["TVM_NUM_THREADS"] = str(target_cores(target))
     try:
+        runner = _runner(target, rpc_tracker, device_key, timeout)
         ms.tune.tune_tasks(
             tasks=contexts,
             task_weights=[float(task.weight) for task in tasks],

@@ -11,9 +11,9 @@ wins (dlight's ``ApplyDefaultSchedule``; a rule answers ``None`` for a function 
 3. :class:`~tvm_structconv.schedules.cpu.Injective` — transposes, reshapes, elementwise ops.
 
 Every function a rule scheduled gets ``tirx.is_scheduled``; the others are left as they are
-(TVM's default lowering). For a CUDA target only the fused structured conv is scheduled
-(:class:`~tvm_structconv.schedules.cuda.StructuredConv2dFallback`); dlight's default GPU rules
-then schedule the rest. Other target kinds are returned unchanged.
+(TVM's default lowering). For a CUDA target only the functions holding the fused conv are
+scheduled (:class:`~tvm_structconv.schedules.cuda.StructuredConv2dCUDA`: shared-memory tiles);
+dlight's default GPU rules then schedule the rest. Other target kinds are returned unchanged.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ApplySchedules:
         """``mod`` with its PrimFuncs scheduled."""
         kind = self.target.kind.name
         if kind == "cuda":
-            rules = dlight.ApplyDefaultSchedule(cuda.StructuredConv2dFallback())
+            rules = dlight.ApplyDefaultSchedule(cuda.StructuredConv2dCUDA())
         elif kind == "llvm":
             rules = dlight.ApplyDefaultSchedule(
                 x86.StructuredConv2dRule(), cpu.ChannelReduction(), cpu.Injective()
