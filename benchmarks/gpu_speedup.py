@@ -339,15 +339,19 @@ def measure(folder: pathlib.Path, out: pathlib.Path) -> None:
 
 def report(results: dict) -> str:
     """The per-layer and end-to-end tables as Markdown."""
+    sweep = any(row[v].get("candidates") for row in results["layers"].values()
+                for v in ("original", "structured") if v in row)
     lines = [f"# GPU: {results['gpu']} (torch {results['torch']}), batch 1, fp32", "",
              "| layer | MAC ratio | TVM original ms | TVM structured ms | realized | quotient "
-             "| cuDNN original ms | structured vs cuDNN | max rel error | realized, best tiling of each |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| cuDNN original ms | structured vs cuDNN | max rel error |"
+             + (" realized, best tiling of each |" if sweep else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if sweep else "")]
     for key, row in results["layers"].items():
         original = row["original"]["ms"]
         if "structured" not in row:
             lines.append(f"| {key} (stem, unstructured) | 1 | {original:.4f} | | | | "
-                         f"{row['cudnn_ms']:.4f} | | {row['original']['rel_error']:.1e} | |")
+                         f"{row['cudnn_ms']:.4f} | | {row['original']['rel_error']:.1e} |"
+                         + (" |" if sweep else ""))
             continue
         structured = row["structured"]["ms"]
         best = row["original"].get("best_ms", original) / row["structured"].get("best_ms", structured)
@@ -356,8 +360,8 @@ def report(results: dict) -> str:
         lines.append(f"| {key} | {ratio:.2f} | {original:.4f} | {structured:.4f} | "
                      f"{realized:.2f} | {realized / ratio:.2f} | {row['cudnn_ms']:.4f} | "
                      f"{row['cudnn_ms'] / structured:.2f} | "
-                     f"{max(row['original']['rel_error'], row['structured']['rel_error']):.1e} | "
-                     f"{best:.2f} |")
+                     f"{max(row['original']['rel_error'], row['structured']['rel_error']):.1e} |"
+                     + (f" {best:.2f} |" if sweep else ""))
     m = results["models"]
     lines += ["", "| ResNet-18 end to end | median ms |", "|---|---|"]
     for name in ("tvm-original", "tvm-structured", "torch-eager", "torch-compile"):
@@ -380,9 +384,13 @@ def main() -> None:
     m = commands.add_parser("measure", help="check and time them on the GPU")
     m.add_argument("folder", type=pathlib.Path)
     m.add_argument("--out", type=pathlib.Path, required=True)
+    r = commands.add_parser("report", help="the Markdown tables of a measure run's JSON")
+    r.add_argument("json", type=pathlib.Path)
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out, args.arch, args.sweep)
+    elif args.command == "report":
+        print(report(json.loads(args.json.read_text())), end="")
     else:
         measure(args.folder, args.out)
 

@@ -60,19 +60,21 @@ INLINED_STAGES = ("pad", "subsample")
 MIN_ACCUMULATORS = 8
 
 
-def _pixel_tile(out_width: int, block: int, lanes: int, registers: int) -> int:
+def _pixel_tile(out_width: int, block: int, lanes: int, registers: int,
+                channel_unroll: int = 1) -> int:
     """Pixels per accumulator tile: the largest divisor of the width that fits the registers.
 
-    Next to the accumulators: the block's weight vectors, one broadcast and one spare register
-    (a tile using all 16 AVX2 registers spilled and ran at half speed).
+    Next to the accumulators: the block's weight vectors (of ``channel_unroll`` input
+    channels), one broadcast and one spare register (a tile using all 16 AVX2 registers
+    spilled and ran at half speed).
     """
-    return max(divisors(out_width, _pixel_budget(block, lanes, registers)))
+    return max(divisors(out_width, _pixel_budget(block, lanes, registers, channel_unroll)))
 
 
-def _pixel_budget(block: int, lanes: int, registers: int) -> int:
+def _pixel_budget(block: int, lanes: int, registers: int, channel_unroll: int = 1) -> int:
     """Most pixels of ``block`` output channels whose accumulators fit the vector registers."""
     vectors = -(-block // lanes)
-    return max((registers - vectors - 2) // vectors, 1)
+    return max((registers - vectors * channel_unroll - 2) // vectors, 1)
 
 
 def _tile_score(out_width: int, block: int, lanes: int, registers: int) -> float:
@@ -124,14 +126,14 @@ class ConvTiling:
 
 
 def choose_tiling(batch: int, out_height: int, out_width: int, out_channels: int, block: int,
-                  target: Target) -> ConvTiling:
+                  target: Target, channel_unroll: int = 1) -> ConvTiling:
     """Tile sizes for an ``(batch, out_height, out_width, out_channels)`` NHWC output.
 
     Rows and chunks give every core the same number of tasks where possible, then the most rows
     per task (less ``S`` overlap recomputed between tasks), then the fewest chunks.
     """
     lanes, registers, cores = vector_lanes(target), vector_registers(target), target_cores(target)
-    pixels = _pixel_tile(out_width, block, lanes, registers)
+    pixels = _pixel_tile(out_width, block, lanes, registers, channel_unroll)
     best: Optional[Tuple[tuple, int, int]] = None
     for rows in divisors(out_height, MAX_ROWS):
         for chunks in divisors(out_channels // block, cores):
@@ -179,7 +181,7 @@ def _split(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, outer: Optional[int
 
 def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV,
                                target: Target, tiling: Optional[ConvTiling] = None,
-                               tunable: bool = False) -> bool:
+                               tunable: bool = False, channel_unroll: int = 1) -> bool:
     """Schedule the NHWC structured conv ``conv``, its producer stages and fused epilogue in place.
 
     Parameters
@@ -197,6 +199,12 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
         Sample the tile sizes (rows per task, pixels per tile up to what the registers hold,
         output-channel chunks) instead of choosing them: the design space MetaSchedule
         searches. The packing block of ``alpha`` is fixed at compile time and is not sampled.
+    channel_unroll
+        Input channels unrolled inside the pixel loop (when they divide the reduced channels):
+        the ``channel_unroll`` consecutive channels of ``S`` at one pixel are one vector load,
+        whose lanes feed the FMAs (AArch64's by-element ``fmla``) instead of one broadcast
+        load per channel; see :mod:`tvm_structconv.schedules.arm`. ``1`` (x86: a broadcast is
+        a free memory operand of ``vfmadd``) keeps the channel loop outside the pixels.
 
     Returns
     -------
@@ -213,7 +221,8 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
     block = int(stmt.reads[1].source.shape[-1])
     batch, out_height, out_width, out_channels = out_shape
     if tiling is None:
-        tiling = choose_tiling(batch, out_height, out_width, out_channels, block, target)
+        tiling = choose_tiling(batch, out_height, out_width, out_channels, block, target,
+                               channel_unroll)
     lanes = vector_lanes(target)
 
     # the epilogue: one elementwise block left, reverse-inlined into the write-back below
@@ -224,9 +233,18 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
     o_block, o_lane = sch.split(o, [None, block])
     chunk, o_inner = _split(sch, o_block, tiling.chunks, None, -1, tunable)
     y_task, y_row = _split(sch, y, None, tiling.rows, MAX_ROWS, tunable)
-    pixel_budget = _pixel_budget(block, lanes, vector_registers(target))
+    pixel_budget = _pixel_budget(block, lanes, vector_registers(target), channel_unroll)
     x_tile, x_pixel = _split(sch, x, None, tiling.pixels, pixel_budget, tunable)
-    sch.reorder(b, y_task, chunk, o_inner, y_row, x_tile, ry, rx, rc, x_pixel, o_lane)
+    if channel_unroll > 1 and extent(sch, rc) % channel_unroll == 0 and extent(sch, rc) > 1:
+        rc, rc_lane = sch.split(rc, [None, channel_unroll])
+        sch.reorder(b, y_task, chunk, o_inner, y_row, x_tile, ry, rx, rc, x_pixel, rc_lane, o_lane)
+        sch.unroll(rc_lane)
+        # the pixel's channel_unroll values of S: one vector load into registers
+        s_vector = sch.cache_read(conv, 0, "local")
+        sch.compute_at(s_vector, x_pixel, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(s_vector)[-1])
+    else:
+        sch.reorder(b, y_task, chunk, o_inner, y_row, x_tile, ry, rx, rc, x_pixel, o_lane)
     task = sch.fuse(b, y_task, chunk)
     sch.parallel(task)
     write_back = sch.cache_write(conv, 0, "local")
@@ -294,10 +312,13 @@ def _meta_schedule_rule(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> 
     target = Target.current(allow_none=True) or _host_target()
     if not _is_nhwc_conv(sch, block):
         return [sch]  # the NCHW compute: MetaSchedule's own rules schedule it
+    from tvm_structconv.schedules import arm  # the NEON form for AArch64 targets
+
     spaces = []
     for tunable in (True, False):
         space = sch.copy()
-        schedule_structured_conv2d(space, block, target, tunable=tunable)
+        schedule_structured_conv2d(space, block, target, tunable=tunable,
+                                   channel_unroll=arm.channel_unroll(target))
         # the whole function is scheduled: no default rule on the other blocks, nor on the
         # root (whose parallel/vectorize annotation would fail RewriteParallelVectorizeUnroll)
         root = space.get_sblock("root")

@@ -193,6 +193,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tvm_structconv.targets import target_key
     from tvm_structconv.tune import tune_model
 
+    # candidates are timed in this process: its thread pool (started at the first parallel run)
+    # must use the target's cores, not TVM's default of the physical ones
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
     imported = _load(args)
     target = _target(args)
     variants = [True, False] if args.original else [True]

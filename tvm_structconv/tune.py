@@ -16,8 +16,9 @@ again adds trials to the same database and starts its search from the best recor
 there. ``compile`` applies the database of its target when it exists
 (:func:`load_database`).
 
-Candidates are built here (``LocalBuilder``) and timed either here (``LocalRunner``, with the
-target's thread count) or on the servers of an RPC tracker (``RPCRunner``).
+Candidates are built here (``LocalBuilder``) and timed either here (in this process, with the
+target's thread count, one at a time while nothing else runs) or on the servers of an RPC
+tracker (``RPCRunner``).
 """
 
 from __future__ import annotations
@@ -222,6 +223,50 @@ def _progress_callback(total: int, show: bool):
     return Progress()
 
 
+def _in_process_runner(evaluator: "ms.runner.EvaluatorConfig") -> "ms.runner.Runner":
+    """A runner that times each built candidate in this process, one after the other.
+
+    MetaSchedule's ``LocalRunner`` times in a worker process while this one waits in a
+    polling loop; on a 2-core machine with 2 timed threads that loop took a core from every
+    timing (17 s per candidate instead of 1, and the numbers meaningless). The candidates are
+    the project's own template, so running them in-process risks no crash.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common, run_evaluator_common
+
+    fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
+
+    @derived_object
+    class Done(ms.runner.PyRunnerFuture):
+        def __init__(self, result) -> None:
+            super().__init__()
+            self._result = result
+
+        def done(self) -> bool:
+            return True
+
+        def result(self):
+            return self._result
+
+    @derived_object
+    class InProcess(ms.runner.PyRunner):
+        def run(self, runner_inputs):
+            futures = []
+            for runner_input in runner_inputs:
+                try:
+                    module = tvm.runtime.load_module(str(runner_input.artifact_path))
+                    args = alloc_argument_common(
+                        fill, tvm.cpu(), [a.as_json() for a in runner_input.args_info], 1)
+                    costs = run_evaluator_common(module, tvm.cpu(), evaluator, args)
+                    futures.append(Done(ms.runner.RunnerResult(costs, None)))
+                except Exception as error:  # noqa: BLE001 - a failed candidate, reported
+                    futures.append(Done(ms.runner.RunnerResult(None, f"in-process: {error}")))
+            return futures
+
+    return InProcess()
+
+
 def _runner(target: tvm.target.Target, rpc_tracker: Optional[str], device_key: Optional[str],
             timeout: float) -> "ms.runner.Runner":
     """``RPCRunner`` on the tracker's servers, else ``LocalRunner`` (which needs this host)."""
@@ -240,7 +285,7 @@ def _runner(target: tvm.target.Target, rpc_tracker: Optional[str], device_key: O
     except DeviceError as error:
         raise TuneError(f"cannot time {target.kind.name} candidates here ({error}); "
                         "give the RPC tracker of a device with --rpc-tracker") from None
-    return ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=evaluator)
+    return _in_process_runner(evaluator)
 
 
 def tune_model(
@@ -318,8 +363,8 @@ def tune_model(
     callback = _progress_callback(trials, progress)
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     saved_threads = os.environ.get("TVM_NUM_THREADS")
-    # LocalRunner's worker processes start with the runner and read this once: TVM's default
-    # is the physical cores (1 on a 2-vCPU machine), not the target's
+    # TVM's thread pool reads this when it starts (at its first parallel run); its default is
+    # the physical cores (1 on a 2-vCPU machine), not the target's
     os.environ["TVM_NUM_THREADS"] = str(target_cores(target))
     try:
         runner = _runner(target, rpc_tracker, device_key, timeout)

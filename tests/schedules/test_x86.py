@@ -10,26 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tvm import relax, s_tir, te
 
+from conv_oracle import HOST, oracle, random_case
 from strategies import structures
 from tvm_structconv import ops
 from tvm_structconv.build import scheduled_pipeline
 from tvm_structconv.schedules import x86
 from tvm_structconv.schedules.target_info import vector_lanes, vector_registers
 from tvm_structconv.structure import Structure
-
-HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-                          "num-cores": 2})
-
-
-def oracle(x, alpha, structure, stride, padding, dilation, bias=None):
-    """NHWC result of torch's conv2d with the composed kernel (padding: top, left, bottom, right)."""
-    top, left, bottom, right = padding
-    padded = F.pad(torch.from_numpy(x).double(), (left, right, top, bottom))
-    weight = structure.compose(torch.from_numpy(alpha).double())
-    bias = None if bias is None else torch.from_numpy(bias).double()
-    out = F.conv2d(padded, weight, bias, stride=stride, dilation=dilation, groups=structure.groups)
-    return out.numpy().transpose(0, 2, 3, 1)
-
 
 def scheduled_conv(x, alpha, structure, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
                    target=HOST, block=None, tiling_seed=None):
@@ -60,13 +47,6 @@ def scheduled_conv(x, alpha, structure, stride=(1, 1), padding=(0, 0, 0, 0), dil
     result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
     executable(tvm.runtime.tensor(x.transpose(0, 2, 3, 1).copy()), tvm.runtime.tensor(packed), result)
     return result.numpy()
-
-
-def random_case(structure, out_channels, size, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((1, structure.in_channels, *size)).astype("float32")
-    alpha = rng.standard_normal(structure.alpha_shape(out_channels)).astype("float32")
-    return x, alpha
 
 
 @settings(max_examples=60)

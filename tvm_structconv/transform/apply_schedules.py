@@ -4,9 +4,10 @@ A module pass over TIR, to run after ``FuseOps``/``FuseTIR`` (so a conv's fused 
 in its function). For an LLVM target the rules are tried in order, the first that answers
 wins (dlight's ``ApplyDefaultSchedule``; a rule answers ``None`` for a function not its kind):
 
-1. :class:`~tvm_structconv.schedules.x86.StructuredConv2dRule` — a function holding the NHWC
-   fused structured conv (``schedule_rule = "structured_conv2d"``), ordinary convs emitted
-   with the trivial structure included;
+1. :class:`~tvm_structconv.schedules.arm.StructuredConv2dNEONRule` (AArch64 targets) or
+   :class:`~tvm_structconv.schedules.x86.StructuredConv2dRule` (other LLVM CPUs) — a function
+   holding the NHWC fused structured conv (``schedule_rule = "structured_conv2d"``), ordinary
+   convs emitted with the trivial structure included;
 2. :class:`~tvm_structconv.schedules.cpu.ChannelReduction` — pools, global pooling, dense;
 3. :class:`~tvm_structconv.schedules.cpu.Injective` — transposes, reshapes, elementwise ops.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import tvm
 from tvm.s_tir import dlight
 
-from tvm_structconv.schedules import cpu, cuda, x86
+from tvm_structconv.schedules import arm, cpu, cuda, x86
 
 __all__ = ["ApplySchedules"]
 
@@ -46,7 +47,8 @@ class ApplySchedules:
             rules = dlight.ApplyDefaultSchedule(cuda.StructuredConv2dCUDA())
         elif kind == "llvm":
             rules = dlight.ApplyDefaultSchedule(
-                x86.StructuredConv2dRule(), cpu.ChannelReduction(), cpu.Injective()
+                arm.StructuredConv2dNEONRule(), x86.StructuredConv2dRule(),
+                cpu.ChannelReduction(), cpu.Injective()
             )
         else:
             return mod
