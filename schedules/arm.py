@@ -22,7 +22,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from tvm_structconv.ops import find_structured_block
+from tvm_structconv.ops import schedule_of_conv
 from tvm_structconv.schedules.target_info import vector_lanes
 from tvm_structconv.schedules.x86 import schedule_structured_conv2d
 
@@ -45,12 +45,10 @@ class StructuredConv2dNEONRule(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target,
               _tunable: bool) -> Optional[s_tir.Schedule]:
         """A schedule of ``func`` for ``target``, or ``None`` when not this op or not AArch64."""
-        if not isinstance(func, tirx.PrimFunc) or not is_aarch64(target):
+        found = schedule_of_conv(func) if is_aarch64(target) else None
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        conv = find_structured_block(sch)
-        if conv is None:
-            return None
+        sch, conv = found
         try:
             done = schedule_structured_conv2d(sch, conv, target,
                                               channel_unroll=channel_unroll(target))

@@ -32,7 +32,7 @@ from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from tvm_structconv.ops import find_structured_block
+from tvm_structconv.ops import schedule_of_conv, stages_around
 from tvm_structconv.schedules.target_info import divisors
 
 __all__ = ["CudaTiling", "StructuredConv2dCUDA", "choose_cuda_tiling",
@@ -143,9 +143,7 @@ def schedule_structured_conv2d_cuda(sch: s_tir.Schedule, conv: s_tir.schedule.SB
     """
     if not _is_nchw_conv(sch, conv):
         return False
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    index = [sch.get(b).same_as(sch.get(conv)) for b in blocks].index(True)
-    producers, epilogue = list(blocks[:index]), list(blocks[index + 1:])
+    producers, epilogue = stages_around(sch, conv)
     stmt = sch.get(conv)
     batch, out_channels, out_height, out_width = (int(d) for d in stmt.writes[0].source.shape)
     _, reduced, kernel_h, kernel_w = (int(d) for d in stmt.reads[1].source.shape)
@@ -205,12 +203,10 @@ class StructuredConv2dCUDA(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target,
               tunable: bool) -> Optional[s_tir.Schedule]:
         """Schedule ``func`` if it holds the fused structured conv."""
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "cuda":
+        found = schedule_of_conv(func) if target.kind.name == "cuda" else None
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        conv = find_structured_block(sch)
-        if conv is None:
-            return None
+        sch, conv = found
         try:
             if schedule_structured_conv2d_cuda(sch, conv) and _fits(sch):
                 return sch

@@ -32,7 +32,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from tvm_structconv.ops import SCHEDULE_RULE, find_structured_block
+from tvm_structconv.ops import SCHEDULE_RULE, schedule_of_conv, stages_around
 from tvm_structconv.schedules.target_info import (
     divisors,
     extent,
@@ -213,9 +213,7 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
     """
     if not _is_nhwc_conv(sch, conv):
         return False
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    index = [sch.get(b).same_as(sch.get(conv)) for b in blocks].index(True)
-    producers, epilogue = list(blocks[:index]), list(blocks[index + 1:])
+    producers, epilogue = stages_around(sch, conv)
     stmt = sch.get(conv)
     out_shape = [int(d) for d in stmt.writes[0].source.shape]
     block = int(stmt.reads[1].source.shape[-1])
@@ -286,12 +284,10 @@ class StructuredConv2dRule(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target,
               _tunable: bool) -> Optional[s_tir.Schedule]:
         """A schedule of ``func`` for ``target``, or ``None`` when ``func`` is not this op."""
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        found = schedule_of_conv(func) if target.kind.name == "llvm" else None
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        conv = find_structured_block(sch)
-        if conv is None:
-            return None
+        sch, conv = found
         try:
             return sch if schedule_structured_conv2d(sch, conv, target) else None
         except s_tir.ScheduleError:

@@ -42,7 +42,7 @@ from tvm_structconv.manifest import ManifestError
 from tvm_structconv.schedules import x86
 from tvm_structconv.targets import make_target
 from tvm_structconv.toolchain import check_runnable, export_compiler
-from tvm_structconv.tuning_logs import has_database, logs_dir, open_database
+from tvm_structconv.tuning_logs import has_database, load_database, logs_dir
 from tvm_structconv.transform import (
     ApplySchedules,
     ApplyTuningDatabase,
@@ -283,7 +283,7 @@ def compile_model(
     tuned = None
     if scheduled:
         folder = _tuning_folder(target, tuning_logs)
-        tuned = ApplyTuningDatabase(open_database(folder)) if folder is not None else None
+        tuned = ApplyTuningDatabase(load_database(folder)) if folder is not None else None
         layout, block_size = "NHWC", x86.block_size_for(target)
         pipeline = scheduled_pipeline(target, tuned)
     else:

@@ -27,6 +27,8 @@ from tvm_structconv.structure import Structure
 __all__ = [
     "SCHEDULE_RULE",
     "find_structured_block",
+    "schedule_of_conv",
+    "stages_around",
     "output_channel_block",
     "pack_alpha",
     "sum_pool",
@@ -36,6 +38,28 @@ __all__ = [
 ]
 
 SCHEDULE_RULE = "structured_conv2d"
+
+
+def schedule_of_conv(func) -> Optional[tuple]:
+    """``(schedule, block)`` of a PrimFunc holding the fused conv; ``None`` for anything else.
+
+    What every schedule rule of the fused op starts with (``func`` may be any function of a
+    module: Relax functions are answered ``None``).
+    """
+    from tvm import s_tir, tirx
+
+    if not isinstance(func, tirx.PrimFunc):
+        return None
+    sch = s_tir.Schedule(func)
+    block = find_structured_block(sch)
+    return None if block is None else (sch, block)
+
+
+def stages_around(sch, block) -> Tuple[list, list]:
+    """The root blocks before ``block`` (padding, pool stages) and after it (fused epilogue)."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    index = [sch.get(b).same_as(sch.get(block)) for b in blocks].index(True)
+    return list(blocks[:index]), list(blocks[index + 1:])
 
 
 def find_structured_block(func_or_schedule) -> Optional["s_tir.schedule.SBlockRV"]:

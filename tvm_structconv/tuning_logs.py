@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Dict, Optional, Union
 
 import tvm
 
@@ -64,5 +64,18 @@ def open_database(folder: Union[str, os.PathLike]) -> "ms.Database":
 
 
 def load_database(folder: Union[str, os.PathLike]) -> Optional["ms.Database"]:
-    """The database in ``folder`` when there is one, else ``None``."""
-    return open_database(folder) if has_database(folder) else None
+    """The database in ``folder`` when there is one, else ``None``.
+
+    Loaded once per process and kept while its files are unchanged (parsing a model's
+    workloads takes seconds, and every ``compile_model`` of the target asks for it).
+    """
+    if not has_database(folder):
+        return None
+    key = (str(Path(folder).resolve()),
+           *(os.stat(Path(folder) / name).st_mtime_ns for name in DATABASE_FILES))
+    if key not in _LOADED:
+        _LOADED[key] = open_database(folder)
+    return _LOADED[key]
+
+
+_LOADED: Dict[tuple, "ms.Database"] = {}
