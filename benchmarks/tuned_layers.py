@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 from typing import Dict, List
 
 import numpy as np
@@ -61,11 +62,13 @@ def build_both(func, target, database):
 
     from tvm_structconv.transform import ApplySchedules, ApplyTuningDatabase
 
-    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    def module() -> tvm.IRModule:  # one per pass: a pass may rewrite a module it alone holds
+        return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
     tuned = ApplyTuningDatabase(database)
     with target:
-        hand = ApplySchedules(target)(mod)
-        from_log = tuned(mod)
+        hand = ApplySchedules(target)(module())
+        from_log = tuned(module())
     if not tuned.applied:
         return tvm.compile(hand, target=target), None
     return tvm.compile(hand, target=target), tvm.compile(from_log, target=target)
@@ -75,12 +78,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--onnx", type=pathlib.Path, default=None,
+                        help="the ONNX file that was tuned (default: export the built-in model)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
     import tvm
 
+    from tvm_structconv.export import export
     from tvm_structconv.frontend import load_model
     from tvm_structconv.models import create_structured
     from tvm_structconv.targets import make_target, target_key
@@ -90,8 +96,14 @@ def main() -> None:
     database = load_database(logs_dir(target))
     if database is None:
         sys.exit(f"no tuning log in {logs_dir(target)}: run structconv tune first")
-    built = create_structured(args.model, seed=0)
-    imported = load_model(built.model, built.example_input, built.manifest)
+    # through ONNX, as `structconv tune out/<model>.onnx` saw it: an import through
+    # torch.export gives other fused functions, which a log tuned on the ONNX model misses
+    onnx_path = args.onnx
+    if onnx_path is None:
+        built = create_structured(args.model, seed=0)
+        onnx_path = pathlib.Path(tempfile.mkdtemp()) / f"{args.model}.onnx"
+        export(built.model, onnx_path, built.example_input, built.manifest)
+    imported = load_model(str(onnx_path))
     calls = {variant: fused_conv_calls(imported, variant == "structured", target)
              for variant in ("original", "structured")}
     assert len(calls["original"]) == len(calls["structured"])
@@ -111,8 +123,8 @@ def main() -> None:
                 arrays = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal(
                     [int(d) for d in b.shape]).astype(str(b.dtype)), device) for b in func.params]
                 timers[f"{variant}-{schedule}"] = (
-                    executable.time_evaluator("main", device, number=5, repeat=1,
-                                              min_repeat_ms=30), arrays)
+                    executable.mod.time_evaluator("main", device, number=5, repeat=1,
+                                                  min_repeat_ms=30), arrays)
         samples: Dict[str, List[float]] = {name: [] for name in timers}
         for _ in range(args.rounds):
             for name, (timer, arrays) in timers.items():
@@ -120,6 +132,7 @@ def main() -> None:
         row: Dict[str, object] = {"layer": index, "original": original[0],
                                   "structured": structured[0]}
         row.update({name: float(np.median(values)) for name, values in samples.items()})
+        row["tuned_records"] = sum(1 for name in samples if name.endswith("tuned"))
         rows.append(row)
         print(json.dumps(row), flush=True)
 
