@@ -290,6 +290,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{len(report.rewritten)} of {len(report.layers)} conv/linear layers rewritten "
           f"({len(pt2_report.rewritten)} through the .pt2 frontend); "
           f"BatchNorm folded into {len(structured.folded)} convs")
+    for label, model in (("original", original), ("structured", structured)):
+        print(f"{label}: " + (
+            f"tuned schedules for {len(model.tuned)} functions from the tuning log, hand "
+            "schedules for the rest" if model.tuned else
+            "hand schedules (the tuning log of this CPU, if any, holds none of its functions)"))
     print()
     header = f"{'':<11}{'params':>10}{'GMAC':>8}{'median ms':>11}{'p90 ms':>9}{'max rel err':>13}"
     print(f"{args.model}, batch 1, fp32, {threads} threads, {structured.target}")
