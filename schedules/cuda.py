@@ -32,7 +32,7 @@ from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from tvm_structconv.ops import schedule_of_conv, stages_around
+from tvm_structconv.ops import SCHEDULE_RULE, schedule_of_conv, stages_around
 from tvm_structconv.schedules.target_info import divisors
 
 __all__ = ["CudaTiling", "StructuredConv2dCUDA", "choose_cuda_tiling",
@@ -213,3 +213,22 @@ class StructuredConv2dCUDA(ScheduleRule):
         except s_tir.ScheduleError:
             pass
         return dlight.gpu.Fallback().apply(func, target, tunable)
+
+
+@tvm.register_global_func(f"s_tir.meta_schedule.cuda.{SCHEDULE_RULE}", override=True)
+def _meta_schedule_rule(sch: s_tir.Schedule,
+                        block: s_tir.schedule.SBlockRV) -> List[s_tir.Schedule]:
+    """MetaSchedule custom rule for CUDA targets (key ``cuda``): the shared-memory template.
+
+    The whole function is scheduled, so the other blocks and the root are marked
+    ``schedule_rule = "None"``; a function the template does not fit is left to
+    MetaSchedule's own GPU rules.
+    """
+    space = sch.copy()
+    if not schedule_structured_conv2d_cuda(space, block) or not _fits(space):
+        return [sch]
+    root = space.get_sblock("root")
+    for other in [root, *space.get_child_blocks(root)]:
+        if not space.get(other).same_as(space.get(block)):
+            space.annotate(other, "schedule_rule", "None")
+    return [space]

@@ -99,3 +99,22 @@ def test_tiling_rule_fills_blocks_with_threads():
     assert tiling.threads == 224
     stem = choose_cuda_tiling(1, 64, 112, 112, 3, 49)
     assert 4 * stem.ov * stem.ot * stem.rc * 49 <= 16 * 1024 and stem.xv == 2
+
+
+def test_the_template_is_metaschedules_custom_rule_for_cuda():
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+    from tvm_structconv import ops
+    from tvm_structconv.tune import _search_space
+
+    structure = Structure(16, 3, 16, 2)
+    data = te.placeholder((1, 16, 14, 14), name="data")
+    alpha = te.placeholder(structure.alpha_shape(32), name="alpha")
+    out = ops.structured_conv2d(data, alpha, structure, (1, 1), (1, 1, 1, 1))
+    mod = tvm.IRModule({"main": te.create_prim_func([data, alpha, out])})
+    context = ms.TuneContext(mod=mod, target=make_target("cuda", "sm_90"),
+                             space_generator=_search_space(), task_name="conv")
+    (space,) = context.generate_design_space()
+    text = space.mod.script()
+    assert 'scope="shared"' in text and 'thread="threadIdx.x"' in text
