@@ -32,7 +32,7 @@ import json
 import pathlib
 import sys
 import tarfile
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -125,7 +125,8 @@ def _lift_constants(mod):
     return mod, shapes
 
 
-def prepare(out: pathlib.Path, arch: str, candidates: bool = False) -> None:
+def prepare(out: pathlib.Path, arch: str, candidates: bool = False,
+            extra_models: Sequence[str] = ()) -> None:
     """Compile the layer kernels and models for ``arch`` and pack TVM's runtime into ``out``."""
     import onnxruntime
     import tvm
@@ -180,19 +181,26 @@ def prepare(out: pathlib.Path, arch: str, candidates: bool = False) -> None:
     np.save(out / "models" / "expected.npy",
             session.run(None, {session.get_inputs()[0].name: x})[0])
     onnx_path.unlink()
-    models = {}
-    for structured in (False, True):
-        variant = "structured" if structured else "original"
-        mod, report, _, _ = prepare_module(imported, structured)
-        lifted, shapes = _lift_constants(mod)
-        with target:
-            tvm.compile(lifted, target=target, relax_pipeline=cuda_pipeline(target)).export_library(
-                str(out / "models" / f"{MODEL}-{variant}-lifted.so"))
-            if structured:
-                tvm.compile(mod, target=target, relax_pipeline=cuda_pipeline(target)).export_library(
-                    str(out / "models" / f"{MODEL}-structured.so"))
-        models[variant] = {"params": shapes}
-        print(f"built {MODEL} {variant}", flush=True)
+    models: Dict[str, dict] = {}
+    for name in [MODEL, *extra_models]:
+        if name != MODEL:
+            other = create_structured(name, seed=0)
+            export(other.model, onnx_path, other.example_input, other.manifest)
+            imported = load_model(str(onnx_path))
+            onnx_path.unlink()
+        models[name] = {}
+        for structured in (False, True):
+            variant = "structured" if structured else "original"
+            mod, _, _, _ = prepare_module(imported, structured)
+            lifted, shapes = _lift_constants(mod)
+            with target:
+                tvm.compile(lifted, target=target, relax_pipeline=cuda_pipeline(target)
+                            ).export_library(str(out / "models" / f"{name}-{variant}-lifted.so"))
+                if structured and name == MODEL:
+                    tvm.compile(mod, target=target, relax_pipeline=cuda_pipeline(target)
+                                ).export_library(str(out / "models" / f"{name}-structured.so"))
+            models[name][variant] = {"params": shapes}
+            print(f"built {name} {variant}", flush=True)
     (out / "models.json").write_text(json.dumps(models))
 
     runtime = pathlib.Path(tvm.__file__).parent
@@ -303,17 +311,30 @@ def measure(folder: pathlib.Path, out: pathlib.Path) -> None:
         results["layers"][key] = row
         print(key, json.dumps(row), flush=True)
 
+    from tvm_structconv.models import create_structured
+
     models = json.loads((folder / "models.json").read_text())
     x = np.load(folder / "models" / "input.npy")
-    for variant, info in models.items():
-        vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(
-            str(folder / "models" / f"{MODEL}-{variant}-lifted.so")), device)
-        params = [tvm.runtime.tensor((0.05 * rng.standard_normal(shape)).astype(dtype), device)
-                  for shape, dtype in info["params"]]
-        inputs = [tvm.runtime.tensor(x, device), *params]
-        vm.set_input("main", *inputs)
-        timer = vm.time_evaluator("invoke_stateful", device, number=20, repeat=5, min_repeat_ms=50)
-        results["models"][f"tvm-{variant}"] = float(np.median(timer("main").results)) * 1e3
+    x_gpu = torch.from_numpy(x).cuda()
+    results["more_models"] = {}
+    for name, variants in models.items():
+        row = results["models"] if name == MODEL else results["more_models"].setdefault(name, {})
+        for variant, info in variants.items():
+            vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(
+                str(folder / "models" / f"{name}-{variant}-lifted.so")), device)
+            params = [tvm.runtime.tensor((0.05 * rng.standard_normal(shape)).astype(dtype),
+                                         device) for shape, dtype in info["params"]]
+            vm.set_input("main", tvm.runtime.tensor(x, device), *params)
+            timer = vm.time_evaluator("invoke_stateful", device, number=20, repeat=5,
+                                      min_repeat_ms=50)
+            row[f"tvm-{variant}"] = float(np.median(timer("main").results)) * 1e3
+        model = create_structured(name, seed=0).model.cuda().eval()
+        with torch.no_grad():
+            row["torch-eager"] = _torch_ms(lambda: model(x_gpu))
+            compiled = torch.compile(model)
+            compiled(x_gpu)
+            row["torch-compile"] = _torch_ms(lambda: compiled(x_gpu))
+        print(name, json.dumps(row), flush=True)
     bound = tvm_vm.VirtualMachine(tvm.runtime.load_module(
         str(folder / "models" / f"{MODEL}-structured.so")), device)
     got = bound["main"](tvm.runtime.tensor(x, device)).numpy()
@@ -321,15 +342,6 @@ def measure(folder: pathlib.Path, out: pathlib.Path) -> None:
     results["models"]["structured_rel_error"] = float(
         np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
 
-    from tvm_structconv.models import create_structured
-
-    model = create_structured(MODEL, seed=0).model.cuda().eval()
-    x_gpu = torch.from_numpy(x).cuda()
-    with torch.no_grad():
-        results["models"]["torch-eager"] = _torch_ms(lambda: model(x_gpu))
-        compiled = torch.compile(model)
-        compiled(x_gpu)
-        results["models"]["torch-compile"] = _torch_ms(lambda: compiled(x_gpu))
     print(json.dumps(results["models"]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_speedup.json").write_text(json.dumps(results, indent=1))
@@ -370,6 +382,14 @@ def report(results: dict) -> str:
               f"vs torch eager (cuDNN): {m['torch-eager'] / m['tvm-structured']:.2f}x; "
               f"vs torch.compile: {m['torch-compile'] / m['tvm-structured']:.2f}x; "
               f"structured build vs onnxruntime: max rel error {m['structured_rel_error']:.1e}"]
+    for name, row in results.get("more_models", {}).items():
+        lines += ["", f"| {name} end to end (random weights) | median ms |", "|---|---|"]
+        lines += [f"| {key} | {row[key]:.3f} |" for key in
+                  ("tvm-original", "tvm-structured", "torch-eager", "torch-compile")]
+        lines += ["", f"{name}: structured TVM vs original TVM "
+                  f"{row['tvm-original'] / row['tvm-structured']:.2f}x; vs torch eager (cuDNN) "
+                  f"{row['torch-eager'] / row['tvm-structured']:.2f}x; vs torch.compile "
+                  f"{row['torch-compile'] / row['tvm-structured']:.2f}x"]
     return "\n".join(lines) + "\n"
 
 
@@ -379,6 +399,8 @@ def main() -> None:
     p = commands.add_parser("prepare", help="compile the kernels and models (no GPU needed)")
     p.add_argument("out", type=pathlib.Path)
     p.add_argument("--arch", default="sm_90")
+    p.add_argument("--models", default="resnet50",
+                   help="more built-in models timed end to end (comma-separated, '' for none)")
     p.add_argument("--sweep", action="store_true",
                    help="also build the CANDIDATES tilings of every layer (a tiling sweep)")
     m = commands.add_parser("measure", help="check and time them on the GPU")
@@ -388,7 +410,7 @@ def main() -> None:
     r.add_argument("json", type=pathlib.Path)
     args = parser.parse_args()
     if args.command == "prepare":
-        prepare(args.out, args.arch, args.sweep)
+        prepare(args.out, args.arch, args.sweep, [m for m in args.models.split(",") if m])
     elif args.command == "report":
         print(report(json.loads(args.json.read_text())), end="")
     else:
