@@ -48,7 +48,7 @@ CANDIDATES = [(4, 4, 1), (4, 8, 1), (4, 16, 1), (2, 16, 1), (2, 32, 1), (1, 32, 
 
 
 def _candidate_tilings(layer, structured: bool) -> list:
-    from tvm_structconv.schedules.cuda import CudaTiling, choose_cuda_tiling
+    from tvm_structconv.schedules.cuda import CudaTiling, choose_cuda_tiling, chunk_channels
     from tvm_structconv.schedules.target_info import divisors
 
     channels = (layer.reduced_channels if structured else layer.in_channels) // layer.groups
@@ -61,8 +61,8 @@ def _candidate_tilings(layer, structured: bool) -> list:
             continue
         if yt == 0:
             yt = max(divisors(size, max(256 // (ot * base.xt), 1)))
-        rc = max(divisors(channels, max(min(16, 16384 // (4 * ov * ot * kernel * kernel)), 1)))
-        tiling = CudaTiling(ov, ot, yt, base.xv, base.xt, rc)
+        tiling = CudaTiling(ov, ot, yt, base.xv, base.xt,
+                            chunk_channels(channels, ov * ot, kernel * kernel))
         if tiling != base and tiling not in tilings:
             tilings.append(tiling)
     return tilings

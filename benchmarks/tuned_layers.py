@@ -32,27 +32,18 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def fused_conv_calls(imported, structured: bool, target) -> List[tuple]:
     """``(function name, PrimFunc)`` of every conv call of ``main``, in call order."""
     import tvm
-    from tvm import relax
 
-    from tvm_structconv.build import fusion_passes, prepare_module
+    from tvm_structconv.build import prepare_module
     from tvm_structconv.ops import find_structured_block
     from tvm_structconv.schedules import x86
+    from tvm_structconv.tune import called_functions, fuse
 
     mod, *_ = prepare_module(imported, structured, layout="NHWC",
                              block_size=x86.block_size_for(target))
-    with target:
-        fused = tvm.transform.Sequential(fusion_passes(target))(mod)
-    calls: List[str] = []
-
-    def visit(expr) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
-                and expr.op.name == "relax.call_tir":
-            calls.append(expr.args[0].name_hint)
-
-    relax.analysis.post_order_visit(fused["main"], visit)
+    fused = fuse(mod, target)
     functions = {gvar.name_hint: func for gvar, func in fused.functions.items()
                  if isinstance(func, tvm.tirx.PrimFunc)}
-    return [(name, functions[name]) for name in calls
+    return [(name, functions[name]) for name in called_functions(fused)
             if find_structured_block(functions[name]) is not None]
 
 

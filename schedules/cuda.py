@@ -36,16 +36,12 @@ from tvm_structconv.ops import SCHEDULE_RULE, schedule_of_conv, stages_around
 from tvm_structconv.schedules.target_info import divisors
 
 __all__ = ["CudaTiling", "StructuredConv2dCUDA", "choose_cuda_tiling",
-           "schedule_structured_conv2d_cuda", "shared_bytes"]
+           "chunk_channels", "schedule_structured_conv2d_cuda", "shared_bytes"]
 
-#: Most threads per block the template uses.
-MAX_THREADS = 256
 #: Shared memory per block the template may use, bytes (under the 48 KiB static limit).
 SHARED_BUDGET = 40 * 1024
 #: Shared memory for the ``alpha`` tile of one chunk, bytes.
 ALPHA_BUDGET = 16 * 1024
-#: Stages inlined into their consumer rather than given shared memory of their own.
-INLINED_STAGES = ("subsample",)
 
 
 @dataclass(frozen=True)
@@ -109,9 +105,14 @@ def choose_cuda_tiling(batch: int, out_channels: int, out_height: int, out_width
     xv = 2 if out_width % 2 == 0 and out_width >= 8 else 1
     xt = max(divisors(out_width // xv, 8))
     ot = max(divisors(out_channels, 32))
-    # the chunk's alpha tile (ov·ot × rc × nh × nw floats) within ALPHA_BUDGET
-    rc = max(divisors(reduced, max(min(16, ALPHA_BUDGET // (4 * ov * ot * kernel_area)), 1)))
-    return CudaTiling(ov, ot, yt, xv, xt, rc)
+    return CudaTiling(ov, ot, yt, xv, xt, chunk_channels(reduced, ov * ot, kernel_area))
+
+
+def chunk_channels(reduced: int, out_channels_per_block: int, kernel_area: int) -> int:
+    """Reduced channels per chunk: up to 16, fewer where the chunk's ``alpha`` tile
+    (``out_channels_per_block × rc × kernel_area`` floats) would pass :data:`ALPHA_BUDGET`."""
+    bound = ALPHA_BUDGET // (4 * out_channels_per_block * kernel_area)
+    return max(divisors(reduced, max(min(16, bound), 1)))
 
 
 def _is_nchw_conv(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV) -> bool:
@@ -120,15 +121,13 @@ def _is_nchw_conv(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV) -> bool:
             and len(stmt.iter_vars) == 7 and len(sch.get_loops(conv)) == 7)
 
 
-def _spatial_iters(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int:
-    """Number of data-parallel iterators of ``block`` (they come first)."""
-    return sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) == 0)
-
-
 def _cooperative(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, depth: int,
                  threads: int) -> None:
-    """Bind the spatial loops of ``block`` below the first ``depth`` loops to ``threadIdx.x``."""
-    loops = sch.get_loops(block)[depth:depth + _spatial_iters(sch, block)]
+    """Bind the loops of ``block`` below the first ``depth`` loops to ``threadIdx.x``.
+
+    ``block`` is a copy or an elementwise pool stage: all its loops are spatial.
+    """
+    loops = sch.get_loops(block)[depth:]
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     _, inner = sch.split(fused, [None, threads])
     sch.bind(inner, "threadIdx.x")
@@ -173,9 +172,6 @@ def schedule_structured_conv2d_cuda(sch: s_tir.Schedule, conv: s_tir.schedule.SB
     alpha_shared = sch.cache_read(conv, 1, "shared")
     sch.compute_at(alpha_shared, rc_outer, preserve_unit_loops=True)
 
-    while len(producers) > 1 and sch.get(producers[0]).name_hint.startswith(INLINED_STAGES):
-        sch.compute_inline(producers[0])
-        producers = producers[1:]
     for producer in reversed(producers):
         # shared before compute_at, so that the region relaxes over the block's threads
         sch.set_scope(producer, 0, "shared")

@@ -11,10 +11,10 @@ pixels per accumulator tile, output-channel chunks; see
 is. Pools, transposes and elementwise functions are memory-bound and keep the hand rules.
 
 Measured records go to a MetaSchedule JSON database in ``tuning_logs/<target key>/``
-(:func:`logs_dir`; one folder per target because the database is not target-aware). Tuning
-again adds trials to the same database and starts its search from the best records already
-there. ``compile`` applies the database of its target when it exists
-(:func:`load_database`).
+(:func:`~tvm_structconv.tuning_logs.logs_dir`; one folder per target because the database is
+not target-aware). Tuning again adds trials to the same database and starts its search from
+the best records already there. ``compile`` applies the database of its target when it exists
+(:func:`~tvm_structconv.tuning_logs.load_database`).
 
 Candidates are built here (``LocalBuilder``) and timed either here (in this process, with the
 target's thread count, one at a time while nothing else runs) or on the servers of an RPC
@@ -23,12 +23,13 @@ tracker (``RPCRunner``).
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 import tvm
 import tvm_ffi
@@ -49,7 +50,8 @@ if TYPE_CHECKING:  # MetaSchedule is imported when tuning or applying a database
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ["TaskResult", "TuneError", "TuneResult", "conv_tasks", "tune_model"]
+__all__ = ["TaskResult", "TuneError", "TuneResult", "called_functions", "conv_tasks", "fuse",
+           "tune_model"]
 
 #: Seconds a candidate may take to build (LocalBuilder's 30 s default is too short on a busy
 #: 2-core machine: a fused conv's LLVM build alone takes several seconds there).
@@ -60,20 +62,25 @@ class TuneError(Exception):
     """A tuning request that cannot be carried out (target, runner, empty model)."""
 
 
-def _call_counts(mod: tvm.IRModule) -> Dict[str, int]:
-    """How often ``main`` calls each PrimFunc (a task's weight)."""
-    counts: Dict[str, int] = {}
+def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """``mod`` through :func:`~tvm_structconv.build.fusion_passes`: what gets scheduled."""
+    with target:
+        return tvm.transform.Sequential(fusion_passes(target))(mod)
+
+
+def called_functions(mod: tvm.IRModule) -> List[str]:
+    """The PrimFuncs the Relax functions of ``mod`` call (``call_tir``), in call order."""
+    calls: List[str] = []
 
     def visit(expr) -> None:
         if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
                 and expr.op.name == "relax.call_tir":
-            name = expr.args[0].name_hint
-            counts[name] = counts.get(name, 0) + 1
+            calls.append(expr.args[0].name_hint)
 
     for _, func in mod.functions.items():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
-    return counts
+    return calls
 
 
 def conv_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> List["ms.ExtractedTask"]:
@@ -86,9 +93,8 @@ def conv_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> List["ms.Extract
     """
     from tvm.s_tir import meta_schedule as ms
 
-    with target:
-        fused = tvm.transform.Sequential(fusion_passes(target))(mod)
-    counts = _call_counts(fused)
+    fused = fuse(mod, target)
+    counts = collections.Counter(called_functions(fused))
     tasks: Dict[int, list] = {}
     for gvar, func in fused.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or find_structured_block(func) is None:
