@@ -191,7 +191,7 @@ def prepare(out: pathlib.Path, arch: str, candidates: bool = False,
         models[name] = {}
         for structured in (False, True):
             variant = "structured" if structured else "original"
-            mod, _, _, _ = prepare_module(imported, structured)
+            mod = prepare_module(imported, structured).mod
             lifted, shapes = _lift_constants(mod)
             with target:
                 tvm.compile(lifted, target=target, relax_pipeline=cuda_pipeline(target)

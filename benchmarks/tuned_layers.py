@@ -38,8 +38,8 @@ def fused_conv_calls(imported, structured: bool, target) -> List[tuple]:
     from tvm_structconv.schedules import x86
     from tvm_structconv.tune import called_functions, fuse
 
-    mod, *_ = prepare_module(imported, structured, layout="NHWC",
-                             block_size=x86.block_size_for(target))
+    mod = prepare_module(imported, structured, layout="NHWC",
+                         block_size=x86.block_size_for(target)).mod
     fused = fuse(mod, target)
     functions = {gvar.name_hint: func for gvar, func in fused.functions.items()
                  if isinstance(func, tvm.tirx.PrimFunc)}

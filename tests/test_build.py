@@ -75,8 +75,8 @@ def test_unscheduled_build_still_matches(tiny):
 
 def test_epilogues_fuse_and_every_kernel_is_scheduled(tiny):
     _, _, imported = tiny
-    mod, *_ = prepare_module(imported, structured=True, layout="NHWC",
-                             block_size=x86.block_size_for(HOST))
+    mod = prepare_module(imported, structured=True, layout="NHWC",
+                         block_size=x86.block_size_for(HOST)).mod
     lowered = scheduled_pipeline(HOST)(mod)
     kernels = {gv.name_hint: f for gv, f in lowered.functions_items()
                if isinstance(f, tvm.tirx.PrimFunc)}

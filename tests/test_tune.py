@@ -73,7 +73,7 @@ def test_tasks_are_the_fused_convs_weighted_by_calls():
     built = create_structured("resnet18", seed=0)
     target = make_target("x86")
     imported = load(built.model, built.example_input, built.manifest)
-    mod, *_ = prepare_module(imported, True, layout="NHWC", block_size=x86.block_size_for(target))
+    mod = prepare_module(imported, True, layout="NHWC", block_size=x86.block_size_for(target)).mod
     tasks = conv_tasks(mod, target)
     # 20 convs in ResNet-18; the repeated 3x3 blocks share tasks
     assert sum(task.weight for task in tasks) == 20

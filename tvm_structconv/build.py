@@ -54,7 +54,8 @@ from tvm_structconv.transform import (
 )
 from tvm_structconv.transform.conv_call import BlockSize, default_block_size
 
-__all__ = ["CompiledModel", "compile_model", "prepare_module", "scheduled_pipeline"]
+__all__ = ["CompiledModel", "PreparedModule", "compile_model", "prepare_module",
+           "scheduled_pipeline"]
 
 #: ``relax.transform.ConvertLayout``'s request for a scheduled CPU build.
 NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
@@ -124,6 +125,28 @@ class CompiledModel:
         self.executable.export_library(os.fspath(path), fcompile=export_compiler(self.target))
 
 
+@dataclass(frozen=True)
+class PreparedModule:
+    """What :func:`prepare_module` returns: the module after the project's passes.
+
+    Attributes
+    ----------
+    mod
+        The module, every conv a fused op (structured or with the trivial structure).
+    report
+        The structured rewrite's report (``None`` when the rewrite did not run).
+    folded
+        The convs BatchNorm was folded into.
+    notes
+        Anything the user should know (e.g. weights matched by value).
+    """
+
+    mod: tvm.IRModule
+    report: Optional[RewriteReport]
+    folded: List[str]
+    notes: List[str]
+
+
 def flatten_outputs(result) -> List[np.ndarray]:
     """A VM result (a tensor or nested tuples of tensors) as a flat list of numpy arrays."""
     if hasattr(result, "numpy"):
@@ -138,7 +161,7 @@ def prepare_module(
     match_by_value: bool = False,
     layout: str = "NCHW",
     block_size: BlockSize = default_block_size,
-) -> tuple[tvm.IRModule, Optional[RewriteReport], List[str], List[str]]:
+) -> PreparedModule:
     """Run the project's passes on ``imported.mod``.
 
     Parameters
@@ -156,8 +179,11 @@ def prepare_module(
     block_size
         Output-channel block of packed NHWC kernels, per layer (the target's choice).
 
-    Returns the module, the rewrite report (``None`` when ``structured`` is false), the list
-    of folded convs and notes.
+    Returns
+    -------
+    PreparedModule
+        The module, the rewrite report (``None`` when ``structured`` is false), the folded
+        convs and notes.
 
     Raises
     ------
@@ -196,7 +222,7 @@ def prepare_module(
         mod = rewrite(mod)
         report = rewrite.report
     mod = RewriteOrdinaryConv(block_size)(mod)
-    return mod, report, list(fold.folded), notes
+    return PreparedModule(mod, report, list(fold.folded), notes)
 
 
 def fusion_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
@@ -289,14 +315,15 @@ def compile_model(
     else:
         pipeline = cuda_pipeline(target) if target.kind.name == "cuda" else "default"
         layout, block_size = "NCHW", default_block_size
-    mod, report, folded, notes = prepare_module(imported, structured, tol, match_by_value,
-                                                layout, block_size)
+    prepared = prepare_module(imported, structured, tol, match_by_value, layout, block_size)
+    notes = list(prepared.notes)
     with target:
-        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
+        executable = tvm.compile(prepared.mod, target=target, relax_pipeline=pipeline)
     if tuned is not None:
         notes.append(f"tuning log {folder}: tuned schedules for {len(tuned.applied)} functions, "
                      "hand schedules for the rest")
-    return CompiledModel(executable, target, list(imported.inputs), report, folded, notes,
+    return CompiledModel(executable, target, list(imported.inputs), prepared.report,
+                         prepared.folded, notes,
                          tuned=list(tuned.applied) if tuned is not None else [])
 
 

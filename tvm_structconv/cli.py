@@ -261,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     imported = progress.run("importing the ONNX model into Relax", lambda: load_model(onnx_path))
     pt2_report = progress.run(
         "importing the .pt2 program and rewriting it (check)",
-        lambda: prepare_module(load_model(pt2_path))[1],
+        lambda: prepare_module(load_model(pt2_path)).report,
     )
     original = progress.run("compiling the original model for this CPU",
                             lambda: compile_model(imported, "x86", structured=False))

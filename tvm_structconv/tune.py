@@ -86,7 +86,7 @@ def called_functions(mod: tvm.IRModule) -> List[str]:
 def conv_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> List["ms.ExtractedTask"]:
     """The tuning tasks of a prepared module: one per distinct fused function holding a conv.
 
-    ``mod`` is what :func:`~tvm_structconv.build.prepare_module` returns (NHWC); it is taken
+    ``mod`` is the module :func:`~tvm_structconv.build.prepare_module` returns (NHWC); it is taken
     through :func:`~tvm_structconv.build.fusion_passes`, the passes the scheduled build runs
     before it looks functions up in a database, so tuned and compiled functions are the same.
     Structurally equal functions are one task, weighted by how often the model calls them.
@@ -352,8 +352,8 @@ def tune_model(
                         "CUDA builds use the hand schedule of schedules/cuda.py")
     if trials < 1:
         raise TuneError(f"--trials must be positive, got {trials}")
-    mod, _, _, _ = prepare_module(imported, structured, layout="NHWC",
-                                  block_size=x86.block_size_for(target))
+    mod = prepare_module(imported, structured, layout="NHWC",
+                         block_size=x86.block_size_for(target)).mod
     tasks = conv_tasks(mod, target)
     if not tasks:
         raise TuneError("the model has no conv to tune")

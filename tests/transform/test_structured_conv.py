@@ -259,9 +259,9 @@ def test_rewritten_conv_equals_torch_over_random_shapes(structure, stride, paddi
     structured_copy(conv, {"weight": structure})
     x = torch.randn((1, structure.in_channels, 7, 8), generator=generator)
     imported = load_model(nn.Sequential(conv), x, Manifest({"0.weight": LayerSpec.of(structure)}))
-    mod, report, _, _ = prepare_module(imported)
-    assert len(report.rewritten) == (0 if structure.is_trivial else 1)
-    executable = tvm.compile(mod, target=TARGET)
+    prepared = prepare_module(imported)
+    assert len(prepared.report.rewritten) == (0 if structure.is_trivial else 1)
+    executable = tvm.compile(prepared.mod, target=TARGET)
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()
     np.testing.assert_allclose(got, conv(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
