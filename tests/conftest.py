@@ -12,7 +12,46 @@ settings.register_profile(
 settings.load_profile("structconv")
 
 
+import os  # noqa: E402
+import shutil  # noqa: E402
+
 import pytest  # noqa: E402
+
+#: What the ``needs_cross`` tests run: the aarch64 cross compiler and the user-mode emulator.
+CROSS_TOOLS = ("aarch64-linux-gnu-g++", "qemu-aarch64-static")
+#: The one command that installs them (Debian / Ubuntu, as root).
+CROSS_INSTALL = ("apt-get update && apt-get install -y gcc-aarch64-linux-gnu "
+                 "g++-aarch64-linux-gnu qemu-user-static")
+
+
+def _missing_cross_tools() -> str:
+    """Why the ``needs_cross`` tests cannot run here, or ``""`` when they can."""
+    missing = [tool for tool in CROSS_TOOLS if shutil.which(tool) is None]
+    return f"needs {' and '.join(missing)}; install with: {CROSS_INSTALL}" if missing else ""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the ``needs_cross`` tests where the aarch64 tools are missing (each one named).
+
+    In CI (``$CI`` set, as ``.ci/run`` does) they are not skipped:
+    :func:`pytest_runtest_setup` fails them instead.
+    """
+    reason = _missing_cross_tools()
+    if not reason or os.environ.get("CI"):
+        return
+    for item in items:
+        if item.get_closest_marker("needs_cross") is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """In CI a missing aarch64 tool is a broken CI machine: fail the ``needs_cross`` test."""
+    if item.get_closest_marker("needs_cross") is None or not os.environ.get("CI"):
+        return
+    reason = _missing_cross_tools()
+    if reason:
+        pytest.fail(f"CI installs the aarch64 tools, but this test {reason}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
