@@ -24,7 +24,7 @@ from tvm.target import Target
 
 from tvm_structconv.ops import schedule_of_conv
 from tvm_structconv.schedules.target_info import vector_lanes
-from tvm_structconv.schedules.x86 import schedule_structured_conv2d
+from tvm_structconv.schedules.x86 import SCHEDULE_FAILURES, schedule_structured_conv2d
 
 __all__ = ["StructuredConv2dNEONRule", "channel_unroll", "is_aarch64"]
 
@@ -52,6 +52,6 @@ class StructuredConv2dNEONRule(ScheduleRule):
         try:
             done = schedule_structured_conv2d(sch, conv, target,
                                               channel_unroll=channel_unroll(target))
-        except s_tir.ScheduleError:
+        except SCHEDULE_FAILURES:
             return None
         return sch if done else None

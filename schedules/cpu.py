@@ -10,6 +10,11 @@ Two dlight-style rules (``apply`` returns ``None`` for a function that is not it
 * :class:`Injective` — only spatial blocks (layout transposes, reshapes, elementwise ops that
   did not fuse into a conv): producers inlined, the last block parallel over its outer loops
   and vectorized along its innermost one.
+
+And :class:`Fallback`, the last rule, for any function no other rule took (one whose shape a
+template does not know): intermediate blocks inlined where TVM allows, each remaining block
+parallel over its outer spatial loops. Correct and multi-threaded, never tiled; its purpose
+is that no function is ever left without a schedule or crashes the build.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from tvm_structconv.schedules.target_info import (
     vector_widths,
 )
 
-__all__ = ["ChannelReduction", "Injective"]
+__all__ = ["ChannelReduction", "Fallback", "Injective", "schedule_elementwise"]
 
 #: Below this much work (output elements × reduction length) a function runs on one thread:
 #: waking the thread pool costs microseconds.
@@ -84,13 +89,18 @@ class Injective(ScheduleRule):
                 sch.compute_inline(block)
             except s_tir.ScheduleError:
                 pass
-        last = blocks[-1]
-        loops = sch.get_loops(last)
-        if not loops:
-            return sch
-        outer = vector_split(sch, loops[-1], vector_lanes(target), REDUCTION_REGISTERS)
-        _parallel(sch, [*loops[:-1], outer], _work(sch, last))
+        schedule_elementwise(sch, blocks[-1], target)
         return sch
+
+
+def schedule_elementwise(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
+                         target: Target) -> None:
+    """Parallelize a spatial block over its outer loops and vectorize its innermost loop."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    outer = vector_split(sch, loops[-1], vector_lanes(target), REDUCTION_REGISTERS)
+    _parallel(sch, [*loops[:-1], outer], _work(sch, block))
 
 
 class ChannelReduction(ScheduleRule):
@@ -175,3 +185,28 @@ def _split_vector(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int):
     """Split ``loop`` into (outer, vector of up to ``REDUCTION_REGISTERS`` registers)."""
     width = max(vector_widths(extent(sch, loop), lanes, REDUCTION_REGISTERS))
     return sch.split(loop, [None, width])
+
+
+class Fallback(ScheduleRule):
+    """Any LLVM function: inline what TVM allows, then parallelize each block's outer loops."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target,
+              _tunable: bool) -> Optional[s_tir.Schedule]:
+        """A correct, parallel schedule of ``func``; ``None`` only for a non-LLVM target."""
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        for block in _root_blocks(sch)[:-1]:
+            if _is_spatial(sch, block):
+                try:
+                    sch.compute_inline(block)
+                except s_tir.ScheduleError:
+                    pass
+        for block in _root_blocks(sch):
+            if not _loops_match_iters(sch, block):
+                continue
+            kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+            leading = len(kinds) if tirx.IterVar.CommReduce not in kinds else kinds.index(
+                tirx.IterVar.CommReduce)
+            _parallel(sch, sch.get_loops(block)[:leading], _work(sch, block))
+        return sch

@@ -33,6 +33,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from tvm_structconv.ops import SCHEDULE_RULE, schedule_of_conv, stages_around
+from tvm_structconv.schedules.cpu import schedule_elementwise
 from tvm_structconv.schedules.target_info import (
     divisors,
     extent,
@@ -44,14 +45,20 @@ from tvm_structconv.schedules.target_info import (
 )
 
 __all__ = [
+    "SCHEDULE_FAILURES",
     "ConvTiling",
     "block_size_for",
     "StructuredConv2dRule",
     "channel_block",
     "choose_tiling",
     "schedule_structured_conv2d",
+    "schedule_tail",
+    "split_epilogue",
 ]
 
+#: What a schedule primitive raises on a function it cannot transform: a rule then declines.
+#: (``InternalError`` is TVM's failed internal check, e.g. inlining a block it cannot.)
+SCHEDULE_FAILURES = (s_tir.ScheduleError, tvm.error.InternalError)
 #: Largest number of output rows one parallel task computes (bounds the ``S`` tile).
 MAX_ROWS = 8
 #: Producer stages that only move data: inlined into the first window sum when there is one.
@@ -167,6 +174,57 @@ def _is_nhwc_conv(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV) -> bool:
             and len(stmt.iter_vars) == 7 and len(sch.get_loops(conv)) == 7)
 
 
+def split_epilogue(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV,
+                   epilogue: Sequence[s_tir.schedule.SBlockRV]) -> Tuple[list, list]:
+    """The fused epilogue blocks a register tile can apply (head), and the rest (tail).
+
+    The head is the longest prefix of ``epilogue`` that is elementwise over the conv's output:
+    each block is spatial, writes one buffer of the conv output's shape at its own iteration
+    variables in order, and reads the conv's output and earlier head blocks' outputs at those
+    same indices (other inputs, a bias or a residual, it reads as it likes). The tail starts at
+    the first block that is not (an SE block's gate broadcast onto a larger tensor).
+    """
+    conv_write = sch.get(conv).writes[0].source
+    shape = [int(d) for d in conv_write.shape]
+    produced = [conv_write]
+    for position, block in enumerate(epilogue):
+        stmt = sch.get(block)
+        if not _elementwise_over(stmt, shape, produced):
+            return list(epilogue[:position]), list(epilogue[position:])
+        produced.append(stmt.writes[0].source)
+    return list(epilogue), []
+
+
+def _elementwise_over(stmt: tirx.SBlock, shape: Sequence[int],
+                      produced: Sequence[tirx.Buffer]) -> bool:
+    """Whether ``stmt`` maps ``shape`` elementwise onto itself, reading ``produced`` in place."""
+    if len(stmt.writes) != 1 or any(iv.iter_type != tirx.IterVar.DataPar for iv in stmt.iter_vars):
+        return False
+    variables = [iv.var for iv in stmt.iter_vars]
+
+    def in_place(region) -> bool:
+        return len(region) == len(variables) and all(
+            r.min.same_as(v) and int(r.extent) == 1 for r, v in zip(region, variables))
+
+    write = stmt.writes[0]
+    if [int(d) for d in write.source.shape] != list(shape) or not in_place(write.region):
+        return False
+    return all(in_place(read.region) for read in stmt.reads
+               if any(read.source.same_as(buffer) for buffer in produced))
+
+
+def schedule_tail(sch: s_tir.Schedule, tail: Sequence[s_tir.schedule.SBlockRV],
+                  target: Target) -> None:
+    """Schedule epilogue blocks left after the conv: inlined into one parallel vector pass."""
+    for block in tail[:-1]:
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            pass
+    if tail and all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(tail[-1]).iter_vars):
+        schedule_elementwise(sch, tail[-1], target)
+
+
 def _split(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, outer: Optional[int],
            inner: Optional[int], max_inner: int, tunable: bool) -> list:
     """Split ``loop`` in two at the hand choice, or at a sampled perfect tiling if ``tunable``.
@@ -223,9 +281,13 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
                                channel_unroll)
     lanes = vector_lanes(target)
 
-    # the epilogue: one elementwise block left, reverse-inlined into the write-back below
-    for extra in epilogue[:-1]:
+    # the epilogue: its elementwise head becomes one block, reverse-inlined into the
+    # write-back below; a tail the tile cannot hold (an SE block's broadcast multiply onto
+    # a larger tensor) runs after the conv as an elementwise pass of its own
+    head, tail = split_epilogue(sch, conv, epilogue)
+    for extra in head[:-1]:
         sch.compute_inline(extra)
+    schedule_tail(sch, tail, target)
 
     b, y, x, o, ry, rx, rc = sch.get_loops(conv)
     o_block, o_lane = sch.split(o, [None, block])
@@ -247,8 +309,8 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
     sch.parallel(task)
     write_back = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(write_back, x_tile, preserve_unit_loops=True)
-    if epilogue:
-        sch.reverse_compute_inline(epilogue[-1])
+    if head:
+        sch.reverse_compute_inline(head[-1])
 
     # S: padding and subsampling inlined into the first window sum; each stage computed per task
     while len(producers) > 1 and sch.get(producers[0]).name_hint.startswith(INLINED_STAGES):
@@ -277,8 +339,8 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
 class StructuredConv2dRule(ScheduleRule):
     """The dlight-style rule: schedules a PrimFunc holding an NHWC structured conv, else ``None``.
 
-    A function of that kind that the schedule cannot handle (a fused block it cannot inline)
-    is answered ``None`` too, and left to the other rules.
+    A function of that kind that the template cannot handle is answered ``None`` too (any
+    of :data:`SCHEDULE_FAILURES`), and left to the other rules: :class:`~.cpu.Fallback` last.
     """
 
     def apply(self, func: tirx.PrimFunc, target: Target,
@@ -290,7 +352,7 @@ class StructuredConv2dRule(ScheduleRule):
         sch, conv = found
         try:
             return sch if schedule_structured_conv2d(sch, conv, target) else None
-        except s_tir.ScheduleError:
+        except SCHEDULE_FAILURES:
             return None
 
 

@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from tvm import relax
 
 from tvm_structconv.export import sidecar_path
 from tvm_structconv.manifest import Manifest
+from tvm_structconv.onnx_static import InputShapeError, make_static
 
 __all__ = ["FrontendError", "ImportedModel", "InputSpec", "load_model"]
 
@@ -83,6 +84,7 @@ def load_model(
     model: Union[str, os.PathLike, torch.nn.Module, "torch.export.ExportedProgram"],
     example_input: Optional[torch.Tensor] = None,
     manifest: Union[None, Manifest, str, os.PathLike] = None,
+    input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
 ) -> ImportedModel:
     """Import ``model`` (ONNX path, ``.pt2`` path, ``nn.Module`` or ``ExportedProgram``).
 
@@ -95,11 +97,16 @@ def load_model(
     manifest
         A :class:`Manifest` or the path of a manifest JSON file; when ``None`` the ONNX
         metadata or the sidecar file is used if present.
+    input_shapes
+        ``{input name: shape}`` for an ONNX model with symbolic dims (tvmc's
+        ``--input-shapes``); a symbolic batch without a shape is bound to 1, with a note.
+        ONNX only: a ``torch.export`` program's shapes are those it was exported with.
 
     Raises
     ------
     FrontendError
-        If the file is missing, of an unknown kind, or cannot be imported.
+        If the file is missing, of an unknown kind, or cannot be imported, or an input shape
+        is missing or does not fit.
     ManifestError
         If a given or found manifest is malformed.
     """
@@ -118,7 +125,7 @@ def load_model(
             raise FrontendError(f"model file not found: {path}")
         suffix = path.suffix.lower()
         if suffix == ".onnx":
-            imported = _from_onnx(path)
+            imported = _from_onnx(path, input_shapes)
         elif suffix == ".pt2":
             try:
                 program = torch.export.load(str(path))
@@ -162,7 +169,7 @@ def _from_exported_program(program, source: str, kind: str) -> ImportedModel:
     return _bind(mod, lambda var_name: names.get(var_name, var_name), source, kind)
 
 
-def _from_onnx(path: Path) -> ImportedModel:
+def _from_onnx(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]]) -> ImportedModel:
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -171,14 +178,27 @@ def _from_onnx(path: Path) -> ImportedModel:
     except Exception as error:
         raise FrontendError(f"cannot read {path} as ONNX: {error}") from None
     try:
+        static = make_static(model, input_shapes)
+    except InputShapeError as error:
+        raise FrontendError(f"{path}: {error}") from None
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the importer warns for every renamed tensor
-            mod = from_onnx(model, keep_params_in_input=True)
+            mod = from_onnx(static.model, shape_dict=static.input_shapes,
+                            keep_params_in_input=True)
     except Exception as error:
-        raise FrontendError(f"TVM cannot import {path}: {error}") from None
+        raise FrontendError(f"TVM cannot import {path}: {_last_line(error)}") from None
     # parameters keep their initializer names (torch state_dict names when exported without
     # constant folding; the exporter's own names such as onnx::Conv_14 otherwise)
-    return _bind(mod, lambda var_name: var_name, str(path), "onnx")
+    imported = _bind(mod, lambda var_name: var_name, str(path), "onnx")
+    imported.notes.extend(static.notes)
+    return imported
+
+
+def _last_line(error: Exception) -> str:
+    """The last non-empty line of an error's message (TVM's carry a C++ backtrace first)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _bind(mod: tvm.IRModule, weight_name, source: str, kind: str) -> ImportedModel:

@@ -9,10 +9,12 @@ wins (dlight's ``ApplyDefaultSchedule``; a rule answers ``None`` for a function 
    holding the NHWC fused structured conv (``schedule_rule = "structured_conv2d"``), ordinary
    convs emitted with the trivial structure included;
 2. :class:`~tvm_structconv.schedules.cpu.ChannelReduction` — pools, global pooling, dense;
-3. :class:`~tvm_structconv.schedules.cpu.Injective` — transposes, reshapes, elementwise ops.
+3. :class:`~tvm_structconv.schedules.cpu.Injective` — transposes, reshapes, elementwise ops;
+4. :class:`~tvm_structconv.schedules.cpu.Fallback` — anything else (a rule above that meets a
+   function it cannot schedule declines it): inlined where possible, outer loops parallel.
 
-Every function a rule scheduled gets ``tirx.is_scheduled``; the others are left as they are
-(TVM's default lowering). For a CUDA target only the functions holding the fused conv are
+Every function a rule scheduled gets ``tirx.is_scheduled``; so every PrimFunc of an LLVM build
+is scheduled, and a function no template knows is slow at worst, never a failed build. For a CUDA target only the functions holding the fused conv are
 scheduled (:class:`~tvm_structconv.schedules.cuda.StructuredConv2dCUDA`: shared-memory tiles);
 dlight's default GPU rules then schedule the rest. Other target kinds are returned unchanged.
 """
@@ -29,12 +31,12 @@ __all__ = ["ApplySchedules"]
 
 @tvm.transform.module_pass(opt_level=0, name="ApplySchedules")
 class ApplySchedules:
-    """Schedule every PrimFunc of the module for ``target`` with the project's CPU rules.
+    """Schedule every PrimFunc of the module for ``target`` with the project's rules.
 
     Parameters
     ----------
     target
-        The compilation target; only ``llvm`` targets are scheduled.
+        The compilation target; ``llvm`` and ``cuda`` targets are scheduled.
     """
 
     def __init__(self, target: tvm.target.Target) -> None:
@@ -48,7 +50,7 @@ class ApplySchedules:
         elif kind == "llvm":
             rules = dlight.ApplyDefaultSchedule(
                 arm.StructuredConv2dNEONRule(), x86.StructuredConv2dRule(),
-                cpu.ChannelReduction(), cpu.Injective()
+                cpu.ChannelReduction(), cpu.Injective(), cpu.Fallback()
             )
         else:
             return mod

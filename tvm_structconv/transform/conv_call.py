@@ -114,6 +114,10 @@ def read_conv2d(call: relax.Call,
         weight = _bound_value(weight.args[0], lookup)
     if not isinstance(weight, tvm.ir.Constant):
         return "weight is not a constant"
+    shapes = (call.ty.shape, getattr(data.ty, "shape", None))
+    if any(shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape)
+           for shape in shapes):
+        return "input or output shape is not static"
     array = weight.value.numpy()
     if axes is not None:
         array = array.transpose([int(a) for a in axes]) if len(axes) else array.transpose()
