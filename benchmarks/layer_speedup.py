@@ -33,7 +33,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from tvm_structconv.bench import time_callable, worker_environment
+from tvm_structconv.threads import thread_environment
+from tvm_structconv.timing import time_callable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ("resnet18", "resnet50", "mobilenet_v2")
@@ -203,7 +204,7 @@ def torch_worker(layers: List[Layer], threads: int, repeats: int) -> Dict[str, L
 # ---------------------------------------------------------------------------- driver
 def _run_worker(kind: str, spec: pathlib.Path, libdir: pathlib.Path, threads: int,
                 pairs: int) -> dict:
-    env = worker_environment(threads)
+    env = thread_environment(threads)
     command = [sys.executable, __file__, "--worker", kind, "--spec", str(spec),
                "--libdir", str(libdir), "--threads", str(threads), "--pairs", str(pairs)]
     output = subprocess.run(command, env=env, check=True, capture_output=True, text=True)

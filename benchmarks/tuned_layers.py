@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import tempfile
@@ -73,8 +72,15 @@ def main() -> None:
                         help="the ONNX file that was tuned (default: export the built-in model)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    from tvm_structconv.threads import pinned_threads
 
+    # a TVM_NUM_THREADS you set stays; else every core this process may use
+    with pinned_threads() as threads:
+        measure(args, threads)
+
+
+def measure(args: argparse.Namespace, threads: int) -> None:
+    """Time every conv call hand vs tuned and write the table, with ``threads`` TVM threads."""
     import tvm
 
     from tvm_structconv.export import export
@@ -131,7 +137,7 @@ def main() -> None:
         return sum(float(row.get(name, row[name.replace("tuned", "hand")])) for row in rows)
 
     lines = [f"# Tuned vs hand schedules per conv call, {args.model}, {target_key(target)}, "
-             f"{os.environ['TVM_NUM_THREADS']} threads, median of {args.rounds} rounds", "",
+             f"{threads} threads, median of {args.rounds} rounds", "",
              "| call | original hand ms | original tuned ms | structured hand ms "
              "| structured tuned ms | realized hand | realized tuned |",
              "|---|---|---|---|---|---|---|"]

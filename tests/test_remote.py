@@ -8,7 +8,7 @@ import pytest
 import tvm
 from tvm.script import relax as R
 
-from tvm_structconv.bench import Latency
+from tvm_structconv.timing import Latency
 from rpc_cluster import rpc_cluster, stop
 from tvm_structconv.remote import RemoteDevices, RemoteError, RemoteJob
 

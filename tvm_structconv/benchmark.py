@@ -1,26 +1,38 @@
 """Cross-hardware latency of one model: TVM original vs structured per target, and the peers.
 
-:func:`run_benchmark` compiles the model for every target, times each build (locally in its own
-worker process, or on remote devices through an RPC tracker) and times the peer runtimes on
-this host; :class:`BenchReport` prints the table, writes the JSON with every raw sample and
-draws the plot.
+:func:`run_benchmark` compiles the model for every target (:func:`compile_builds`), times each
+build on remote devices through an RPC tracker (:func:`measure_remote`) or plans it as a job for
+this host with the peer runtimes (:func:`plan_jobs`), runs the jobs in interleaved rounds, each
+in its own worker process (:func:`run_rounds`), and records the host (:func:`describe_host`);
+:class:`BenchReport` prints the table, writes the JSON with every raw sample and draws the plot.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
-from tvm_structconv.bench import Job, Latency, measure_isolated, save_inputs
 from tvm_structconv.peers import PEERS
+from tvm_structconv.threads import available_cores
+from tvm_structconv.timing import Job, Latency, measure_isolated, save_inputs
 
-__all__ = ["BenchReport", "BenchRow", "ModelSource", "run_benchmark"]
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tvm_structconv.frontend import ImportedModel
+    from tvm_structconv.remote import RemoteDevices
+
+__all__ = ["BenchReport", "BenchRow", "CompiledBuilds", "Cost", "Measurement", "ModelSource",
+           "compile_builds", "describe_host", "measure_remote", "plan_jobs", "run_benchmark",
+           "run_rounds"]
+
+#: The two variants of every configuration, in the order they are compiled and timed.
+VARIANTS = ("original", "structured")
 
 
 @dataclass
@@ -39,6 +51,53 @@ class BenchRow:
     def label(self) -> str:
         """``target / runtime / variant``."""
         return f"{self.target}/{self.runtime}/{self.variant}"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Multiply-accumulates and conv/linear parameters of one variant of the model."""
+
+    macs: int = 0
+    params: int = 0
+
+
+@dataclass
+class Measurement:
+    """A row to fill and what fills it.
+
+    Attributes
+    ----------
+    row
+        The row its latency, or the reason there is none, goes to.
+    library
+        The exported TVM library (TVM builds; ``None`` for peers).
+    job
+        The worker job that times it on this host (``None`` when it is not timed here).
+    """
+
+    row: BenchRow
+    library: Optional[str] = None
+    job: Optional[Job] = None
+
+
+@dataclass
+class CompiledBuilds:
+    """What :func:`compile_builds` made.
+
+    Attributes
+    ----------
+    measurements
+        One per exported build (``tvm`` and, with a tuning log, ``tvm-tuned``), per target and
+        variant, in that order; the rows carry their variant's cost.
+    costs
+        The cost of each variant (from the structured build's rewrite report).
+    tuning_notes
+        ``target/variant: K tuned functions`` for every target with a tuning log.
+    """
+
+    measurements: List[Measurement]
+    costs: Dict[str, Cost]
+    tuning_notes: List[str]
 
 
 @dataclass
@@ -195,6 +254,148 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def compile_builds(
+    imported: "ImportedModel",
+    targets: Sequence[str],
+    folder: Path,
+    progress: Callable[[str], None] = lambda message: None,
+) -> CompiledBuilds:
+    """Compile both variants of ``imported`` for every target and export each library to
+    ``folder`` (``<target>-<runtime>-<variant>.so``).
+
+    Each target gets its hand-scheduled build (``tvm``, tuning logs ignored) and, where the
+    target has a tuning log that holds some of the model's functions, a ``tvm-tuned`` build.
+
+    Raises
+    ------
+    ToolchainError
+        If a target needs a cross compiler that is not installed.
+    """
+    from tvm_structconv.build import compile_model
+    from tvm_structconv.targets import make_target
+    from tvm_structconv.tuning_logs import has_database, logs_dir
+
+    measurements: List[Measurement] = []
+    costs: Dict[str, Cost] = {}
+    tuning_notes: List[str] = []
+    for target in targets:
+        logs = logs_dir(make_target(target))
+        for variant in VARIANTS:
+            structured = variant == "structured"
+            progress(f"compiling {variant} for {target}")
+            builds = [("tvm", compile_model(imported, target, structured=structured,
+                                            tuning_logs=False))]
+            if has_database(logs):
+                progress(f"compiling {variant} for {target} with the tuning log {logs}")
+                tuned = compile_model(imported, target, structured=structured, tuning_logs=logs)
+                if tuned.tuned:
+                    builds.append(("tvm-tuned", tuned))
+                tuning_notes.append(f"{target}/{variant}: {len(tuned.tuned)} tuned functions")
+            for runtime, compiled in builds:
+                report = compiled.report
+                if report is not None:
+                    costs["structured"] = Cost(report.macs_after, report.params_after)
+                    costs["original"] = Cost(report.macs_before, report.params_before)
+                library = str(folder / f"{target}-{runtime}-{variant}.so")
+                compiled.export(library)
+                measurements.append(Measurement(BenchRow(target, runtime, variant, 0, 0),
+                                                library))
+    for measurement in measurements:
+        cost = costs.get(measurement.row.variant, Cost())
+        measurement.row.macs, measurement.row.params = cost.macs, cost.params
+    return CompiledBuilds(measurements, costs, tuning_notes)
+
+
+def measure_remote(
+    builds: Sequence[Measurement],
+    remote: "RemoteDevices",
+    inputs: Sequence["np.ndarray"],
+    repeat: int,
+    min_repeat_ms: int,
+    progress: Callable[[str], None] = lambda message: None,
+) -> None:
+    """Time every TVM build on the tracker's devices; fill each row's latency or note."""
+    from tvm_structconv.remote import RemoteJob
+
+    progress(f"measuring {len(builds)} TVM builds on {remote.servers()} device(s) "
+             f"of key {remote.key!r}")
+    results = remote.measure_all([RemoteJob(build.row.label, build.library, inputs, repeat,
+                                            min_repeat_ms) for build in builds])
+    for build in builds:
+        build.row.latency, build.row.note = results[build.row.label]
+        build.row.note = build.row.note and f"n/a ({build.row.note})"
+
+
+def plan_jobs(
+    builds: Sequence[Measurement],
+    source: ModelSource,
+    peers: Sequence[str],
+    costs: Dict[str, Cost],
+    inputs_path: str,
+    threads: int,
+    repeat: int,
+    min_repeat_ms: int,
+    local_builds: bool = True,
+) -> List[Measurement]:
+    """The measurements to run on this host, in the order every round runs them.
+
+    With ``local_builds``, the x86 TVM builds get a job each and every other target's build a
+    note (it runs on its device, through ``--rpc-tracker``); then every peer gets a new row per
+    variant, with its job.
+    """
+    local: List[Measurement] = []
+    if local_builds:
+        for build in builds:
+            row = build.row
+            if row.target != "x86":
+                row.note = f"n/a ({row.target} builds run on their device: use --rpc-tracker)"
+                continue
+            build.job = Job("tvm", row.variant, inputs_path, threads, repeat, min_repeat_ms,
+                            library=build.library)
+            local.append(build)
+    for peer in peers:
+        for variant in VARIANTS:
+            cost = costs.get(variant, Cost())
+            local.append(Measurement(
+                BenchRow("host", peer, variant, cost.macs, cost.params),
+                job=Job(peer, variant, inputs_path, threads, repeat, min_repeat_ms,
+                        onnx=source.onnx, pt2=source.pt2, builtin=source.builtin)))
+    return local
+
+
+def run_rounds(measurements: Sequence[Measurement], rounds: int,
+               progress: Callable[[str], None] = lambda message: None) -> None:
+    """Run every job ``rounds`` times, interleaved (so drift hits every row alike), each run in
+    a fresh worker process; merge the samples into the rows. A row whose job fails once keeps
+    the reason as its note and is not run again."""
+    for round_index in range(rounds):
+        for measurement in measurements:
+            row = measurement.row
+            if row.note or measurement.job is None:
+                continue
+            progress(f"round {round_index + 1}/{rounds}: {row.label}")
+            latency, reason = measure_isolated(measurement.job)
+            if latency is None:
+                row.note = f"n/a ({reason})"
+                row.latency = None
+            else:
+                row.latency = latency if row.latency is None else row.latency.merged(latency)
+
+
+def describe_host(repeat: int, rounds: int, min_repeat_ms: int,
+                  tuning_notes: Sequence[str] = ()) -> Dict[str, object]:
+    """The facts that make a run's numbers comparable: CPU, date, TVM version, timing settings,
+    which schedules the builds got."""
+    import tvm
+
+    return {"cpu": _cpu_name(), "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
+            "date": datetime.date.today().isoformat(), "tvm": tvm.__version__,
+            "repeat": repeat, "rounds": rounds, "min_repeat_ms": min_repeat_ms,
+            "schedules": "tvm: hand schedules; tvm-tuned: the target's tuning log applied "
+                         "(hand schedules for the functions it does not hold)",
+            "tuning": list(tuning_notes)}
+
+
 def run_benchmark(
     model: str,
     targets: Sequence[str] = ("x86",),
@@ -229,21 +430,23 @@ def run_benchmark(
         Manifest file (default: sidecar / ONNX metadata).
     rpc_tracker, device_key
         Measure the TVM builds on the tracker's servers registered under the key instead of here.
+    workdir
+        Where the exported models, inputs and libraries go (default: a new temporary folder).
+    image_size
+        Input size of a built-in model.
     progress
         Called with a message before each step.
     """
-    from tvm_structconv.build import compile_model
     from tvm_structconv.frontend import load_model
     from tvm_structconv.peers import PeerUnavailable
     from tvm_structconv.targets import make_target
-    from tvm_structconv.tuning_logs import has_database, logs_dir
 
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
         raise PeerUnavailable(f"unknown peer {unknown[0]!r}; known peers: {', '.join(PEERS)}")
     for target in targets:
         make_target(target)  # unknown names fail before any work
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or available_cores()
     folder = Path(workdir or tempfile.mkdtemp(prefix="structconv-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     progress(f"preparing {model}")
@@ -256,85 +459,16 @@ def run_benchmark(
         from tvm_structconv.remote import RemoteDevices
 
         remote = RemoteDevices(rpc_tracker, device_key or "")
-        remote.servers()
+        remote.servers()  # an unreachable tracker fails before any compilation
 
-    rows: List[BenchRow] = []
-    costs: Dict[str, tuple] = {}
-    tvm_jobs: List[tuple] = []
-    tuning_notes = []
-    for target in targets:
-        logs = logs_dir(make_target(target))
-        for variant in ("original", "structured"):
-            progress(f"compiling {variant} for {target}")
-            builds = [("tvm", compile_model(imported, target, structured=variant == "structured",
-                                            tuning_logs=False))]
-            if has_database(logs):
-                progress(f"compiling {variant} for {target} with the tuning log {logs}")
-                tuned = compile_model(imported, target, structured=variant == "structured",
-                                      tuning_logs=logs)
-                if tuned.tuned:
-                    builds.append(("tvm-tuned", tuned))
-                tuning_notes.append(f"{target}/{variant}: {len(tuned.tuned)} tuned functions")
-            for runtime, compiled in builds:
-                report = compiled.report
-                if report is not None:
-                    costs["structured"] = (report.macs_after, report.params_after)
-                    costs["original"] = (report.macs_before, report.params_before)
-                library = str(folder / f"{target}-{runtime}-{variant}.so")
-                compiled.export(library)
-                row = BenchRow(target, runtime, variant, 0, 0)
-                rows.append(row)
-                tvm_jobs.append((row, library, target))
-    for row in rows:
-        row.macs, row.params = costs.get(row.variant, (0, 0))
-
-    def peer_rows() -> List[tuple]:
-        jobs = []
-        for peer in peers:
-            for variant in ("original", "structured"):
-                row = BenchRow("host", peer, variant, *costs.get(variant, (0, 0)))
-                rows.append(row)
-                jobs.append((row, Job(peer, variant, inputs_path, threads, repeat, min_repeat_ms,
-                                      onnx=source.onnx, pt2=source.pt2, builtin=source.builtin)))
-        return jobs
-
-    local_jobs = []
+    builds = compile_builds(imported, targets, folder, progress)
     if remote is not None:
-        from tvm_structconv.remote import RemoteJob
-
-        progress(f"measuring {len(tvm_jobs)} TVM builds on {remote.servers()} device(s) "
-                 f"of key {device_key!r}")
-        results = remote.measure_all([RemoteJob(row.label, library, inputs, repeat, min_repeat_ms)
-                                      for row, library, _ in tvm_jobs])
-        for row, _, _ in tvm_jobs:
-            row.latency, row.note = results[row.label]
-            row.note = row.note and f"n/a ({row.note})"
-    else:
-        for row, library, target in tvm_jobs:
-            if target != "x86":
-                row.note = f"n/a ({target} builds run on their device: use --rpc-tracker)"
-                continue
-            local_jobs.append((row, Job("tvm", row.variant, inputs_path, threads, repeat,
-                                        min_repeat_ms, library=library)))
-    local_jobs.extend(peer_rows())
-    for round_index in range(rounds):
-        for row, job in local_jobs:
-            if row.note:
-                continue
-            progress(f"round {round_index + 1}/{rounds}: {row.label}")
-            latency, reason = measure_isolated(job)
-            if latency is None:
-                row.note = f"n/a ({reason})"
-                row.latency = None
-            else:
-                row.latency = latency if row.latency is None else row.latency.merged(latency)
-    import tvm
-
-    meta = {"cpu": _cpu_name(), "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
-            "date": datetime.date.today().isoformat(), "tvm": tvm.__version__,
-            "repeat": repeat, "rounds": rounds, "min_repeat_ms": min_repeat_ms,
-            "schedules": "tvm: hand schedules; tvm-tuned: the target's tuning log applied "
-                         "(hand schedules for the functions it does not hold)",
-            "tuning": tuning_notes}
+        measure_remote(builds.measurements, remote, inputs, repeat, min_repeat_ms, progress)
+    local = plan_jobs(builds.measurements, source, peers, builds.costs, inputs_path, threads,
+                      repeat, min_repeat_ms, local_builds=remote is None)
+    run_rounds(local, rounds, progress)
+    rows = [build.row for build in builds.measurements]
+    rows.extend(measurement.row for measurement in local if measurement.library is None)  # peers
     return BenchReport(Path(model).stem if model.endswith((".onnx", ".pt2")) else model,
-                       rows, threads, meta)
+                       rows, threads, describe_host(repeat, rounds, min_repeat_ms,
+                                                    builds.tuning_notes))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -191,25 +190,25 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from tvm_structconv.targets import target_key
+    from tvm_structconv.threads import pinned_threads
     from tvm_structconv.tune import tune_model
 
     # candidates are timed in this process: its thread pool (started at the first parallel run)
     # must use the target's cores, not TVM's default of the physical ones
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-
-    imported = _load(args)
-    target = _target(args)
-    variants = [True, False] if args.original else [True]
-    for structured in variants:
-        label = "structured" if structured else "original"
-        print(f"tuning the {label} model's convs for {target_key(target)} ({args.trials} trials)",
-              file=sys.stderr, flush=True)
-        result = tune_model(imported, target, trials=args.trials, structured=structured,
-                            folder=args.tuning_logs, trials_per_iter=args.trials_per_iter,
-                            rpc_tracker=args.rpc_tracker, device_key=args.device_key,
-                            seed=args.seed)
-        print(f"{label}:")
-        print(result.table())
+    with pinned_threads():
+        imported = _load(args)
+        target = _target(args)
+        variants = [True, False] if args.original else [True]
+        for structured in variants:
+            label = "structured" if structured else "original"
+            print(f"tuning the {label} model's convs for {target_key(target)} "
+                  f"({args.trials} trials)", file=sys.stderr, flush=True)
+            result = tune_model(imported, target, trials=args.trials, structured=structured,
+                                folder=args.tuning_logs, trials_per_iter=args.trials_per_iter,
+                                rpc_tracker=args.rpc_tracker, device_key=args.device_key,
+                                seed=args.seed)
+            print(f"{label}:")
+            print(result.table())
     return 0
 
 
@@ -237,15 +236,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tvm_structconv.bench import measure_latency
+    from tvm_structconv.threads import available_cores, pinned_threads
+
+    # TVM's pool defaults to physical cores (1 on a 2-vCPU SMT machine): use every core given
+    with pinned_threads(args.threads or available_cores()) as threads:
+        return _demo(args, threads)
+
+
+def _demo(args: argparse.Namespace, threads: int) -> int:
+    """The demo's steps, with TVM's thread count already pinned to ``threads``."""
     from tvm_structconv.build import compile_model, max_errors, prepare_module
     from tvm_structconv.export import export
     from tvm_structconv.frontend import load_model
     from tvm_structconv.models import create_structured
+    from tvm_structconv.timing import measure_latency
 
-    # TVM's pool defaults to physical cores (1 on a 2-vCPU SMT machine): use every core given
-    threads = args.threads or len(os.sched_getaffinity(0))
-    os.environ["TVM_NUM_THREADS"] = str(threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="structconv-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     progress = Progress(7)
@@ -279,7 +284,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     latency = progress.run(f"timing both ({args.rounds} interleaved rounds of {args.repeat})",
                            time_both)
-    # onnxruntime only after the timing: its idle worker threads would slow TVM (DESIGN.md §3)
+    # onnxruntime only after the timing: its idle worker threads would slow TVM
     expected = _reference_outputs(imported, inputs)
     errors = {label: max_errors(model.run(*inputs), expected)
               for label, model in (("original", original), ("structured", structured))}

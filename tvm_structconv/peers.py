@@ -1,7 +1,7 @@
 """Peer runtimes a user runs today: onnxruntime, torch eager and ``torch.compile`` (Inductor).
 
 Each loader returns a zero-argument callable that runs one inference on fixed inputs, for
-:func:`tvm_structconv.bench.time_callable`. Peers run the original model, and the structured
+:func:`tvm_structconv.timing.time_callable`. Peers run the original model, and the structured
 model as plain unfused ops where they can (onnxruntime: AveragePool + small Conv from
 :mod:`tvm_structconv.onnx_structured`; torch: ``StructuredConv2d`` layers that pool then convolve).
 """

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tvm_structconv.bench import Latency
+from tvm_structconv.timing import Latency
 
 __all__ = ["RemoteError", "RemoteDevices", "parse_tracker"]
 

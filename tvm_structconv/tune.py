@@ -42,6 +42,7 @@ from tvm_structconv.schedules import x86
 from tvm_structconv.remote import parse_tracker
 from tvm_structconv.schedules.target_info import target_cores
 from tvm_structconv.targets import make_target
+from tvm_structconv.threads import pinned_threads
 from tvm_structconv.toolchain import DeviceError, check_runnable
 from tvm_structconv.tuning_logs import logs_dir, open_database
 
@@ -368,31 +369,27 @@ def tune_model(
     ]
     callback = _progress_callback(trials, progress)
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    saved_threads = os.environ.get("TVM_NUM_THREADS")
-    # TVM's thread pool reads this when it starts (at its first parallel run); its default is
-    # the physical cores (1 on a 2-vCPU machine), not the target's
-    os.environ["TVM_NUM_THREADS"] = str(target_cores(target))
+    # TVM's thread pool takes its size when it starts (at its first parallel run); its default
+    # is the physical cores (1 on a 2-vCPU machine), not the target's
     try:
-        runner = _runner(target, rpc_tracker, device_key, timeout)
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=[float(task.weight) for task in tasks],
-            work_dir=str(folder / "logs"),
-            max_trials_global=trials,
-            num_trials_per_iter=min(trials_per_iter, trials),
-            builder=ms.builder.LocalBuilder(f_build=build_without_intrinsics,
-                                            timeout_sec=BUILD_TIMEOUT),
-            runner=runner,
-            database=database,
-            cost_model=ms.cost_model.XGBModel(num_warmup_samples=0),
-            measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [callback],
-        )
+        with pinned_threads(target_cores(target)):
+            runner = _runner(target, rpc_tracker, device_key, timeout)
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=[float(task.weight) for task in tasks],
+                work_dir=str(folder / "logs"),
+                max_trials_global=trials,
+                num_trials_per_iter=min(trials_per_iter, trials),
+                builder=ms.builder.LocalBuilder(f_build=build_without_intrinsics,
+                                                timeout_sec=BUILD_TIMEOUT),
+                runner=runner,
+                database=database,
+                cost_model=ms.cost_model.XGBModel(num_warmup_samples=0),
+                measure_callbacks=(ms.measure_callback.MeasureCallback.create("default")
+                                   + [callback]),
+            )
     finally:
         callback.bar.close()
-        if saved_threads is None:
-            os.environ.pop("TVM_NUM_THREADS", None)
-        else:
-            os.environ["TVM_NUM_THREADS"] = saved_threads
     result = TuneResult(folder, records_before=before, records_after=len(database))
     for index, task in enumerate(tasks):
         best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)

@@ -1,16 +1,16 @@
 """Latency measurement: TVM builds and peer runtimes, each timed in a process of its own.
 
 A runtime's worker threads keep spinning after a call and slow the next runtime measured in the
-same process (DESIGN.md §3), so :func:`measure_isolated` runs every measurement in a fresh
-``python -m tvm_structconv.bench`` worker with its thread count pinned. Timing follows
-``time_evaluator``: warm-up, then ``repeat`` samples, each the mean over as many runs as make up
-``min_repeat_ms``.
+same process (onnxruntime's idle threads slowed TVM measured after it), so
+:func:`measure_isolated` runs every measurement in a fresh ``python -m tvm_structconv.timing``
+worker with its thread count pinned (:func:`~tvm_structconv.threads.thread_environment`).
+Timing follows ``time_evaluator``: warm-up, then ``repeat`` samples, each the mean over as many
+runs as make up ``min_repeat_ms``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from tvm_structconv.threads import thread_environment
 
 __all__ = ["Job", "Latency", "measure_isolated", "measure_latency", "run_job", "time_callable"]
 
@@ -183,21 +185,13 @@ def run_job(job: Job) -> Latency:
     return time_callable(run, job.repeat, job.min_repeat_ms, warmup=3 if job.runtime == "inductor" else 1)
 
 
-def worker_environment(threads: int) -> Dict[str, str]:
-    """The environment of a worker: every runtime's thread count pinned to ``threads``."""
-    environment = dict(os.environ)
-    for variable in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        environment[variable] = str(threads)
-    return environment
-
-
 def measure_isolated(job: Job, timeout_s: float = 900.0) -> Tuple[Optional[Latency], str]:
     """Run ``job`` in a fresh worker process; return its latency or ``(None, reason)``."""
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "tvm_structconv.bench"], input=json.dumps(asdict(job)),
+            [sys.executable, "-m", "tvm_structconv.timing"], input=json.dumps(asdict(job)),
             capture_output=True, text=True, timeout=timeout_s,
-            env=worker_environment(job.threads),
+            env=thread_environment(job.threads),
         )
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout_s:.0f} s"
