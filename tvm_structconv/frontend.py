@@ -24,7 +24,7 @@ from tvm_structconv.export import sidecar_path
 from tvm_structconv.manifest import Manifest
 from tvm_structconv.onnx_static import InputShapeError, make_static
 
-__all__ = ["FrontendError", "ImportedModel", "InputSpec", "load_model"]
+__all__ = ["FrontendError", "ImportedModel", "InputSpec", "last_line", "load_model"]
 
 
 class FrontendError(ValueError):
@@ -187,7 +187,7 @@ def _from_onnx(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]]) 
             mod = from_onnx(static.model, shape_dict=static.input_shapes,
                             keep_params_in_input=True)
     except Exception as error:
-        raise FrontendError(f"TVM cannot import {path}: {_last_line(error)}") from None
+        raise FrontendError(f"TVM cannot import {path}: {last_line(error)}") from None
     # parameters keep their initializer names (torch state_dict names when exported without
     # constant folding; the exporter's own names such as onnx::Conv_14 otherwise)
     imported = _bind(mod, lambda var_name: var_name, str(path), "onnx")
@@ -195,7 +195,7 @@ def _from_onnx(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]]) 
     return imported
 
 
-def _last_line(error: Exception) -> str:
+def last_line(error: Exception) -> str:
     """The last non-empty line of an error's message (TVM's carry a C++ backtrace first)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__

@@ -1,0 +1,27 @@
+"""The two other import paths, on the families whose graphs differ most between exporters:
+the dynamo ONNX exporter (BatchNorm folded by the exporter, ``Split`` for ``chunk``) and
+``torch.export`` (``.pt2``), structured for x86, against onnxruntime or torch.
+
+Every family through every path is ``benchmarks/zoo.py``'s job (the README's coverage table);
+here a subset keeps CI fast: channel shuffles, SE blocks with hardswish and SiLU, LayerNorm
+with Linear layers on NHWC activations, concatenations, an adaptive pool.
+"""
+
+import pytest
+from zoo_checks import assert_family
+
+pytestmark = pytest.mark.slow
+
+FAMILIES = ["shufflenet_v2", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny",
+            "densenet121", "regnet_y"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("exporter", ["dynamo", "pt2"])
+def test_family_through_exporter(name, exporter):
+    assert_family(name, exporter, builds=[("x86", True)])
+
+
+def test_vgg_through_torch_export_at_a_small_size():
+    # torch.export handles the adaptive pool up to 7x7 that the TorchScript exporter refuses
+    assert_family("vgg11_bn", "pt2", size=(32, 32), builds=[("x86", True)])
