@@ -94,6 +94,7 @@ def test_demo_runs_small(tmp_path, capsys):
     assert (tmp_path / "resnet18.onnx").is_file() and (tmp_path / "resnet18.manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_tune_then_compile_applies_the_log(exported, tmp_path, capsys):
     folder, x = exported
     logs = tmp_path / "logs"
@@ -114,3 +115,24 @@ def test_tune_then_compile_applies_the_log(exported, tmp_path, capsys):
     assert "tuning log" not in capsys.readouterr().out
     assert main(["tune", str(folder / "net.onnx"), "--target", "cuda", "--trials", "4"]) == 2
     assert "tuning is implemented for CPU" in capsys.readouterr().err
+
+
+def test_a_corrupted_tuning_database_is_one_line(exported_small_net, tmp_path, capsys):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "database_workload.json").write_text('["not a workload"\n')
+    (logs / "database_tuning_record.json").write_text("{{{\n")
+    status = main(["compile", str(exported_small_net["onnx"]), "--tuning-logs", str(logs),
+                   "-o", str(tmp_path / "net.so")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"structconv: error: the tuning database in {logs} cannot be read (")
+    assert err.rstrip().endswith("move it away and tune again, or compile with --no-logs")
+
+
+def test_debug_shows_the_traceback(exported_small_net, tmp_path):
+    from tvm_structconv.targets import TargetError
+
+    with pytest.raises(TargetError, match="unknown target 'tpu'"):
+        main(["--debug", "compile", str(exported_small_net["onnx"]), "--target", "tpu",
+              "-o", str(tmp_path / "x.so")])

@@ -15,7 +15,7 @@ import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from tvm_structconv.peers import PEERS
 from tvm_structconv.threads import available_cores
@@ -410,6 +410,7 @@ def run_benchmark(
     workdir: Optional[str] = None,
     image_size: int = 224,
     progress: Callable[[str], None] = lambda message: None,
+    input_shapes: Optional[Dict[str, Tuple[int, ...]]] = None,
 ) -> BenchReport:
     """Measure ``model`` (path or built-in name) on every target and every peer.
 
@@ -436,6 +437,9 @@ def run_benchmark(
         Input size of a built-in model.
     progress
         Called with a message before each step.
+    input_shapes
+        Shapes of an ONNX model's inputs with symbolic dims
+        (:func:`~tvm_structconv.frontend.load_model`).
     """
     from tvm_structconv.frontend import load_model
     from tvm_structconv.peers import PeerUnavailable
@@ -451,7 +455,7 @@ def run_benchmark(
     folder.mkdir(parents=True, exist_ok=True)
     progress(f"preparing {model}")
     source = ModelSource.resolve(model, folder, image_size)
-    imported = load_model(source.primary, manifest=manifest)
+    imported = load_model(source.primary, manifest=manifest, input_shapes=input_shapes)
     inputs = [spec.random(0) for spec in imported.inputs]
     inputs_path = save_inputs(str(folder / "inputs.npz"), inputs)
     remote = None

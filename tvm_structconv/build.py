@@ -37,7 +37,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.relax.backend.cuda import pipeline as gpu_pipeline
 
-from tvm_structconv.frontend import ImportedModel, InputSpec
+from tvm_structconv.frontend import ImportedModel, InputSpec, last_line
 from tvm_structconv.manifest import ManifestError
 from tvm_structconv.schedules import x86
 from tvm_structconv.targets import make_target
@@ -51,14 +51,32 @@ from tvm_structconv.transform import (
     RewriteOrdinaryConv,
     RewriteReport,
     RewriteStructuredConv,
+    StructureMismatchError,
 )
 from tvm_structconv.transform.conv_call import BlockSize, default_block_size
 
-__all__ = ["CompiledModel", "PreparedModule", "compile_model", "prepare_module",
+__all__ = ["CompileError", "CompiledModel", "PreparedModule", "compile_model", "prepare_module",
            "scheduled_pipeline"]
 
 #: ``relax.transform.ConvertLayout``'s request for a scheduled CPU build.
 NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
+
+
+class CompileError(RuntimeError):
+    """A model that imported but that the compiler failed on: a bug of the compiler or of TVM.
+
+    The message is one line: the model, the target, the stage and the failure's last line;
+    the original exception is the ``__cause__`` (``structconv --debug`` shows its traceback).
+    """
+
+    def __init__(self, source: str, target: tvm.target.Target, stage: str,
+                 error: BaseException) -> None:
+        super().__init__(
+            f"compiling {source} for {target.kind.name}: {stage} failed with "
+            f"{type(error).__name__}: {last_line(error)}. This is a bug of tvm_structconv; "
+            "please report it with the traceback of --debug (--original compiles without the "
+            "structured rewrite)"
+        )
 
 
 @dataclass
@@ -302,6 +320,10 @@ def compile_model(
     ------
     FileNotFoundError
         If ``tuning_logs`` names a folder without a database.
+    ManifestError, StructureMismatchError
+        See :func:`prepare_module`.
+    CompileError
+        If anything else fails in the passes or TVM's build: a bug, reported in one line.
     """
     if isinstance(target, str):
         target = make_target(target)
@@ -315,10 +337,18 @@ def compile_model(
     else:
         pipeline = cuda_pipeline(target) if target.kind.name == "cuda" else "default"
         layout, block_size = "NCHW", default_block_size
-    prepared = prepare_module(imported, structured, tol, match_by_value, layout, block_size)
+    try:
+        prepared = prepare_module(imported, structured, tol, match_by_value, layout, block_size)
+    except (ManifestError, StructureMismatchError):
+        raise
+    except Exception as error:
+        raise CompileError(imported.source, target, "the passes", error) from error
     notes = list(prepared.notes)
-    with target:
-        executable = tvm.compile(prepared.mod, target=target, relax_pipeline=pipeline)
+    try:
+        with target:
+            executable = tvm.compile(prepared.mod, target=target, relax_pipeline=pipeline)
+    except Exception as error:
+        raise CompileError(imported.source, target, "TVM's build", error) from error
     if tuned is not None:
         notes.append(f"tuning log {folder}: tuned schedules for {len(tuned.applied)} functions, "
                      "hand schedules for the rest")

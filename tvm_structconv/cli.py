@@ -7,9 +7,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-import numpy as np
 
 __all__ = ["main"]
 
@@ -38,7 +37,22 @@ def _load(args: argparse.Namespace):
 
     # --detect looks at the weights alone: no recorded structure is read
     manifest = Manifest({}, "<--detect>") if args.detect else args.manifest
-    return load_model(args.model, manifest=manifest)
+    return load_model(args.model, manifest=manifest, input_shapes=_input_shapes(args))
+
+
+def _input_shapes(args: argparse.Namespace) -> Optional[dict]:
+    """``--input-shape NAME:1x3x224x224`` (repeatable) as ``{name: shape}``."""
+    from tvm_structconv.frontend import FrontendError
+    from tvm_structconv.onnx_static import InputShapeError, parse_input_shape
+
+    shapes = {}
+    for text in getattr(args, "input_shape", None) or []:
+        try:
+            name, shape = parse_input_shape(text)
+        except InputShapeError as error:
+            raise FrontendError(str(error)) from None
+        shapes[name] = shape
+    return shapes or None
 
 
 def _target(args: argparse.Namespace):
@@ -47,25 +61,15 @@ def _target(args: argparse.Namespace):
     return make_target(args.target, args.cuda_arch)
 
 
-def _reference_outputs(imported, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-    """The model's outputs from an independent runtime: onnxruntime for ONNX, torch for .pt2."""
-    if imported.kind == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(imported.source, providers=["CPUExecutionProvider"])
-        feeds = {spec.name: array for spec, array in zip(session.get_inputs(), inputs)}
-        return list(session.run(None, feeds))
-    import torch
-
-    program = torch.export.load(imported.source)
-    with torch.no_grad():
-        result = program.module()(*(torch.from_numpy(a) for a in inputs))
-    flat = result if isinstance(result, (tuple, list)) else [result]
-    return [tensor.numpy() for tensor in flat]
+def _add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
+                        help="shape of an ONNX input with symbolic dims (repeat for several "
+                        "inputs); a symbolic batch defaults to 1")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an ONNX file or a torch.export program (.pt2)")
+    _add_input_shape_argument(parser)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--manifest", help="manifest JSON (default: <stem>.manifest.json next to "
                         "the model, else the ONNX metadata)")
@@ -138,11 +142,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from tvm_structconv.oracle import reference_outputs
     from tvm_structconv.build import compile_model, max_errors
 
     imported = _load(args)
     inputs = [spec.random(args.seed) for spec in imported.inputs]
-    expected = _reference_outputs(imported, inputs)
+    expected = reference_outputs(imported, inputs)
     oracle = "onnxruntime" if imported.kind == "onnx" else "torch"
     worst = 0.0
     for structured in (False, True):
@@ -162,13 +167,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from tvm_structconv.oracle import reference_outputs
     from tvm_structconv.deploy import deploy, run_bundle
     from tvm_structconv.runtime_libs import host_arch
     from tvm_structconv.toolchain import RunnerError
 
     imported, compiled = _compile_reported(args)
     inputs = [spec.random(args.seed) for spec in imported.inputs]
-    bundle = deploy(compiled, imported, args.output, inputs, _reference_outputs(imported, inputs),
+    bundle = deploy(compiled, imported, args.output, inputs, reference_outputs(imported, inputs),
                     build=not args.no_build)
     print(f"wrote {bundle.folder} ({bundle.arch}: model.so, model.json, runner sources, sample)")
     print(f"runner: {bundle.runner}" if bundle.runner else bundle.build_hint)
@@ -223,7 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         peers=[p for p in args.peers.split(",") if p], threads=args.threads, repeat=args.repeat,
         rounds=args.rounds, manifest=args.manifest, rpc_tracker=args.rpc_tracker,
         device_key=args.device_key, workdir=args.workdir, image_size=args.image_size,
-        progress=progress,
+        progress=progress, input_shapes=_input_shapes(args),
     )
     print(report.format())
     if args.json:
@@ -245,6 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace, threads: int) -> int:
     """The demo's steps, with TVM's thread count already pinned to ``threads``."""
+    from tvm_structconv.oracle import reference_outputs
     from tvm_structconv.build import compile_model, max_errors, prepare_module
     from tvm_structconv.export import export
     from tvm_structconv.frontend import load_model
@@ -285,7 +292,7 @@ def _demo(args: argparse.Namespace, threads: int) -> int:
     latency = progress.run(f"timing both ({args.rounds} interleaved rounds of {args.repeat})",
                            time_both)
     # onnxruntime only after the timing: its idle worker threads would slow TVM
-    expected = _reference_outputs(imported, inputs)
+    expected = reference_outputs(imported, inputs)
     errors = {label: max_errors(model.run(*inputs), expected)
               for label, model in (("original", original), ("structured", structured))}
     report = structured.report
@@ -328,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile models with Structured Convolutions into sum-pool + small-conv "
                     "kernels with Apache TVM.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="the main job: built-in structured model, exported, "
@@ -390,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="tune the model's convs with MetaSchedule (XGBoost "
                                "cost model) into tuning_logs/<target>/, which compile applies")
     tune.add_argument("model", help="an ONNX file or a torch.export program (.pt2)")
+    _add_input_shape_argument(tune)
     tune_source = tune.add_mutually_exclusive_group()
     tune_source.add_argument("--manifest", help="manifest JSON (default: sidecar or ONNX metadata)")
     tune_source.add_argument("--detect", action="store_true",
@@ -416,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="latency of original vs structured through TVM on "
                                 "each target, and of the peer runtimes")
     bench.add_argument("model", help="ONNX file, .pt2 program or built-in model name")
+    _add_input_shape_argument(bench)
     bench.add_argument("--manifest", help="manifest JSON (default: ONNX metadata or sidecar)")
     bench.add_argument("--targets", default="x86", help="comma-separated: x86,cuda,aarch64")
     bench.add_argument("--peers", default="onnxruntime,torch,inductor",
@@ -443,8 +454,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as error:
+        if args.debug:
+            raise
         print(f"structconv: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug: one line unless --debug asks for the traceback
+        if args.debug:
+            raise
+        from tvm_structconv.frontend import last_line
+
+        print(f"structconv: internal error: {type(error).__name__}: {last_line(error)} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

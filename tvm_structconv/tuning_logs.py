@@ -19,13 +19,17 @@ from tvm_structconv.targets import target_key
 if TYPE_CHECKING:  # importing MetaSchedule is left to the functions that need it
     from tvm.s_tir import meta_schedule as ms
 
-__all__ = ["LOGS_ENV", "DATABASE_FILES", "has_database", "load_database", "logs_dir",
-           "logs_root", "open_database"]
+__all__ = ["LOGS_ENV", "DATABASE_FILES", "TuningLogError", "has_database", "load_database",
+           "logs_dir", "logs_root", "open_database"]
 
 #: Environment variable naming the folder that holds one tuning-log folder per target.
 LOGS_ENV = "STRUCTCONV_TUNING_LOGS"
 #: Files of a MetaSchedule JSON database.
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+class TuningLogError(ValueError):
+    """A tuning database that exists but cannot be read (a truncated or edited file)."""
 
 
 def logs_root() -> Path:
@@ -51,16 +55,29 @@ def has_database(folder: Union[str, os.PathLike]) -> bool:
 
 
 def open_database(folder: Union[str, os.PathLike]) -> "ms.Database":
-    """The MetaSchedule JSON database in ``folder`` (created empty when missing)."""
+    """The MetaSchedule JSON database in ``folder`` (created empty when missing).
+
+    Raises
+    ------
+    TuningLogError
+        If its files cannot be parsed.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(
-        path_workload=str(folder / DATABASE_FILES[0]),
-        path_tuning_record=str(folder / DATABASE_FILES[1]),
-        allow_missing=True,
-    )
+    try:
+        return ms.database.JSONDatabase(
+            path_workload=str(folder / DATABASE_FILES[0]),
+            path_tuning_record=str(folder / DATABASE_FILES[1]),
+            allow_missing=True,
+        )
+    except RuntimeError as error:  # TVM's parser: "parallel_for_dynamic error with Cannot tokenize"
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise TuningLogError(
+            f"the tuning database in {folder} cannot be read ({lines[-1] if lines else error}); "
+            "move it away and tune again, or compile with --no-logs"
+        ) from None
 
 
 def load_database(folder: Union[str, os.PathLike]) -> Optional["ms.Database"]:
