@@ -353,6 +353,8 @@ def tune_model(
                         "CUDA builds use the hand schedule of schedules/cuda.py")
     if trials < 1:
         raise TuneError(f"--trials must be positive, got {trials}")
+    # before any work: a target this host cannot time without a tracker fails at once
+    runner = _runner(target, rpc_tracker, device_key, timeout)
     mod = prepare_module(imported, structured, layout="NHWC",
                          block_size=x86.block_size_for(target)).mod
     tasks = conv_tasks(mod, target)
@@ -373,7 +375,6 @@ def tune_model(
     # is the physical cores (1 on a 2-vCPU machine), not the target's
     try:
         with pinned_threads(target_cores(target)):
-            runner = _runner(target, rpc_tracker, device_key, timeout)
             ms.tune.tune_tasks(
                 tasks=contexts,
                 task_weights=[float(task.weight) for task in tasks],
