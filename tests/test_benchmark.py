@@ -10,6 +10,7 @@ from tvm_structconv.peers import PeerUnavailable
 from tvm_structconv.targets import TargetError
 
 
+@pytest.mark.slow
 def test_bench_measures_tvm_and_peers(exported_small_net, tmp_path):
     onnx_path = str(exported_small_net["onnx"])
     report = run_benchmark(onnx_path, targets=["x86"], peers=["onnxruntime", "torch"],

@@ -30,6 +30,7 @@ def tuned(net, tmp_path_factory):
     return folder, result
 
 
+@pytest.mark.slow
 def test_tuning_writes_a_database_with_measured_records(tuned):
     folder, result = tuned
     assert has_database(folder)
@@ -40,6 +41,7 @@ def test_tuning_writes_a_database_with_measured_records(tuned):
         assert task.best_ms is not None and 0 < task.best_ms < 100
 
 
+@pytest.mark.slow
 def test_compiling_with_the_database_applies_tuned_schedules_exactly(net, tuned):
     imported, x, expected = net
     folder, result = tuned
@@ -52,6 +54,7 @@ def test_compiling_with_the_database_applies_tuned_schedules_exactly(net, tuned)
     assert untuned.tuned == [] and not any("tuning log" in note for note in untuned.notes)
 
 
+@pytest.mark.slow
 def test_tuning_again_adds_to_the_database(net, tuned):
     imported, _, _ = net
     folder, first = tuned
@@ -81,6 +84,7 @@ def test_tasks_are_the_fused_convs_weighted_by_calls():
     assert all(task.task_name.startswith("fused_structured_conv2d") for task in tasks)
 
 
+@pytest.mark.slow
 def test_candidates_are_timed_on_an_rpc_server(net, tmp_path):
     imported, _, _ = net
     with rpc_cluster("tune-cpu", 1) as (port, _, _):

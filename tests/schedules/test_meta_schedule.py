@@ -1,6 +1,7 @@
 """The x86 hand schedule as MetaSchedule's custom rule for blocks with ``schedule_rule``:
 the design spaces tuning searches (the tunable hand schedule and the hand schedule as it is)."""
 
+import pytest
 import tvm
 from tvm import te
 from tvm.s_tir import meta_schedule as ms
@@ -14,6 +15,7 @@ HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_sy
                           "num-cores": 2})
 
 
+@pytest.mark.slow
 def test_meta_schedule_uses_the_hand_schedule_as_custom_rule():
     # MetaSchedule dispatches on the target's keys: "cpu" for llvm
     assert tvm.get_global_func(f"s_tir.meta_schedule.cpu.{ops.SCHEDULE_RULE}") is not None

@@ -18,6 +18,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, plan, expected_rewrites", CASES)
 def test_structured_builtin_model_matches_torch_and_onnxruntime(tmp_path, name, plan, expected_rewrites):
     built = create_structured(name, plan=plan, image_size=32, num_classes=10)
