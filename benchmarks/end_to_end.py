@@ -4,7 +4,8 @@ For every model: TVM original vs structured (hand schedules, untuned; the origin
 every conv on the same fused template with the trivial structure, so the comparison is at equal
 schedule effort), and the peers on this host — onnxruntime, torch eager and ``torch.compile`` —
 on the original model and, as plain unfused ops, on the structured one. Every runtime is timed
-in its own process, rounds interleaved (DESIGN.md §3).
+in its own process (a runtime's idle worker threads slow the next one timed in the same
+process), rounds interleaved.
 
     python benchmarks/end_to_end.py                         # resnet18
     python benchmarks/end_to_end.py --models resnet18,mobilenet_v2 --rounds 3

@@ -7,7 +7,7 @@ schedule (``schedules/x86.py``): the original conv (trivial structure) and the s
 eager runs the original conv as the peer. Layers no rule structures (the 7×7 stems and,
 by default, depthwise convs) are left out.
 
-Timing, as DESIGN.md §3 asks: each runtime in its own process, one process per runtime and
+Timing: each runtime in its own process, one process per runtime and
 round, rounds alternating TVM and torch. Inside the TVM process the original and structured
 kernels of a layer are timed interleaved, so the realized speedup of a round is a ratio
 measured under the same machine load; the table reports medians over rounds.

@@ -1,4 +1,4 @@
-"""The paper's open training questions, measured on scikit-learn's digits (DESIGN.md §1).
+"""The paper's open training questions, measured on scikit-learn's digits.
 
 Regenerates ``docs/experiments.md`` and the PNG plots beside it::
 

@@ -1,6 +1,6 @@
 """x86 (and any LLVM CPU) hand schedule of the fused structured conv, NHWC with packed ``alpha``.
 
-The template of DESIGN.md §4, written for :func:`tvm_structconv.ops.structured_conv2d_nhwc`
+The CPU template, written for :func:`tvm_structconv.ops.structured_conv2d_nhwc`
 (the trivial structure, i.e. an ordinary conv, included):
 
 * ``parallel`` over fused (batch, block of output rows, chunk of output-channel blocks);

@@ -2,9 +2,9 @@
 
 * ``.onnx``: TorchScript-based ``torch.onnx.export(..., dynamo=False,
   do_constant_folding=False)``. Without constant folding the initializers keep their
-  ``state_dict`` names (folding merges BatchNorm into the conv and renames its weight,
-  DESIGN.md §3). The manifest is stored in the model's ``metadata_props`` under
-  ``structconv`` (:meth:`Manifest.embed_onnx <tvm_structconv.manifest.Manifest.embed_onnx>`).
+  ``state_dict`` names (folding merges BatchNorm into the conv and renames its weight). The
+  manifest is stored in the model's ``metadata_props`` under ``structconv``
+  (:meth:`Manifest.embed_onnx <tvm_structconv.manifest.Manifest.embed_onnx>`).
 * ``.pt2``: ``torch.export.export`` then ``torch.export.save``; the manifest is written next
   to it as ``<stem>.manifest.json`` (``model.pt2`` → ``model.manifest.json``,
   :func:`sidecar_path`).

@@ -1,7 +1,7 @@
 """Named compilation targets, each a real TVM target built from a dict.
 
 TVM 0.27 rejects string targets with flags, and ``mcpu=native`` silently gives generic SSE2
-code; the host CPU is read with ``llvm_get_system_cpu()`` instead (DESIGN.md §3).
+code; the host CPU is read with ``llvm_get_system_cpu()`` instead.
 """
 
 from __future__ import annotations

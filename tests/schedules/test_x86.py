@@ -180,7 +180,7 @@ def test_neon_target():
 @pytest.mark.parametrize(
     "mcpu, out_channels, out_width, block, pixels",
     [
-        ("haswell", 64, 56, 16, 4),  # 4 px x 2 ymm = 8 accumulators (DESIGN §4)
+        ("haswell", 64, 56, 16, 4),  # 4 px x 2 ymm = 8 accumulators
         ("haswell", 512, 7, 8, 7),  # 7 px x 1 ymm rather than 1 px x 2 ymm
         ("skylake-avx512", 64, 56, 32, 14),  # 14 px x 2 zmm = 28 of 32 registers
         ("skylake-avx512", 24, 56, 8, 28),  # 24 lanes is no whole zmm: one ymm

@@ -1,4 +1,4 @@
-"""Decomposition (DESIGN.md §1, step 2): make a model's planned layers exactly structured.
+"""Decomposition (training step 2): make a model's planned layers exactly structured.
 
 :func:`structurize` projects every planned kernel onto its structured subspace
 (``W ← A A⁺ W``) and records the structure in a :class:`~tvm_structconv.manifest.Manifest`;

@@ -4,7 +4,7 @@
 ``nn.Conv2d`` and ``nn.Linear`` whose weight is always exactly structured: the only weight
 parameter is ``alpha`` and the forward pass is the fast path of
 :mod:`tvm_structconv.nn.functional` (sum-pool, then the reduced conv or linear), so it never
-forms the full kernel. This is the paper's direct training of ``alpha`` (DESIGN.md §1, step 3).
+forms the full kernel. This is the paper's direct training of ``alpha`` (step 3 of training).
 ``from_conv`` / ``to_conv`` (``from_linear`` / ``to_linear``) convert from and to the ordinary
 layers: ``alpha = A⁺ W`` one way, ``W = A alpha`` the other.
 """

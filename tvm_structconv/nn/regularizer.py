@@ -1,7 +1,8 @@
 """Structural regularization: the paper's Eq. 3, ``λ · Σ_layers ‖W − A A⁺ W‖_F / ‖W‖_F``.
 
 Added to the task loss, it pulls every planned layer's kernel toward its structured subspace
-(DESIGN.md §1, step 1), whether the model is trained from scratch or fine-tuned. Each term is
+(training step 1 of 3: regularize, decompose, optionally train ``alpha`` directly), whether the
+model is trained from scratch or fine-tuned. Each term is
 :meth:`Structure.residual <tvm_structconv.structure.Structure.residual>`, computed through the
 small Kronecker factors one kernel axis at a time, never through a dense ``C·N² × C·N²``
 projector, so its cost does not depend on the batch and is small beside a training step.
