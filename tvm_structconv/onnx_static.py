@@ -211,6 +211,32 @@ def _fold_shape_arithmetic(model: onnx.ModelProto) -> int:
     return len(folded)
 
 
+def _integer_initializers_as_constants(model: onnx.ModelProto) -> None:
+    """Turn initializers that are not floating point (indices, shapes) into ``Constant`` nodes.
+
+    They are no weights: kept as initializers, TVM's importer makes them function parameters
+    whose dtype it may change (the dynamo exporter's int64 ``Gather`` indices then meet an
+    int32 tensor); as constants they are what they are.
+    """
+    graph = model.graph
+    integers = [init for init in graph.initializer
+                if not np.issubdtype(helper.tensor_dtype_to_np_dtype(init.data_type), np.floating)]
+    if not integers:
+        return
+    names = {init.name for init in integers}
+    constants = [helper.make_node("Constant", [], [init.name], value=init)
+                 for init in integers]
+    kept = [init for init in graph.initializer if init.name not in names]
+    inputs = [value for value in graph.input if value.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.input[:]
+    graph.input.extend(inputs)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(constants + nodes)
+
+
 def make_static(model: onnx.ModelProto,
                 input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> StaticModel:
     """A copy of ``model`` with static input shapes and its shape arithmetic folded.
@@ -234,6 +260,7 @@ def make_static(model: onnx.ModelProto,
     shapes, notes = _bind_inputs(static, dict(input_shapes or {}))
     # the exporter's value_info may hold the symbolic dims: shape inference redoes them
     del static.graph.value_info[:]
+    _integer_initializers_as_constants(static)
     # a fold can fix shapes (a Reshape whose target was computed): infer again until no change
     folded = 0
     while True:

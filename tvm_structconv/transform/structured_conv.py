@@ -6,7 +6,8 @@ Matches, in each Relax function:
   and output with any kernel layout and ``W`` a constant or ``permute_dims`` of one (what
   ``relax.transform.ConvertLayout`` leaves; see :mod:`~tvm_structconv.transform.conv_call`);
 * ``relax.matmul(x, relax.permute_dims(W, [1, 0]))`` with ``W`` a 2-D constant (a Linear layer
-  as both the torch and the ONNX frontends import it).
+  as both the torch and the ONNX frontends import it), or ``relax.matmul(x, Wᵀ)`` with the
+  transposed weight a 2-D constant (torch's dynamo ONNX exporter stores it so, renamed).
 
 For a layer whose weight has a recorded structure it checks the residual, decomposes
 ``alpha = A⁺W`` and replaces the call with ``call_tir`` of the TE compute
@@ -50,6 +51,8 @@ __all__ = [
 
 CONV2D = is_op("relax.nn.conv2d")(wildcard(), wildcard())
 LINEAR = is_op("relax.matmul")(wildcard(), is_op("relax.permute_dims")(is_const()))
+#: A Linear layer whose weight the exporter stored transposed (torch's dynamo ONNX exporter).
+LINEAR_TRANSPOSED = is_op("relax.matmul")(wildcard(), is_const())
 
 
 class StructureMismatchError(ValueError):
@@ -235,6 +238,8 @@ class _StructuredConvMutator(PyExprMutator):
                    if isinstance(arg, relax.Var) and self.lookup_binding(arg) is not None}
         if LINEAR.match(call, var2val):
             return self._linear(call, var2val)
+        if LINEAR_TRANSPOSED.match(call) and call.args[1].value.numpy().ndim == 2:
+            return self._linear_on(call, call.args[1], call.args[1].value.numpy().T)
         return call
 
     # ------------------------------------------------------------------ layers
@@ -261,7 +266,15 @@ class _StructuredConvMutator(PyExprMutator):
         axes = transpose.attrs.axes
         kernel = weight.value.numpy()
         if kernel.ndim != 2 or (axes is not None and [int(a) for a in axes] != [1, 0]):
+            self._skip("linear", self._name(weight, "linear", kernel.shape),
+                       f"a {kernel.ndim}-D weight under permute_dims, not a Linear layer")
             return call
+        return self._linear_on(call, weight, kernel)
+
+    def _linear_on(self, call: relax.Call, weight: tvm.ir.Constant,
+                   kernel: np.ndarray) -> relax.Expr:
+        """Rewrite ``call`` (``data @ kernelᵀ``, ``kernel`` of shape ``(out, in)``) if structured."""
+        data = call.args[0]
         name = self._name(weight, "linear", kernel.shape)
         out_shape = [int(d) for d in call.ty.shape]
         rows = int(np.prod(out_shape[:-1]))
