@@ -24,6 +24,11 @@ CROSS_INSTALL = ("apt-get update && apt-get install -y gcc-aarch64-linux-gnu "
                  "g++-aarch64-linux-gnu qemu-user-static")
 
 
+def _in_ci() -> bool:
+    """``$CI`` is set (``true``, ``1``, …; not empty, ``0`` or ``false``), as ``.ci/run`` does."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _missing_cross_tools() -> str:
     """Why the ``needs_cross`` tests cannot run here, or ``""`` when they can."""
     missing = [tool for tool in CROSS_TOOLS if shutil.which(tool) is None]
@@ -37,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
     :func:`pytest_runtest_setup` fails them instead.
     """
     reason = _missing_cross_tools()
-    if not reason or os.environ.get("CI"):
+    if not reason or _in_ci():
         return
     for item in items:
         if item.get_closest_marker("needs_cross") is not None:
@@ -47,7 +52,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     """In CI a missing aarch64 tool is a broken CI machine: fail the ``needs_cross`` test."""
-    if item.get_closest_marker("needs_cross") is None or not os.environ.get("CI"):
+    if item.get_closest_marker("needs_cross") is None or not _in_ci():
         return
     reason = _missing_cross_tools()
     if reason:
