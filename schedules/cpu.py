@@ -19,7 +19,7 @@ is that no function is ever left without a schedule or crashes the build.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from tvm import s_tir, tirx
 from tvm.tirx import analysis
@@ -33,7 +33,8 @@ from tvm_structconv.schedules.target_info import (
     vector_widths,
 )
 
-__all__ = ["ChannelReduction", "Fallback", "Injective", "schedule_elementwise"]
+__all__ = ["ChannelReduction", "Fallback", "Injective", "inline_where_possible",
+           "schedule_elementwise"]
 
 #: Below this much work (output elements × reduction length) a function runs on one thread:
 #: waking the thread pool costs microseconds.
@@ -63,6 +64,23 @@ def _work(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int:
     return total
 
 
+def _llvm_schedule(func: tirx.PrimFunc, target: Target) -> Optional[s_tir.Schedule]:
+    """A schedule of ``func`` when it is a PrimFunc compiled for an LLVM target, else ``None``."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return None
+    return s_tir.Schedule(func)
+
+
+def inline_where_possible(sch: s_tir.Schedule,
+                          blocks: Sequence[s_tir.schedule.SBlockRV]) -> None:
+    """Inline each of ``blocks`` into its consumers; a block TVM cannot inline stays."""
+    for block in blocks:
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            pass
+
+
 def _parallel(sch: s_tir.Schedule, loops: list, work: int) -> None:
     """Fuse ``loops`` and mark them parallel, unless there is too little work."""
     loops = [loop for loop in loops if loop is not None]
@@ -78,17 +96,13 @@ class Injective(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target,
               _tunable: bool) -> Optional[s_tir.Schedule]:
         """A schedule of ``func``, or ``None`` when a block has a reduction."""
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        sch = _llvm_schedule(func, target)
+        if sch is None:
             return None
-        sch = s_tir.Schedule(func)
         blocks = _root_blocks(sch)
         if not blocks or not all(_is_spatial(sch, b) for b in blocks):
             return None
-        for block in blocks[:-1]:
-            try:
-                sch.compute_inline(block)
-            except s_tir.ScheduleError:
-                pass
+        inline_where_possible(sch, blocks[:-1])
         schedule_elementwise(sch, blocks[-1], target)
         return sch
 
@@ -109,9 +123,9 @@ class ChannelReduction(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target,
               _tunable: bool) -> Optional[s_tir.Schedule]:
         """A schedule of ``func``, or ``None`` when it is not of that shape."""
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        sch = _llvm_schedule(func, target)
+        if sch is None:
             return None
-        sch = s_tir.Schedule(func)
         blocks = _root_blocks(sch)
         reductions = [b for b in blocks if not _is_spatial(sch, b)]
         if len(reductions) != 1 or not _loops_match_iters(sch, reductions[0]):
@@ -193,15 +207,10 @@ class Fallback(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target,
               _tunable: bool) -> Optional[s_tir.Schedule]:
         """A correct, parallel schedule of ``func``; ``None`` only for a non-LLVM target."""
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        sch = _llvm_schedule(func, target)
+        if sch is None:
             return None
-        sch = s_tir.Schedule(func)
-        for block in _root_blocks(sch)[:-1]:
-            if _is_spatial(sch, block):
-                try:
-                    sch.compute_inline(block)
-                except s_tir.ScheduleError:
-                    pass
+        inline_where_possible(sch, _root_blocks(sch)[:-1])
         for block in _root_blocks(sch):
             if not _loops_match_iters(sch, block):
                 continue

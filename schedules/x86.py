@@ -33,7 +33,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from tvm_structconv.ops import SCHEDULE_RULE, schedule_of_conv, stages_around
-from tvm_structconv.schedules.cpu import schedule_elementwise
+from tvm_structconv.schedules.cpu import inline_where_possible, schedule_elementwise
 from tvm_structconv.schedules.target_info import (
     divisors,
     extent,
@@ -216,11 +216,7 @@ def _elementwise_over(stmt: tirx.SBlock, shape: Sequence[int],
 def schedule_tail(sch: s_tir.Schedule, tail: Sequence[s_tir.schedule.SBlockRV],
                   target: Target) -> None:
     """Schedule epilogue blocks left after the conv: inlined into one parallel vector pass."""
-    for block in tail[:-1]:
-        try:
-            sch.compute_inline(block)
-        except s_tir.ScheduleError:
-            pass
+    inline_where_possible(sch, tail[:-1])
     if tail and all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(tail[-1]).iter_vars):
         schedule_elementwise(sch, tail[-1], target)
 

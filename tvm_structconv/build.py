@@ -37,8 +37,9 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.relax.backend.cuda import pipeline as gpu_pipeline
 
-from tvm_structconv.frontend import ImportedModel, InputSpec, last_line
+from tvm_structconv.frontend import ImportedModel, InputSpec
 from tvm_structconv.manifest import ManifestError
+from tvm_structconv.messages import one_line
 from tvm_structconv.schedules import x86
 from tvm_structconv.targets import make_target
 from tvm_structconv.toolchain import check_runnable, export_compiler
@@ -73,7 +74,7 @@ class CompileError(RuntimeError):
                  error: BaseException) -> None:
         super().__init__(
             f"compiling {source} for {target.kind.name}: {stage} failed with "
-            f"{type(error).__name__}: {last_line(error)}. This is a bug of tvm_structconv; "
+            f"{one_line(error)}. This is a bug of tvm_structconv; "
             "please report it with the traceback of --debug (--original compiles without the "
             "structured rewrite)"
         )

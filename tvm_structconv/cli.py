@@ -461,9 +461,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:  # a bug: one line unless --debug asks for the traceback
         if args.debug:
             raise
-        from tvm_structconv.frontend import last_line
+        from tvm_structconv.messages import one_line
 
-        print(f"structconv: internal error: {type(error).__name__}: {last_line(error)} "
+        print(f"structconv: internal error: {one_line(error)} "
               "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
         return 3
 

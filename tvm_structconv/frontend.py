@@ -22,9 +22,10 @@ from tvm import relax
 
 from tvm_structconv.export import sidecar_path
 from tvm_structconv.manifest import Manifest
+from tvm_structconv.messages import last_line
 from tvm_structconv.onnx_static import InputShapeError, make_static
 
-__all__ = ["FrontendError", "ImportedModel", "InputSpec", "last_line", "load_model"]
+__all__ = ["FrontendError", "ImportedModel", "InputSpec", "load_model"]
 
 
 class FrontendError(ValueError):
@@ -193,12 +194,6 @@ def _from_onnx(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]]) 
     imported = _bind(mod, lambda var_name: var_name, str(path), "onnx")
     imported.notes.extend(static.notes)
     return imported
-
-
-def last_line(error: Exception) -> str:
-    """The last non-empty line of an error's message (TVM's carry a C++ backtrace first)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def _bind(mod: tvm.IRModule, weight_name, source: str, kind: str) -> ImportedModel:

@@ -181,7 +181,9 @@ def _fold_shape_arithmetic(model: onnx.ModelProto) -> int:
     for node in graph.node:
         outputs = None
         if node.op_type == "Constant":
-            outputs = _evaluate(node, known, model.opset_import)
+            value = [a for a in node.attribute if a.name == "value"]
+            outputs = ([numpy_helper.to_array(value[0].t)] if value  # the common form, directly
+                       else _evaluate(node, known, model.opset_import))
         elif node.op_type == "Shape" and node.input[0] in shapes:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             shape = shapes[node.input[0]]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Union
 
 import tvm
 
+from tvm_structconv.messages import last_line
 from tvm_structconv.targets import target_key
 
 if TYPE_CHECKING:  # importing MetaSchedule is left to the functions that need it
@@ -73,9 +74,8 @@ def open_database(folder: Union[str, os.PathLike]) -> "ms.Database":
             allow_missing=True,
         )
     except RuntimeError as error:  # TVM's parser: "parallel_for_dynamic error with Cannot tokenize"
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise TuningLogError(
-            f"the tuning database in {folder} cannot be read ({lines[-1] if lines else error}); "
+            f"the tuning database in {folder} cannot be read ({last_line(error)}); "
             "move it away and tune again, or compile with --no-logs"
         ) from None
 

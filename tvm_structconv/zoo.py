@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from tvm_structconv.manifest import Manifest
+from tvm_structconv.messages import one_line
 from tvm_structconv.models import DEFAULT_PLAN
 
 __all__ = [
@@ -50,7 +51,6 @@ __all__ = [
     "create",
     "export_model",
     "import_torchvision",
-    "one_line",
 ]
 
 #: The export paths :func:`export_model` knows.
@@ -374,13 +374,6 @@ def _record_rewrite(result: ZooResult, report) -> None:
     result.rewritten = len(report.rewritten)
     result.macs_before, result.macs_after = report.macs_before, report.macs_after
     result.skipped = dict(Counter(layer.reason for layer in report.skipped))
-
-
-def one_line(error: BaseException) -> str:
-    """``Type: the last line of the message`` (TVM's start with a C++ backtrace)."""
-    from tvm_structconv.frontend import last_line
-
-    return f"{type(error).__name__}: {last_line(error)}"
 
 
 def coverage_table(results: List[ZooResult]) -> str:
