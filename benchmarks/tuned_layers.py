@@ -50,16 +50,15 @@ def build_both(func, target, database):
     """The function compiled with the hand schedule and with the database's best record."""
     import tvm
 
-    from tvm_structconv.transform import ApplySchedules, ApplyTuningDatabase
+    from tvm_structconv.transform import ApplySchedules, ApplyTuningDatabase, tuned_functions
 
     def module() -> tvm.IRModule:  # one per pass: a pass may rewrite a module it alone holds
         return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
-    tuned = ApplyTuningDatabase(database)
     with target:
         hand = ApplySchedules(target)(module())
-        from_log = tuned(module())
-    if not tuned.applied:
+        from_log = ApplyTuningDatabase(database)(module())
+    if not tuned_functions(from_log):
         return tvm.compile(hand, target=target), None
     return tvm.compile(hand, target=target), tvm.compile(from_log, target=target)
 

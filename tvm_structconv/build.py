@@ -2,14 +2,15 @@
 
 The pipeline (:func:`prepare_module`, then :func:`compile_model`):
 
-1. fold BatchNorm into convs (:class:`~tvm_structconv.transform.FoldBatchNorm`);
+1. fold BatchNorm into convs (:func:`~tvm_structconv.transform.fold_batchnorm`);
 2. for a scheduled CPU build, plan activations in NHWC: ``clip`` as ``minimum(maximum(…))``
    (:class:`~tvm_structconv.transform.ExpandClip`) so that ``relax.transform.ConvertLayout``
    carries NHWC through ReLU6 too; layout transposes remain only at the model's input and
    where a tensor leaves the conv part (before ``flatten``);
-3. rewrite every structured conv / linear (:class:`~tvm_structconv.transform.RewriteStructuredConv`),
+3. rewrite every structured conv / linear
+   (:func:`~tvm_structconv.transform.rewrite_structured_conv`),
    then every other conv as the same fused op with the trivial structure
-   (:class:`~tvm_structconv.transform.RewriteOrdinaryConv`) — in both builds, so that original
+   (:func:`~tvm_structconv.transform.rewrite_ordinary_conv`) — in both builds, so that original
    and structured models get the same schedules; NHWC kernels are packed at compile time;
 4. TVM's CPU Relax pipeline (legalize, fuse: bias, ReLU/ReLU6 and residual adds fuse into the
    conv's function), with the project's hand schedules applied after fusion
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
 import tvm
@@ -48,16 +49,20 @@ from tvm_structconv.transform import (
     ApplySchedules,
     ApplyTuningDatabase,
     ExpandClip,
-    FoldBatchNorm,
-    RewriteOrdinaryConv,
     RewriteReport,
-    RewriteStructuredConv,
     StructureMismatchError,
+    fold_batchnorm,
+    rewrite_ordinary_conv,
+    rewrite_structured_conv,
+    tuned_functions,
 )
 from tvm_structconv.transform.conv_call import BlockSize, default_block_size
 
-__all__ = ["CompileError", "CompiledModel", "PreparedModule", "compile_model", "prepare_module",
-           "scheduled_pipeline"]
+if TYPE_CHECKING:
+    from tvm.s_tir import meta_schedule as ms
+
+__all__ = ["CompileError", "CompiledModel", "PreparedModule", "compile_model", "cuda_pipeline",
+           "lowering_passes", "prepare_module", "schedule_passes", "scheduled_pipeline"]
 
 #: ``relax.transform.ConvertLayout``'s request for a scheduled CPU build.
 NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
@@ -190,7 +195,7 @@ def prepare_module(
     structured
         Rewrite the structured layers (else only BatchNorm folding and the ordinary convs).
     tol, match_by_value
-        See :class:`~tvm_structconv.transform.RewriteStructuredConv`.
+        See :func:`~tvm_structconv.transform.rewrite_structured_conv`.
     layout
         ``"NCHW"`` keeps the model's layout; ``"NHWC"`` plans activations in NHWC first, so
         every conv becomes the NHWC fused op with a packed kernel (what the CPU schedules are
@@ -213,9 +218,8 @@ def prepare_module(
     """
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"layout must be NCHW or NHWC, got {layout!r}")
-    names = dict(imported.weight_names)
-    fold = FoldBatchNorm(names)
-    mod = fold(imported.mod)
+    mod, fold = fold_batchnorm(imported.mod, imported.weight_names)
+    names = fold.weight_names
     if layout == "NHWC":
         # ConvertLayout keeps each weight constant (under permute_dims): names stay valid
         mod = relax.transform.ConvertLayout(NHWC_LAYOUTS)(ExpandClip()(mod))
@@ -236,12 +240,12 @@ def prepare_module(
                 "(renamed by the exporter); their weights are matched by value"
             )
             match_by_value = True
-        rewrite = RewriteStructuredConv(manifest, names, tol=tol, match_by_value=match_by_value,
-                                        block_size=block_size)
-        mod = rewrite(mod)
-        report = rewrite.report
-    mod = RewriteOrdinaryConv(block_size)(mod)
-    return PreparedModule(mod, report, list(fold.folded), notes)
+        mod, report = rewrite_structured_conv(mod, manifest, names, tol=tol,
+                                              match_by_value=match_by_value,
+                                              block_size=block_size)
+    mod, ordinary = rewrite_ordinary_conv(mod, block_size)
+    notes.extend(ordinary.summary())
+    return PreparedModule(mod, report, fold.folded, notes)
 
 
 def fusion_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
@@ -253,46 +257,55 @@ def fusion_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
     return cpu_pipeline.library_dispatch_passes(target) + cpu_pipeline.legalize_passes(target)
 
 
-def scheduled_pipeline(target: tvm.target.Target,
-                       tuned: Optional[ApplyTuningDatabase] = None) -> tvm.transform.Pass:
-    """TVM's CPU Relax pipeline with the project's schedules right after operator fusion.
+def schedule_passes(target: tvm.target.Target,
+                    database: Optional["ms.Database"] = None) -> List[tvm.transform.Pass]:
+    """TVM's CPU passes up to fusion, then the schedules: the tuned ones, then the hand ones.
 
-    With ``tuned`` (a tuning database's pass), each fused function the database holds gets
-    its tuned schedule first; :class:`ApplySchedules` then schedules the others by hand.
+    With ``database``, each fused function it holds gets its tuned schedule first (marked
+    :data:`~tvm_structconv.transform.TUNED`); :class:`ApplySchedules` then schedules the
+    others by hand.
     """
+    tuned = [ApplyTuningDatabase(database)] if database is not None else []
+    return fusion_passes(target) + tuned + [ApplySchedules(target)]
 
-    @tvm.transform.module_pass(opt_level=0, name="ScheduledCPUPipeline")
+
+def lowering_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
+    """TVM's CPU passes after scheduling: dataflow lowering and finalization."""
+    return cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
+
+
+def _as_pass(name: str, target: tvm.target.Target,
+             passes: List[tvm.transform.Pass]) -> tvm.transform.Pass:
+    """``passes`` as one module pass that runs them under ``target``."""
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        passes = (
-            fusion_passes(target)
-            + ([tuned] if tuned is not None else [])
-            + [ApplySchedules(target)]
-            + cpu_pipeline.dataflow_lower_passes(target)
-            + cpu_pipeline.finalize_passes(target)
-        )
         with target:
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def scheduled_pipeline(target: tvm.target.Target,
+                       database: Optional["ms.Database"] = None) -> tvm.transform.Pass:
+    """TVM's CPU Relax pipeline with the project's schedules right after operator fusion.
+
+    :func:`schedule_passes` then :func:`lowering_passes`, as one pass for ``tvm.compile``.
+    """
+    return _as_pass("ScheduledCPUPipeline", target,
+                    schedule_passes(target, database) + lowering_passes(target))
 
 
 def cuda_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's CUDA Relax pipeline with :class:`ApplySchedules` between fusion and dlight's rules."""
 
-    @tvm.transform.module_pass(opt_level=0, name="ScheduledCUDAPipeline")
-    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        legalize = gpu_pipeline.legalize_passes(target)  # ends with dlight's default rules
-        passes = (
-            gpu_pipeline.library_dispatch_passes(target)
-            + legalize[:-1]
-            + [ApplySchedules(target), legalize[-1]]
-            + gpu_pipeline.dataflow_lower_passes(target)
-            + gpu_pipeline.finalize_passes(target)
-        )
-        with target:
-            return tvm.transform.Sequential(passes)(mod)
-
-    return _pipeline
+    legalize = gpu_pipeline.legalize_passes(target)  # ends with dlight's default rules
+    return _as_pass("ScheduledCUDAPipeline", target,
+                    gpu_pipeline.library_dispatch_passes(target)
+                    + legalize[:-1]
+                    + [ApplySchedules(target), legalize[-1]]
+                    + gpu_pipeline.dataflow_lower_passes(target)
+                    + gpu_pipeline.finalize_passes(target))
 
 
 def compile_model(
@@ -309,7 +322,7 @@ def compile_model(
     With ``structured`` false the model is compiled as it is (BatchNorm still folded): the
     baseline that structured builds are compared with. With ``schedules`` (the default) an
     LLVM target gets NHWC layout planning, the tuned schedules of its tuning log and the hand
-    schedules for the rest (:func:`scheduled_pipeline`); without, or for another target kind,
+    schedules for the rest (:func:`schedule_passes`, then :func:`lowering_passes`); without, or for another target kind,
     TVM's default pipeline compiles the NCHW module.
 
     ``tuning_logs``: ``True`` applies the target's database
@@ -329,12 +342,11 @@ def compile_model(
     if isinstance(target, str):
         target = make_target(target)
     scheduled = schedules and target.kind.name == "llvm"
-    tuned = None
+    folder = _tuning_folder(target, tuning_logs) if scheduled else None
+    database = load_database(folder) if folder is not None else None
     if scheduled:
-        folder = _tuning_folder(target, tuning_logs)
-        tuned = ApplyTuningDatabase(load_database(folder)) if folder is not None else None
         layout, block_size = "NHWC", x86.block_size_for(target)
-        pipeline = scheduled_pipeline(target, tuned)
+        pipeline = _as_pass("LoweringCPUPipeline", target, lowering_passes(target))
     else:
         pipeline = cuda_pipeline(target) if target.kind.name == "cuda" else "default"
         layout, block_size = "NCHW", default_block_size
@@ -345,17 +357,21 @@ def compile_model(
     except Exception as error:
         raise CompileError(imported.source, target, "the passes", error) from error
     notes = list(prepared.notes)
+    mod, tuned = prepared.mod, []
     try:
+        if scheduled:  # scheduled here, so what the tuning log did is read from the module
+            with target:
+                mod = tvm.transform.Sequential(schedule_passes(target, database))(mod)
+            tuned = tuned_functions(mod)
         with target:
-            executable = tvm.compile(prepared.mod, target=target, relax_pipeline=pipeline)
+            executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as error:
         raise CompileError(imported.source, target, "TVM's build", error) from error
-    if tuned is not None:
-        notes.append(f"tuning log {folder}: tuned schedules for {len(tuned.applied)} functions, "
+    if folder is not None:
+        notes.append(f"tuning log {folder}: tuned schedules for {len(tuned)} functions, "
                      "hand schedules for the rest")
     return CompiledModel(executable, target, list(imported.inputs), prepared.report,
-                         prepared.folded, notes,
-                         tuned=list(tuned.applied) if tuned is not None else [])
+                         prepared.folded, notes, tuned=tuned)
 
 
 def _tuning_folder(target: tvm.target.Target,

@@ -16,7 +16,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from tvm_structconv.transform import FoldBatchNorm
+from tvm_structconv.transform import FoldBatchNorm, fold_batchnorm
 
 EPS = 1e-5
 CHANNELS = 4
@@ -76,9 +76,10 @@ def test_conv_bn_folds_into_conv_add():
                 R.output(y)
             return y
 
-    fold = FoldBatchNorm()
-    tvm.ir.assert_structural_equal(fold(Before), Expected)
-    assert fold.folded == ["conv2d #1 (4x3x3x3)"]
+    after, report = fold_batchnorm(Before)
+    tvm.ir.assert_structural_equal(after, Expected)
+    assert report.folded == ["conv2d #1 (4x3x3x3)"]
+    tvm.ir.assert_structural_equal(FoldBatchNorm()(Before), Expected)  # the pass form
 
 
 def test_conv_bias_bn_as_torch_export_makes_it_folds():
@@ -208,9 +209,9 @@ _BIAS = np.arange(CHANNELS, dtype="float32")
 )
 def test_left_alone(kwargs):
     before, _ = _chain(**{"weight": _WEIGHT, **kwargs})
-    fold = FoldBatchNorm()
-    tvm.ir.assert_structural_equal(fold(before), before)
-    assert fold.folded == []
+    after, report = fold_batchnorm(before)
+    assert after.same_as(before)
+    assert report.folded == []
 
 
 def test_bias_that_is_not_per_channel_is_left_alone():
@@ -257,13 +258,14 @@ def test_nhwc_conv_is_left_alone(axis):
 def test_names_follow_the_folded_weight():
     before, weight = _chain(_WEIGHT, _BIAS)
     names = {weight: "layer1.conv.weight"}
-    fold = FoldBatchNorm(names)
-    after = fold(before)
+    after, report = fold_batchnorm(before, names)
     (conv,) = _calls(after, "relax.nn.conv2d")
     new_weight = conv.args[1]
     assert not new_weight.same_as(weight)
-    assert names[new_weight] == "layer1.conv.weight"
-    assert fold.folded == ["layer1.conv.weight"]
+    assert report.weight_names[new_weight] == "layer1.conv.weight"
+    assert report.weight_names[weight] == "layer1.conv.weight"
+    assert names == {weight: "layer1.conv.weight"}  # the caller's dict is not modified
+    assert report.folded == ["layer1.conv.weight"]
 
 
 @given(
@@ -352,12 +354,12 @@ def test_torch_models_match_after_folding(model_name):
     state_names = dict(program.graph_signature.inputs_to_parameters)
     mod, names = _bind(mod, lambda var_name: state_names[var_name])
 
-    fold = FoldBatchNorm(names)
-    folded = fold(mod)
+    folded, report = fold_batchnorm(mod, names)
     assert not _calls(folded, "relax.nn.batch_norm")
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    assert fold.folded == [f"{name}.weight" for name in convs]
-    assert [names[conv.args[1]] for conv in _calls(folded, "relax.nn.conv2d")] == fold.folded
+    assert report.folded == [f"{name}.weight" for name in convs]
+    assert ([report.weight_names[conv.args[1]] for conv in _calls(folded, "relax.nn.conv2d")]
+            == report.folded)
     expected = model(x).detach().numpy()
     np.testing.assert_allclose(_run(folded, x.numpy()), expected, rtol=1e-4, atol=1e-4)
 
@@ -378,10 +380,9 @@ def test_onnx_model_matches_onnxruntime_after_folding(tmp_path):
         mod = from_onnx(onnx.load(path), keep_params_in_input=True)  # warns: input.1 -> input_1
     mod, names = _bind(mod, str)
 
-    fold = FoldBatchNorm(names)
-    folded = fold(mod)
+    folded, report = fold_batchnorm(mod, names)
     assert not _calls(folded, "relax.nn.batch_norm")
-    assert fold.folded == ["0.weight", "3.weight"]
+    assert report.folded == ["0.weight", "3.weight"]
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     (expected,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(_run(folded, x.numpy()), expected, rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ from tvm import relax
 
 from tvm_structconv import ops
 from tvm_structconv.structure import Structure
-from tvm_structconv.transform import RewriteOrdinaryConv
+from tvm_structconv.transform import RewriteOrdinaryConv, rewrite_ordinary_conv
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 
@@ -27,8 +27,8 @@ def module(x_shape, weight, **attrs):
 
 def test_nchw_conv_becomes_the_trivial_structured_op():
     weight = np.random.default_rng(0).standard_normal((6, 2, 3, 3)).astype("float32")
-    rewrite = RewriteOrdinaryConv()
-    actual = rewrite(module((1, 4, 8, 8), relax.const(weight), padding=1, groups=2))
+    before = module((1, 4, 8, 8), relax.const(weight), padding=1, groups=2)
+    actual, report = rewrite_ordinary_conv(before)
 
     x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
     builder = relax.BlockBuilder()
@@ -43,7 +43,8 @@ def test_nchw_conv_becomes_the_trivial_structured_op():
         builder.emit_func_output(out)
     expected = relax.transform.CanonicalizeBindings()(builder.get())
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
-    assert rewrite.rewritten == [(6, 2, 3, 3)]
+    assert report.rewritten == [(6, 2, 3, 3)] and report.skipped == []
+    tvm.ir.assert_structural_equal(RewriteOrdinaryConv()(before), expected, map_free_vars=True)
 
 
 def test_nhwc_conv_after_convert_layout_is_packed_and_exact():
@@ -70,6 +71,9 @@ def test_conv_with_a_computed_weight_is_left_alone():
             out = builder.emit_output(builder.emit(relax.op.nn.conv2d(x, w)))
         builder.emit_func_output(out)
     mod = builder.get()
-    rewrite = RewriteOrdinaryConv()
-    tvm.ir.assert_structural_equal(rewrite(mod), mod)
-    assert rewrite.rewritten == []
+    after, report = rewrite_ordinary_conv(mod)
+    assert after.same_as(mod)
+    assert report.rewritten == []
+    assert report.skipped == [("conv2d #1 (2x2x3x3)", "weight is not a constant")]
+    assert report.summary() == ["1 conv left to TVM's own conv2d (weight is not a constant): "
+                                "conv2d #1 (2x2x3x3)"]

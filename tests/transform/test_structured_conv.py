@@ -21,6 +21,7 @@ from tvm_structconv.transform.structured_conv import (
     RewriteStructuredConv,
     StructureMismatchError,
     default_tolerance,
+    rewrite_structured_conv,
 )
 
 TARGET = tvm.target.Target({"kind": "llvm"})
@@ -42,8 +43,8 @@ def test_ir_matches_expected_module():
     alpha = np.random.default_rng(0).standard_normal(structure.alpha_shape(6)).astype("float32")
     weight = structure.compose(alpha.astype(np.float64)).astype("float32")
     mod, constant = conv_module(weight, strides=2, padding=(1, 0, 2, 1), dilation=1, groups=2)
-    rewrite = RewriteStructuredConv(Manifest({"w": LayerSpec(4, (2, 2))}), {constant: "w"})
-    actual = rewrite(mod)
+    manifest = Manifest({"w": LayerSpec(4, (2, 2))})
+    actual, report = rewrite_structured_conv(mod, manifest, {constant: "w"})
 
     x = relax.Var("x", relax.TensorType((1, 8, 9, 9), "float32"))
     builder = relax.BlockBuilder()
@@ -57,17 +58,19 @@ def test_ir_matches_expected_module():
         builder.emit_func_output(out)
     expected = builder.get()
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
-    assert [layer.name for layer in rewrite.report.rewritten] == ["w"]
-    layer = rewrite.report.layers[0]
+    tvm.ir.assert_structural_equal(RewriteStructuredConv(manifest, {constant: "w"})(mod),
+                                   expected, map_free_vars=True)  # the pass form
+    assert [layer.name for layer in report.rewritten] == ["w"]
+    layer = report.layers[0]
     assert (layer.macs_before, layer.macs_after) == (6 * 4 * 9 * 5 * 4, 6 * 2 * 4 * 5 * 4)  # 5x4 output
 
 
 def test_unrecorded_and_unsupported_convs_are_reported_and_left_alone():
     weight = np.random.default_rng(1).standard_normal((4, 4, 3, 3)).astype("float32")
     mod, constant = conv_module(weight, padding=1)
-    rewrite = RewriteStructuredConv(Manifest({}), {constant: "layer.weight"})
-    tvm.ir.assert_structural_equal(rewrite(mod), mod)
-    (layer,) = rewrite.report.layers
+    after, report = rewrite_structured_conv(mod, Manifest({}), {constant: "layer.weight"})
+    assert after.same_as(mod)
+    (layer,) = report.layers
     assert (layer.name, layer.rewritten, layer.reason) == ("layer.weight", False, "no recorded structure")
 
     mixed_weight = Structure(4, 3, 2, 2).compose(np.ones((4, 2, 2, 2))).astype("float32")
@@ -79,9 +82,11 @@ def test_unrecorded_and_unsupported_convs_are_reported_and_left_alone():
             out = builder.emit_output(relax.op.nn.conv2d(x, constant, out_layout="NHWC"))
         builder.emit_func_output(out)
     mixed = builder.get()
-    rewrite = RewriteStructuredConv(Manifest({"w": LayerSpec(2, (2, 2))}), {constant: "w"})
-    tvm.ir.assert_structural_equal(rewrite(mixed), mixed)
-    assert "layout NCHW/OIHW/NHWC is not NCHW/OIHW/NCHW or NHWC/*/NHWC" in rewrite.report.layers[0].reason
+    after, report = rewrite_structured_conv(mixed, Manifest({"w": LayerSpec(2, (2, 2))}),
+                                            {constant: "w"})
+    assert after.same_as(mixed)
+    assert ("layout NCHW/OIHW/NHWC is not NCHW/OIHW/NCHW or NHWC/*/NHWC"
+            in report.layers[0].reason)
 
 
 def test_weight_off_its_structure_is_refused_with_name_and_residual():
@@ -90,7 +95,7 @@ def test_weight_off_its_structure_is_refused_with_name_and_residual():
     weight[0, 0, 0, 0] += 0.01
     mod, constant = conv_module(weight.astype("float32"), padding=1)
     rewrite = RewriteStructuredConv(Manifest({"blocks.3.conv.weight": LayerSpec(2, (2, 2))}),
-                                    {constant: "blocks.3.conv.weight"})
+                                    {constant: "blocks.3.conv.weight"})  # raises as a pass too
     with pytest.raises(StructureMismatchError, match=r"layer 'blocks.3.conv.weight'.*residual \d\.\d+e-0\d > tolerance 1.2e-05"):
         rewrite(mod)
 

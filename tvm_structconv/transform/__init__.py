@@ -1,25 +1,51 @@
-"""Relax passes, one pass per module."""
+"""Relax passes, one pass per module.
+
+Each rewrite is a plain function that returns ``(module, report)`` (what it did, layer by
+layer) and a module pass of the same name for a ``tvm.transform.Sequential``, which drops the
+report. The tuning-database pass marks what it scheduled on the functions themselves
+(:func:`tuned_functions`).
+"""
 
 from tvm_structconv.transform.apply_schedules import ApplySchedules
-from tvm_structconv.transform.apply_tuning_database import ApplyTuningDatabase
+from tvm_structconv.transform.apply_tuning_database import (
+    TUNED,
+    ApplyTuningDatabase,
+    tuned_functions,
+)
 from tvm_structconv.transform.expand_clip import ExpandClip
-from tvm_structconv.transform.fold_batchnorm import FoldBatchNorm
-from tvm_structconv.transform.ordinary_conv import RewriteOrdinaryConv
+from tvm_structconv.transform.fold_batchnorm import (
+    BatchNormFoldReport,
+    FoldBatchNorm,
+    fold_batchnorm,
+)
+from tvm_structconv.transform.ordinary_conv import (
+    OrdinaryConvReport,
+    RewriteOrdinaryConv,
+    rewrite_ordinary_conv,
+)
 from tvm_structconv.transform.structured_conv import (
     LayerReport,
     RewriteReport,
     RewriteStructuredConv,
     StructureMismatchError,
+    rewrite_structured_conv,
 )
 
 __all__ = [
+    "TUNED",
     "ApplySchedules",
     "ApplyTuningDatabase",
+    "BatchNormFoldReport",
     "ExpandClip",
     "FoldBatchNorm",
     "LayerReport",
+    "OrdinaryConvReport",
     "RewriteOrdinaryConv",
     "RewriteReport",
     "RewriteStructuredConv",
     "StructureMismatchError",
+    "fold_batchnorm",
+    "rewrite_ordinary_conv",
+    "rewrite_structured_conv",
+    "tuned_functions",
 ]

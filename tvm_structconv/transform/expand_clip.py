@@ -18,6 +18,8 @@ from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from tvm_structconv.transform.relax_functions import rewrite_relax_functions
+
 __all__ = ["ExpandClip"]
 
 _CLIP = is_op("relax.clip")(wildcard(), wildcard(), wildcard())
@@ -33,12 +35,7 @@ class ExpandClip:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite every Relax function of ``mod``."""
         rewriter = _ClipMutator(mod)
-        for global_var, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(global_var, rewriter.visit_expr(func))
-        if not rewriter.expanded:
-            return mod
-        return relax.transform.CanonicalizeBindings()(rewriter.builder_.get())
+        return rewrite_relax_functions(mod, rewriter, lambda: rewriter.expanded)
 
 
 def _bound(value: relax.Expr) -> Optional[float]:

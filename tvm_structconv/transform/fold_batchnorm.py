@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -32,7 +33,9 @@ from tvm import relax
 from tvm.relax.dpl import DFPattern, is_const, is_op, is_tuple_get_item, wildcard
 from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
 
-__all__ = ["FoldBatchNorm"]
+from tvm_structconv.transform.relax_functions import rewrite_relax_functions
+
+__all__ = ["BatchNormFoldReport", "FoldBatchNorm", "fold_batchnorm"]
 
 _WEIGHT = is_const()
 _CONV = is_op("relax.nn.conv2d")(wildcard(), _WEIGHT)
@@ -42,43 +45,59 @@ _BATCH_NORM = is_op("relax.nn.batch_norm")(_ADD | _CONV, *(is_const() for _ in r
 _PATTERN = is_tuple_get_item(_BATCH_NORM, 0)
 
 
-@tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
-class FoldBatchNorm:
-    """Fold every inference BatchNorm after a constant-weight conv2d into the conv.
-
-    See the module docstring for what is matched and produced. Functions where nothing was
-    folded are returned unchanged; where something was, the pass ends with dead-code removal
-    (the batch norm and the original conv disappear) and ``CanonicalizeBindings``.
-
-    Parameters
-    ----------
-    names
-        ``{weight constant: weight name}`` (Relax constants hash by identity), e.g. the
-        frontend's ``weight_names``. The dict is updated in place: for every folded conv whose
-        weight constant is named, the new folded weight constant gets the same name, so later
-        passes (the structured-conv rewrite) still know which layer's weight it is.
+@dataclass
+class BatchNormFoldReport:
+    """What :func:`fold_batchnorm` did.
 
     Attributes
     ----------
     folded
-        After the pass ran: for each folded conv, in program order, its weight's name, or
+        For each folded conv, in program order, its weight's name, or
         ``"conv2d #k (Cout x C x kh x kw)"`` for an unnamed weight.
+    weight_names
+        The ``names`` given, plus each folded weight constant under the name of the weight it
+        replaces, so later passes (the structured-conv rewrite) still know which layer's weight
+        it is.
     """
 
-    def __init__(self, names: dict[tvm.ir.Constant, str] | None = None) -> None:
-        self.names = names if names is not None else {}
-        self.folded: list[str] = []
+    folded: list[str] = field(default_factory=list)
+    weight_names: dict[tvm.ir.Constant, str] = field(default_factory=dict)
+
+
+def fold_batchnorm(
+    mod: tvm.IRModule, names: Mapping[tvm.ir.Constant, str] | None = None
+) -> tuple[tvm.IRModule, BatchNormFoldReport]:
+    """Fold every inference BatchNorm after a constant-weight conv2d of ``mod`` into the conv.
+
+    See the module docstring for what is matched and produced.
+
+    Parameters
+    ----------
+    mod
+        The module (not modified).
+    names
+        ``{weight constant: weight name}`` (Relax constants hash by identity), e.g. the
+        frontend's ``weight_names``; not modified.
+
+    Returns
+    -------
+    tuple of tvm.IRModule and BatchNormFoldReport
+        The module (``mod`` itself when nothing was folded; else each changed function ends
+        with dead-code removal and ``CanonicalizeBindings``) and what was folded.
+    """
+    report = BatchNormFoldReport(weight_names=dict(names or {}))
+    folder = _BatchNormFolder(mod, report)
+    return rewrite_relax_functions(mod, folder, lambda: len(report.folded),
+                                   folder.fold_function), report
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
+class FoldBatchNorm:
+    """:func:`fold_batchnorm` as a module pass (its report is dropped)."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        """Fold in every Relax function of ``mod``; fill ``self.folded``."""
-        folder = _BatchNormFolder(mod, self.names)
-        for global_var, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                folder.fold_function(global_var, func)
-        self.folded = folder.folded
-        if not self.folded:
-            return mod
-        return relax.transform.CanonicalizeBindings()(folder.builder_.get())
+        """``mod`` with every foldable BatchNorm folded into its conv."""
+        return fold_batchnorm(mod)[0]
 
 
 @visitor
@@ -99,16 +118,16 @@ class _UseCounter(PyExprVisitor):
 class _BatchNormFolder(PyExprMutator):
     """Rewrites the matched chains of one function at a time into the builder's module."""
 
-    def __init__(self, mod: tvm.IRModule, names: dict[tvm.ir.Constant, str]) -> None:
+    def __init__(self, mod: tvm.IRModule, report: BatchNormFoldReport) -> None:
         super().__init__(mod)
-        self.names = names
-        self.folded: list[str] = []
+        self.names = report.weight_names
+        self.folded = report.folded
         self.var2val: dict[relax.Var, relax.Expr] = {}
         self.bound_to: dict[relax.Expr, relax.Var] = {}
         self.uses: Counter[relax.Var] = Counter()
 
-    def fold_function(self, global_var: tvm.ir.GlobalVar, func: relax.Function) -> None:
-        """Fold in ``func``; replace it in the builder's module if anything was folded."""
+    def fold_function(self, func: relax.Function) -> relax.Function:
+        """``func`` with its chains folded."""
         # dead bindings such as the unused batch_norm(...)[1] of the ONNX importer are no users
         func = relax.analysis.remove_all_unused(func)
         self.var2val = relax.analysis.get_var2val(func)
@@ -116,10 +135,7 @@ class _BatchNormFolder(PyExprMutator):
         counter = _UseCounter()
         counter.visit_expr(func)
         self.uses = counter.uses
-        before = len(self.folded)
-        updated = self.visit_expr(func)
-        if len(self.folded) > before:
-            self.builder_.update_func(global_var, relax.analysis.remove_all_unused(updated))
+        return self.visit_expr(func)
 
     def visit_tuple_getitem_(self, op: relax.TupleGetItem) -> relax.Expr:
         matches = _PATTERN.extract_matched_expr(op, self.var2val)

@@ -7,13 +7,15 @@ structured rewrite emits (:func:`tvm_structconv.ops.structured_conv2d` or its NH
 ``Structure(C, N, C, N, groups)``: no pool stage, so it is exactly the ordinary conv, and it
 gets the same hand schedule as a structured one. Run it after
 :class:`~tvm_structconv.transform.RewriteStructuredConv` in both builds so that original and
-structured models are compared at equal effort. Convs with a non-constant weight or another
-layout are left alone.
+structured models are compared at equal effort. Convs with a non-constant weight, a shape
+that is not static or another layout are left alone, each with its reason in the
+:class:`OrdinaryConvReport` that :func:`rewrite_ordinary_conv` returns.
 """
 
 from __future__ import annotations
 
-from typing import List
+from dataclasses import dataclass, field
+from typing import List, Tuple
 
 import tvm
 from tvm import relax
@@ -27,44 +29,77 @@ from tvm_structconv.transform.conv_call import (
     emit_conv2d,
     read_conv2d,
 )
+from tvm_structconv.transform.relax_functions import rewrite_relax_functions
 
-__all__ = ["RewriteOrdinaryConv"]
+__all__ = ["OrdinaryConvReport", "RewriteOrdinaryConv", "rewrite_ordinary_conv"]
 
 _CONV2D = is_op("relax.nn.conv2d")(wildcard(), wildcard())
 
 
+@dataclass
+class OrdinaryConvReport:
+    """What :func:`rewrite_ordinary_conv` did, in program order.
+
+    Attributes
+    ----------
+    rewritten
+        The kernel shape (OIHW) of every conv it emitted as the fused op.
+    skipped
+        ``(conv, reason)`` for every conv it left to TVM's own ``conv2d`` (``conv`` describes
+        it by its weight's shape when known: ``"conv2d #2 (8x4x3x3)"``).
+    """
+
+    rewritten: List[Tuple[int, ...]] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> List[str]:
+        """One line per reason: how many convs were left to TVM's own conv2d and why."""
+        reasons: dict = {}
+        for conv, reason in self.skipped:
+            reasons.setdefault(reason, []).append(conv)
+        return [f"{len(convs)} conv{'s' if len(convs) > 1 else ''} left to TVM's own conv2d "
+                f"({reason}): {', '.join(convs[:3])}{' ...' if len(convs) > 3 else ''}"
+                for reason, convs in reasons.items()]
+
+
+def rewrite_ordinary_conv(
+    mod: tvm.IRModule, block_size: BlockSize = default_block_size
+) -> Tuple[tvm.IRModule, OrdinaryConvReport]:
+    """Emit every constant-weight conv2d of ``mod`` as the fused op with the trivial structure.
+
+    Parameters
+    ----------
+    mod
+        The module (not modified).
+    block_size
+        For NHWC convs: the output-channel block the kernel is packed with, per layer.
+
+    Returns
+    -------
+    tuple of tvm.IRModule and OrdinaryConvReport
+        The rewritten module (``mod`` itself when no conv was rewritten) and what was done.
+    """
+    rewriter = _OrdinaryConvMutator(mod, block_size)
+    rewritten = rewrite_relax_functions(mod, rewriter, lambda: len(rewriter.report.rewritten))
+    return rewritten, rewriter.report
+
+
 @tvm.transform.module_pass(opt_level=0, name="RewriteOrdinaryConv")
 class RewriteOrdinaryConv:
-    """Every constant-weight conv2d as ``structured_conv2d`` with the trivial structure.
-
-    A module without such a conv is returned unchanged.
+    """:func:`rewrite_ordinary_conv` as a module pass (its report is dropped).
 
     Parameters
     ----------
     block_size
         For NHWC convs: the output-channel block the kernel is packed with, per layer.
-
-    Attributes
-    ----------
-    rewritten
-        After the pass ran: the kernel shape (OIHW) of every conv it emitted, in program order.
     """
 
     def __init__(self, block_size: BlockSize = default_block_size) -> None:
         self.block_size = block_size
-        self.rewritten: List[tuple] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        """Rewrite every Relax function of ``mod``; fill ``self.rewritten``."""
-        rewriter = _OrdinaryConvMutator(mod, self.block_size)
-        for global_var, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                updated = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
-                rewriter.builder_.update_func(global_var, updated)
-        self.rewritten = rewriter.rewritten
-        if not self.rewritten:
-            return mod
-        return relax.transform.CanonicalizeBindings()(rewriter.builder_.get())
+        """``mod`` with every constant-weight conv2d emitted as the fused op."""
+        return rewrite_ordinary_conv(mod, self.block_size)[0]
 
 
 @mutator
@@ -72,7 +107,7 @@ class _OrdinaryConvMutator(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, block_size: BlockSize) -> None:
         super().__init__(mod)
         self.block_size = block_size
-        self.rewritten: List[tuple] = []
+        self.report = OrdinaryConvReport()
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
@@ -80,9 +115,18 @@ class _OrdinaryConvMutator(PyExprMutator):
             return call
         conv = read_conv2d(call, self.lookup_binding)
         if isinstance(conv, str):
+            self.report.skipped.append((_describe(call, len(self.report.skipped) + 1), conv))
             return call
         out_channels, per_group, height, width = conv.kernel.shape
         structure = Structure(per_group * conv.groups, (height, width), per_group * conv.groups,
                               (height, width), conv.groups)
-        self.rewritten.append(conv.kernel.shape)
+        self.report.rewritten.append(conv.kernel.shape)
         return emit_conv2d(self.builder_, conv, conv.kernel, structure, self.block_size)
+
+
+def _describe(call: relax.Call, number: int) -> str:
+    """``conv2d #k (OxIxHxW)`` from the weight's static shape, or ``conv2d #k``."""
+    shape = getattr(call.args[1].ty, "shape", None)
+    if shape is not None and all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return f"conv2d #{number} ({'x'.join(str(int(d)) for d in shape)})"
+    return f"conv2d #{number}"

@@ -40,6 +40,7 @@ from tvm_structconv.transform.conv_call import (
     emit_conv2d,
     read_conv2d,
 )
+from tvm_structconv.transform.relax_functions import rewrite_relax_functions
 
 __all__ = [
     "LayerReport",
@@ -47,6 +48,7 @@ __all__ = [
     "RewriteStructuredConv",
     "StructureMismatchError",
     "default_tolerance",
+    "rewrite_structured_conv",
 ]
 
 CONV2D = is_op("relax.nn.conv2d")(wildcard(), wildcard())
@@ -172,12 +174,20 @@ class RewriteReport:
         return "\n".join(lines)
 
 
-@tvm.transform.module_pass(opt_level=0, name="RewriteStructuredConv")
-class RewriteStructuredConv:
-    """The structured-conv rewrite as a module pass; after it runs, ``report`` says what it did.
+def rewrite_structured_conv(
+    mod: tvm.IRModule,
+    manifest: Manifest,
+    weight_names: Optional[Mapping[tvm.ir.Constant, str]] = None,
+    tol: Optional[float] = None,
+    match_by_value: bool = False,
+    block_size: BlockSize = default_block_size,
+) -> Tuple[tvm.IRModule, RewriteReport]:
+    """Rewrite every conv / linear layer of ``mod`` that has a structure; say what was done.
 
     Parameters
     ----------
+    mod
+        The module (not modified).
     manifest
         Recorded structures keyed by weight name.
     weight_names
@@ -192,6 +202,35 @@ class RewriteStructuredConv:
     block_size
         For NHWC convs: the output-channel block ``alpha`` is packed with, per layer
         (:data:`~tvm_structconv.transform.conv_call.BlockSize`; the target's schedule decides).
+
+    Returns
+    -------
+    tuple of tvm.IRModule and RewriteReport
+        The rewritten module (``mod`` itself when nothing was rewritten) and one
+        :class:`LayerReport` per conv / linear layer met, plus the manifest entries no weight
+        matched.
+
+    Raises
+    ------
+    StructureMismatchError
+        If a layer's weights do not satisfy the structure recorded (or detected) for it.
+    ManifestError
+        If a manifest entry does not fit its weight's shape.
+    """
+    rewriter = _StructuredConvMutator(mod, manifest, weight_names or {}, tol, match_by_value,
+                                      block_size)
+    rewritten = rewrite_relax_functions(mod, rewriter, lambda: len(rewriter.report.rewritten))
+    seen = {layer.name for layer in rewriter.report.layers}
+    rewriter.report.unmatched = sorted(set(manifest.layers) - seen)
+    return rewritten, rewriter.report
+
+
+@tvm.transform.module_pass(opt_level=0, name="RewriteStructuredConv")
+class RewriteStructuredConv:
+    """:func:`rewrite_structured_conv` as a module pass (its report is dropped).
+
+    Use the function where the report matters (it is how skipped layers are told); the pass
+    is for a ``tvm.transform.Sequential``. The parameters are the function's.
     """
 
     def __init__(
@@ -203,30 +242,28 @@ class RewriteStructuredConv:
         block_size: BlockSize = default_block_size,
     ) -> None:
         self.manifest = manifest
-        self.block_size = block_size
-        self.weight_names = weight_names or {}
+        self.weight_names = weight_names
         self.tol = tol
         self.match_by_value = match_by_value
-        self.report = RewriteReport()
+        self.block_size = block_size
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        """Rewrite every Relax function of ``mod``; fill ``self.report``."""
-        rewriter = _StructuredConvMutator(mod, self)
-        for global_var, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                updated = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
-                rewriter.builder_.update_func(global_var, updated)
-        seen = {layer.name for layer in rewriter.report.layers}
-        rewriter.report.unmatched = sorted(set(self.manifest.layers) - seen)
-        self.report = rewriter.report
-        return relax.transform.CanonicalizeBindings()(rewriter.builder_.get())
+        """``mod`` with every structured layer rewritten."""
+        return rewrite_structured_conv(mod, self.manifest, self.weight_names, self.tol,
+                                       self.match_by_value, self.block_size)[0]
 
 
 @mutator
 class _StructuredConvMutator(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, options: RewriteStructuredConv) -> None:
+    def __init__(self, mod: tvm.IRModule, manifest: Manifest,
+                 weight_names: Mapping[tvm.ir.Constant, str], tol: Optional[float],
+                 match_by_value: bool, block_size: BlockSize) -> None:
         super().__init__(mod)
-        self.options = options
+        self.manifest = manifest
+        self.weight_names = weight_names
+        self.tol = tol
+        self.match_by_value = match_by_value
+        self.block_size = block_size
         self.report = RewriteReport()
         self.unnamed = 0
 
@@ -238,8 +275,14 @@ class _StructuredConvMutator(PyExprMutator):
                    if isinstance(arg, relax.Var) and self.lookup_binding(arg) is not None}
         if LINEAR.match(call, var2val):
             return self._linear(call, var2val)
-        if LINEAR_TRANSPOSED.match(call) and call.args[1].value.numpy().ndim == 2:
-            return self._linear_on(call, call.args[1], call.args[1].value.numpy().T)
+        if LINEAR_TRANSPOSED.match(call):
+            weight = call.args[1]
+            kernel = weight.value.numpy()
+            if kernel.ndim != 2:
+                self._skip("linear", self._name(weight, "matmul", kernel.shape),
+                           f"matmul with a {kernel.ndim}-D constant, not a Linear layer")
+                return call
+            return self._linear_on(call, weight, kernel.T)
         return call
 
     # ------------------------------------------------------------------ layers
@@ -257,7 +300,7 @@ class _StructuredConvMutator(PyExprMutator):
         alpha, residual = self._checked_alpha(name, kernel, structure)
         self._record("conv2d", name, reason, structure, residual, conv.macs,
                      alpha.size * conv.pixels, kernel.size, alpha.size)
-        return emit_conv2d(self.builder_, conv, alpha, structure, self.options.block_size)
+        return emit_conv2d(self.builder_, conv, alpha, structure, self.block_size)
 
     def _linear(self, call: relax.Call, var2val: Dict[relax.Var, relax.Expr]) -> relax.Expr:
         data, transposed = call.args
@@ -293,7 +336,7 @@ class _StructuredConvMutator(PyExprMutator):
 
     # ------------------------------------------------------------------ helpers
     def _name(self, weight: tvm.ir.Constant, kind: str, shape: Tuple[int, ...]) -> str:
-        name = self.options.weight_names.get(weight)
+        name = self.weight_names.get(weight)
         if name is None:
             name = f"{kind} #{self._next_unnamed()} ({'x'.join(map(str, shape))})"
         return name
@@ -310,23 +353,23 @@ class _StructuredConvMutator(PyExprMutator):
         return self.unnamed
 
     def _tolerance(self, kernel: np.ndarray) -> float:
-        return self.options.tol if self.options.tol is not None else default_tolerance(kernel.dtype)
+        return self.tol if self.tol is not None else default_tolerance(kernel.dtype)
 
     def _structure(self, name: str, kernel: np.ndarray, groups: int) -> Tuple[Optional[Structure], str]:
         """The structure to use for this weight and where it came from, or why there is none."""
-        spec = self.options.manifest.layers.get(name)
+        spec = self.manifest.layers.get(name)
         if spec is not None:
             try:
                 structure = spec.structure(kernel.shape, groups)
             except ValueError as error:
                 raise ManifestError(
-                    f"{self.options.manifest.source}: {name!r} does not fit its weight of shape "
+                    f"{self.manifest.source}: {name!r} does not fit its weight of shape "
                     f"{kernel.shape} (groups={groups}): {error}"
                 ) from None
             if structure.is_trivial:
                 return None, "recorded structure reduces nothing (c = C, n = N)"
             return structure, "manifest"
-        if self.options.match_by_value:
+        if self.match_by_value:
             found = detect(kernel, self._tolerance(kernel), groups)
             if found is not None:
                 return found, "matched by value"
