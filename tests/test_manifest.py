@@ -156,6 +156,28 @@ def test_detect_finds_the_recorded_structure(structure, seed):
     assert found == structure
 
 
+@given(structures(max_channels=24, max_kernel=3), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_detect_finds_a_structure_with_fewer_outputs_than_reduced_channels(structure, outputs,
+                                                                           seed):
+    # a Linear 4C -> C with c = 2C: the weight's rank over channels is below c and says nothing
+    rng = np.random.default_rng(seed)
+    alpha = rng.standard_normal(structure.alpha_shape(outputs * structure.groups))
+    weight = structure.compose(alpha).astype(np.float32)
+    found = detect(weight, tol=1e-4, groups=structure.groups)
+    if structure.is_trivial:
+        assert found is None
+        return
+    assert found is not None and found.residual(weight.astype(np.float64)) <= 1e-4
+    size = structure.reduced_channels * np.prod(structure.reduced_kernel_size)
+    assert found.reduced_channels * np.prod(found.reduced_kernel_size) <= size
+
+
+def test_detect_linear_with_fewer_outputs_than_reduced_inputs():
+    linear = Structure(192, 1, 96, 1)  # ConvNeXt's fc2 (4C -> C) with c = C/2 of its input
+    weight = linear.compose(np.random.default_rng(7).standard_normal((48, 96))).astype(np.float32)
+    assert detect(weight, tol=1e-5) == linear
+
+
 def test_detect_exact_structure_and_random_weights():
     structure = Structure(32, 3, 16, 2)
     weight = structure.compose(np.random.default_rng(3).standard_normal(structure.alpha_shape(32)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -297,6 +297,33 @@ def _axis_residuals(gram: np.ndarray, sizes: Iterable[int]) -> Dict[int, float]:
     return errors
 
 
+def _channel_sizes_by_folding(array: np.ndarray, tol: float, probes: int = 2) -> List[int]:
+    """Channel sizes ``c < C`` that the weight may satisfy, ascending: a necessary test, ``O(C²)``.
+
+    A channel fibre ``v`` (length ``C``) of a structured weight is a box sum of length
+    ``L = C − c + 1`` of some ``a``: as polynomials ``V(z) = A(z)·(1 + z + … + z^{L−1})``, which
+    holds exactly when ``V`` vanishes at the ``L``-th roots of unity other than 1, i.e. when the
+    sums of ``v`` over the residue classes modulo ``L`` are all equal. A fibre off the subspace
+    by ``e`` moves those sums by at most ``sqrt(⌈C/L⌉)·‖e‖``. Random combinations of all fibres
+    (``probes`` of them, fixed seed) stand in for the fibres; a size passes when every probe's
+    class sums are that close to equal (with a factor 4 of slack for the combination).
+    """
+    channels = array.shape[1]
+    fibres = np.moveaxis(array, 1, -1).reshape(-1, channels)
+    mixed = np.random.default_rng(0).standard_normal((probes, fibres.shape[0])) @ fibres
+    norms = np.linalg.norm(mixed, axis=1)
+    positions = np.arange(channels)
+    sizes = []
+    for window in range(channels, 1, -1):  # c = C - L + 1 ascending
+        classes = np.stack([np.bincount(positions % window, weights=probe, minlength=window)
+                            for probe in mixed])
+        spread = np.linalg.norm(classes - classes.mean(axis=1, keepdims=True), axis=1)
+        bound = 4.0 * tol * np.sqrt(-(-channels // window)) * norms
+        if np.all(spread <= bound):
+            sizes.append(channels - window + 1)
+    return sizes
+
+
 def _axis_gram(weight: np.ndarray, axis: int) -> np.ndarray:
     moved = np.moveaxis(weight, axis, 0)
     flat = moved.reshape(moved.shape[0], -1)
@@ -313,13 +340,15 @@ def detect(
 
     The structured kernels of ``(c, nh, nw)`` are a tensor product of one subspace per axis, so
     a weight's residual is at least its residual along any one axis. Per axis, the candidate
-    sizes are those whose axis residual is under ``tol``; along channels the search starts at the
-    weight's numerical rank over that axis (no smaller ``c`` can fit), tries at most
-    ``channel_search`` sizes, takes the first that fits, and keeps ``c = C`` as the fallback.
-    The rank equals ``c`` for a structured weight with at least ``c`` output channels, so the
-    first size tried fits; the bound keeps unstructured weights with fewer outputs than inputs
-    (whose rank says little) from costing ``O(C⁴)``. The candidates are tried in order of MACs
-    (``c·nh·nw``) and the first whose full residual is under ``tol`` is returned.
+    sizes are those whose axis residual is under ``tol``. Along channels, a size must pass a
+    necessary test that costs ``O(C²)`` for all sizes together (the box-sum subspace of size
+    ``c`` is the polynomials divisible by ``1 + z + … + z^{C−c}``; see
+    :func:`_channel_sizes_by_folding`); at most ``channel_search`` of those sizes are checked
+    exactly, the first that fits is kept, and ``c = C`` is the fallback. A weight with fewer
+    outputs than ``c`` (a Linear layer ``4C → C`` with ``c = 2C``, whose rank over the channel
+    axis says nothing) is found as well as any other. The candidates are
+    tried in order of MACs (``c·nh·nw``) and the first whose full residual is under ``tol`` is
+    returned.
 
     Parameters
     ----------
@@ -330,7 +359,7 @@ def detect(
     groups
         The conv's groups (channel windows never cross a group).
     channel_search
-        How many channel sizes, upward from the rank bound, are tried.
+        How many channel sizes that pass the necessary test are checked exactly.
 
     Returns
     -------
@@ -350,13 +379,10 @@ def detect(
     budget = tol * tol * norm_squared
     channels, height, width = array.shape[1:]
 
-    channel_gram = _axis_gram(array, 1)
-    eigenvalues = np.sort(np.clip(np.linalg.eigvalsh(channel_gram), 0.0, None))
-    tail = np.concatenate([np.cumsum(eigenvalues)[::-1], [0.0]])  # tail[k]: energy past rank k
-    rank = int(np.argmax(tail <= budget))
     channel_sizes = [channels]
-    first = max(rank, 1)
-    for reduced in range(first, min(first + channel_search, channels)):
+    possible = _channel_sizes_by_folding(array, tol)
+    channel_gram = _axis_gram(array, 1) if possible else None
+    for reduced in possible[:channel_search]:
         if _axis_residuals(channel_gram, [reduced])[reduced] <= budget:
             channel_sizes.insert(0, reduced)
             break

@@ -16,14 +16,7 @@ FAMILIES = ["shufflenet_v2", "mobilenet_v3_small", "efficientnet_b0", "convnext_
             "densenet121", "regnet_y"]
 
 
-# Known gap, visible until fixed: the dynamo exporter stores ConvNeXt's Linear weights
-# transposed under new names (val_4); matching them by value finds 20 of the 38 recorded layers
-DYNAMO_CONVNEXT = pytest.param(
-    "dynamo", "convnext_tiny", id="dynamo-convnext_tiny",
-    marks=pytest.mark.xfail(strict=True, reason="dynamo-renamed Linear weights: 20 of 38 "
-                            "recorded layers found by value"))
-CASES = [DYNAMO_CONVNEXT if (exporter, name) == ("dynamo", "convnext_tiny")
-         else pytest.param(exporter, name, id=f"{exporter}-{name}")
+CASES = [pytest.param(exporter, name, id=f"{exporter}-{name}")
          for exporter in ("dynamo", "pt2") for name in FAMILIES]
 
 
