@@ -42,8 +42,12 @@ def main() -> int:
     stem = f"{datetime.date.today().isoformat()}-{tvm.target.codegen.llvm_get_system_cpu()}"
     for model in args.models.split(","):
         report = run_benchmark(
-            model, peers=[p for p in args.peers.split(",") if p], threads=args.threads,
-            repeat=args.repeat, rounds=args.rounds, image_size=args.image_size,
+            model,
+            peers=[p for p in args.peers.split(",") if p],
+            threads=args.threads,
+            repeat=args.repeat,
+            rounds=args.rounds,
+            image_size=args.image_size,
             progress=lambda message: print(f"[{model}] {message}", file=sys.stderr, flush=True),
         )
         table = report.format()

@@ -43,8 +43,18 @@ MODEL = "resnet18"
 # ---------------------------------------------------------------------------- prepare (here)
 #: (output channels per thread, threads over channels, threads over rows) tried per layer
 #: besides the heuristic tiling: what the next heuristic should be fitted to.
-CANDIDATES = [(4, 4, 1), (4, 8, 1), (4, 16, 1), (2, 16, 1), (2, 32, 1), (1, 32, 1), (1, 64, 1),
-              (2, 16, 0), (1, 32, 0), (4, 8, 0)]  # rows 0: as many as 256 threads allow
+CANDIDATES = [
+    (4, 4, 1),
+    (4, 8, 1),
+    (4, 16, 1),
+    (2, 16, 1),
+    (2, 32, 1),
+    (1, 32, 1),
+    (1, 64, 1),
+    (2, 16, 0),
+    (1, 32, 0),
+    (4, 8, 0),
+]  # rows 0: as many as 256 threads allow
 
 
 def _candidate_tilings(layer, structured: bool) -> list:
@@ -61,8 +71,9 @@ def _candidate_tilings(layer, structured: bool) -> list:
             continue
         if yt == 0:
             yt = max(divisors(size, max(256 // (ot * base.xt), 1)))
-        tiling = CudaTiling(ov, ot, yt, base.xv, base.xt,
-                            chunk_channels(channels, ov * ot, kernel * kernel))
+        tiling = CudaTiling(
+            ov, ot, yt, base.xv, base.xt, chunk_channels(channels, ov * ot, kernel * kernel)
+        )
         if tiling != base and tiling not in tilings:
             tilings.append(tiling)
     return tilings
@@ -87,16 +98,20 @@ def _layer_kernel(layer, structured: bool, target, path: pathlib.Path, tiling=No
         sch = cuda.StructuredConv2dCUDA().apply(func, target, False)
     else:
         sch = s_tir.Schedule(func)
-        if not cuda.schedule_structured_conv2d_cuda(sch, ops.find_structured_block(sch), tiling) \
-                or cuda.shared_bytes(sch.mod["main"]) > cuda.SHARED_BUDGET:
+        if (
+            not cuda.schedule_structured_conv2d_cuda(sch, ops.find_structured_block(sch), tiling)
+            or cuda.shared_bytes(sch.mod["main"]) > cuda.SHARED_BUDGET
+        ):
             return None
     template = cuda.shared_bytes(sch.mod["main"]) > 0
     tvm.compile(sch.mod, target=target).export_library(str(path))
-    return {"structure": [layer.in_channels, layer.kernel, channels, kernel, layer.groups],
-            "alpha": list(structure.alpha_shape(layer.out_channels)),
-            "output": [1, layer.out_channels, layer.out_size, layer.out_size],
-            "template": template,
-            "tiling": list(dataclasses.astuple(tiling)) if tiling is not None else None}
+    return {
+        "structure": [layer.in_channels, layer.kernel, channels, kernel, layer.groups],
+        "alpha": list(structure.alpha_shape(layer.out_channels)),
+        "output": [1, layer.out_channels, layer.out_size, layer.out_size],
+        "template": template,
+        "tiling": list(dataclasses.astuple(tiling)) if tiling is not None else None,
+    }
 
 
 def _lift_constants(mod):
@@ -118,15 +133,15 @@ def _lift_constants(mod):
 
     main = mod["main"]
     body = Lift().visit_expr(main.body)
-    lifted = relax.Function(list(main.params) + params, body, main.ret_ty,
-                            main.is_pure, main.attrs)
+    lifted = relax.Function(list(main.params) + params, body, main.ret_ty, main.is_pure, main.attrs)
     mod = mod.clone() if hasattr(mod, "clone") else mod
     mod["main"] = lifted
     return mod, shapes
 
 
-def prepare(out: pathlib.Path, arch: str, candidates: bool = False,
-            extra_models: Sequence[str] = ()) -> None:
+def prepare(
+    out: pathlib.Path, arch: str, candidates: bool = False, extra_models: Sequence[str] = ()
+) -> None:
     """Compile the layer kernels and models for ``arch`` and pack TVM's runtime into ``out``."""
     import onnxruntime
     import tvm
@@ -143,8 +158,9 @@ def prepare(out: pathlib.Path, arch: str, candidates: bool = False,
     target = make_target("cuda", arch)
     (out / "layers").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
-    layers = [layer for layer in collect_layers([MODEL], quick=False, plan_text=PLAN)
-              if layer.kernel == 3]
+    layers = [
+        layer for layer in collect_layers([MODEL], quick=False, plan_text=PLAN) if layer.kernel == 3
+    ]
     stem = type(layers[0])(3, 64, 7, 2, 3, 1, 224, 224, 3, 7, MODEL, 1)  # unstructured stem
     entries = {}
     for layer in [*layers, stem]:
@@ -152,21 +168,34 @@ def prepare(out: pathlib.Path, arch: str, candidates: bool = False,
         for variant in ("original", "structured"):
             if layer is stem and variant == "structured":
                 continue
-            info = _layer_kernel(layer, variant == "structured", target,
-                                 out / "layers" / f"{layer.key}-{variant}.so")
+            info = _layer_kernel(
+                layer, variant == "structured", target, out / "layers" / f"{layer.key}-{variant}.so"
+            )
             info["candidates"] = []
             sweep = _candidate_tilings(layer, variant == "structured") if candidates else []
             for index, tiling in enumerate(sweep):
-                candidate = _layer_kernel(layer, variant == "structured", target,
-                                          out / "layers" / f"{layer.key}-{variant}-c{index}.so",
-                                          tiling)
+                candidate = _layer_kernel(
+                    layer,
+                    variant == "structured",
+                    target,
+                    out / "layers" / f"{layer.key}-{variant}-c{index}.so",
+                    tiling,
+                )
                 if candidate is not None:
-                    info["candidates"].append({"file": f"{layer.key}-{variant}-c{index}.so",
-                                               "tiling": candidate["tiling"]})
+                    info["candidates"].append(
+                        {
+                            "file": f"{layer.key}-{variant}-c{index}.so",
+                            "tiling": candidate["tiling"],
+                        }
+                    )
             entry[variant] = info
             entry["macs"][variant] = layer.macs(variant == "structured")
-        entry["conv"] = {"stride": layer.stride, "padding": layer.padding, "groups": layer.groups,
-                         "input": [1, layer.in_channels, layer.height, layer.width]}
+        entry["conv"] = {
+            "stride": layer.stride,
+            "padding": layer.padding,
+            "groups": layer.groups,
+            "input": [1, layer.in_channels, layer.height, layer.width],
+        }
         entries[layer.key] = entry
         print(f"built {layer.key}", flush=True)
     (out / "layers.json").write_text(json.dumps(entries, indent=1))
@@ -178,8 +207,9 @@ def prepare(out: pathlib.Path, arch: str, candidates: bool = False,
     x = built.example_input.numpy()
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     np.save(out / "models" / "input.npy", x)
-    np.save(out / "models" / "expected.npy",
-            session.run(None, {session.get_inputs()[0].name: x})[0])
+    np.save(
+        out / "models" / "expected.npy", session.run(None, {session.get_inputs()[0].name: x})[0]
+    )
     onnx_path.unlink()
     models: Dict[str, dict] = {}
     for name in [MODEL, *extra_models]:
@@ -194,11 +224,13 @@ def prepare(out: pathlib.Path, arch: str, candidates: bool = False,
             mod = prepare_module(imported, structured).mod
             lifted, shapes = _lift_constants(mod)
             with target:
-                tvm.compile(lifted, target=target, relax_pipeline=cuda_pipeline(target)
-                            ).export_library(str(out / "models" / f"{name}-{variant}-lifted.so"))
+                tvm.compile(
+                    lifted, target=target, relax_pipeline=cuda_pipeline(target)
+                ).export_library(str(out / "models" / f"{name}-{variant}-lifted.so"))
                 if structured and name == MODEL:
-                    tvm.compile(mod, target=target, relax_pipeline=cuda_pipeline(target)
-                                ).export_library(str(out / "models" / f"{name}-structured.so"))
+                    tvm.compile(
+                        mod, target=target, relax_pipeline=cuda_pipeline(target)
+                    ).export_library(str(out / "models" / f"{name}-structured.so"))
             models[name][variant] = {"params": shapes}
             print(f"built {name} {variant}", flush=True)
     (out / "models.json").write_text(json.dumps(models))
@@ -206,9 +238,20 @@ def prepare(out: pathlib.Path, arch: str, candidates: bool = False,
     runtime = pathlib.Path(tvm.__file__).parent
     (out / "runtime").mkdir(exist_ok=True)
     with tarfile.open(out / "runtime" / "tvm.tar.gz", "w:gz") as archive:
-        archive.add(str(runtime), arcname="tvm", filter=lambda info: None if (
-            info.name.endswith("libtvm_compiler.so") or "/3rdparty" in info.name
-            or "/__pycache__" in info.name or "/web" in info.name) else info)
+        archive.add(
+            str(runtime),
+            arcname="tvm",
+            filter=lambda info: (
+                None
+                if (
+                    info.name.endswith("libtvm_compiler.so")
+                    or "/3rdparty" in info.name
+                    or "/__pycache__" in info.name
+                    or "/web" in info.name
+                )
+                else info
+            ),
+        )
     print(f"wrote {out}")
 
 
@@ -243,8 +286,10 @@ def measure(folder: pathlib.Path, out: pathlib.Path) -> None:
     if not tvm.cuda().exist:  # runtime-only TVM does not load its CUDA runtime by itself
         import ctypes
 
-        ctypes.CDLL(str(pathlib.Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"),
-                    mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(
+            str(pathlib.Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"),
+            mode=ctypes.RTLD_GLOBAL,
+        )
     if not tvm.cuda().exist:
         raise SystemExit("TVM sees no CUDA device")
     # the libraries hold CUDA C++, compiled when loaded; TVM's default callback asks the
@@ -264,8 +309,12 @@ def measure(folder: pathlib.Path, out: pathlib.Path) -> None:
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = False  # an fp32 oracle (and an fp32 peer)
     torch.backends.cuda.matmul.allow_tf32 = False
-    results: Dict[str, object] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                  "layers": {}, "models": {}}
+    results: Dict[str, object] = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "layers": {},
+        "models": {},
+    }
     rng = np.random.default_rng(0)
     for key, entry in json.loads((folder / "layers.json").read_text()).items():
         conv = entry["conv"]
@@ -278,36 +327,66 @@ def measure(folder: pathlib.Path, out: pathlib.Path) -> None:
             info = entry[variant]
             alpha = rng.standard_normal(info["alpha"]).astype("float32")
             module = tvm.runtime.load_module(str(folder / "layers" / f"{key}-{variant}.so"))
-            args = [tvm.runtime.tensor(x, device), tvm.runtime.tensor(alpha, device),
-                    tvm.runtime.tensor(np.zeros(info["output"], "float32"), device)]
+            args = [
+                tvm.runtime.tensor(x, device),
+                tvm.runtime.tensor(alpha, device),
+                tvm.runtime.tensor(np.zeros(info["output"], "float32"), device),
+            ]
             module["main"](*args)
-            weight = Structure(*info["structure"][:4], groups=info["structure"][4]).compose(
-                torch.from_numpy(alpha).double()).float().cuda()
-            expected = F.conv2d(x_gpu, weight, stride=conv["stride"], padding=conv["padding"],
-                                groups=conv["groups"])
+            weight = (
+                Structure(*info["structure"][:4], groups=info["structure"][4])
+                .compose(torch.from_numpy(alpha).double())
+                .float()
+                .cuda()
+            )
+            expected = F.conv2d(
+                x_gpu, weight, stride=conv["stride"], padding=conv["padding"], groups=conv["groups"]
+            )
             got = args[2].numpy()
-            error = float(np.max(np.abs(got - expected.cpu().numpy()))
-                          / max(float(expected.abs().max()), 1e-30))
+            error = float(
+                np.max(np.abs(got - expected.cpu().numpy()))
+                / max(float(expected.abs().max()), 1e-30)
+            )
             timer = module.time_evaluator("main", device, number=20, repeat=5, min_repeat_ms=20)
-            row[variant] = {"ms": float(np.median(timer(*args).results)) * 1e3,
-                            "rel_error": error, "template": info["template"], "candidates": []}
+            row[variant] = {
+                "ms": float(np.median(timer(*args).results)) * 1e3,
+                "rel_error": error,
+                "template": info["template"],
+                "candidates": [],
+            }
             for candidate in info.get("candidates", []):
                 other = tvm.runtime.load_module(str(folder / "layers" / candidate["file"]))
                 result = tvm.runtime.tensor(np.zeros(info["output"], "float32"), device)
                 other["main"](args[0], args[1], result)
-                candidate_error = float(np.max(np.abs(result.numpy() - expected.cpu().numpy()))
-                                        / max(float(expected.abs().max()), 1e-30))
-                candidate_timer = other.time_evaluator("main", device, number=20, repeat=3,
-                                                       min_repeat_ms=10)
-                row[variant]["candidates"].append({
-                    "tiling": candidate["tiling"], "rel_error": candidate_error,
-                    "ms": float(np.median(candidate_timer(args[0], args[1], result).results)) * 1e3})
-            row[variant]["best_ms"] = min([row[variant]["ms"]] + [
-                c["ms"] for c in row[variant]["candidates"] if c["rel_error"] < 1e-3])
+                candidate_error = float(
+                    np.max(np.abs(result.numpy() - expected.cpu().numpy()))
+                    / max(float(expected.abs().max()), 1e-30)
+                )
+                candidate_timer = other.time_evaluator(
+                    "main", device, number=20, repeat=3, min_repeat_ms=10
+                )
+                row[variant]["candidates"].append(
+                    {
+                        "tiling": candidate["tiling"],
+                        "rel_error": candidate_error,
+                        "ms": float(np.median(candidate_timer(args[0], args[1], result).results))
+                        * 1e3,
+                    }
+                )
+            row[variant]["best_ms"] = min(
+                [row[variant]["ms"]]
+                + [c["ms"] for c in row[variant]["candidates"] if c["rel_error"] < 1e-3]
+            )
             if variant == "original":
-                row["cudnn_ms"] = _torch_ms(lambda: F.conv2d(
-                    x_gpu, weight, stride=conv["stride"], padding=conv["padding"],
-                    groups=conv["groups"]))
+                row["cudnn_ms"] = _torch_ms(
+                    lambda: F.conv2d(
+                        x_gpu,
+                        weight,
+                        stride=conv["stride"],
+                        padding=conv["padding"],
+                        groups=conv["groups"],
+                    )
+                )
         results["layers"][key] = row
         print(key, json.dumps(row), flush=True)
 
@@ -320,13 +399,18 @@ def measure(folder: pathlib.Path, out: pathlib.Path) -> None:
     for name, variants in models.items():
         row = results["models"] if name == MODEL else results["more_models"].setdefault(name, {})
         for variant, info in variants.items():
-            vm = tvm_vm.VirtualMachine(tvm.runtime.load_module(
-                str(folder / "models" / f"{name}-{variant}-lifted.so")), device)
-            params = [tvm.runtime.tensor((0.05 * rng.standard_normal(shape)).astype(dtype),
-                                         device) for shape, dtype in info["params"]]
+            vm = tvm_vm.VirtualMachine(
+                tvm.runtime.load_module(str(folder / "models" / f"{name}-{variant}-lifted.so")),
+                device,
+            )
+            params = [
+                tvm.runtime.tensor((0.05 * rng.standard_normal(shape)).astype(dtype), device)
+                for shape, dtype in info["params"]
+            ]
             vm.set_input("main", tvm.runtime.tensor(x, device), *params)
-            timer = vm.time_evaluator("invoke_stateful", device, number=20, repeat=5,
-                                      min_repeat_ms=50)
+            timer = vm.time_evaluator(
+                "invoke_stateful", device, number=20, repeat=5, min_repeat_ms=50
+            )
             row[f"tvm-{variant}"] = float(np.median(timer("main").results)) * 1e3
         model = create_structured(name, seed=0).model.cuda().eval()
         with torch.no_grad():
@@ -335,12 +419,14 @@ def measure(folder: pathlib.Path, out: pathlib.Path) -> None:
             compiled(x_gpu)
             row["torch-compile"] = _torch_ms(lambda: compiled(x_gpu))
         print(name, json.dumps(row), flush=True)
-    bound = tvm_vm.VirtualMachine(tvm.runtime.load_module(
-        str(folder / "models" / f"{MODEL}-structured.so")), device)
+    bound = tvm_vm.VirtualMachine(
+        tvm.runtime.load_module(str(folder / "models" / f"{MODEL}-structured.so")), device
+    )
     got = bound["main"](tvm.runtime.tensor(x, device)).numpy()
     expected = np.load(folder / "models" / "expected.npy")
     results["models"]["structured_rel_error"] = float(
-        np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
+        np.max(np.abs(got - expected)) / np.max(np.abs(expected))
+    )
 
     print(json.dumps(results["models"]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -351,45 +437,66 @@ def measure(folder: pathlib.Path, out: pathlib.Path) -> None:
 
 def report(results: dict) -> str:
     """The per-layer and end-to-end tables as Markdown."""
-    sweep = any(row[v].get("candidates") for row in results["layers"].values()
-                for v in ("original", "structured") if v in row)
-    lines = [f"# GPU: {results['gpu']} (torch {results['torch']}), batch 1, fp32", "",
-             "| layer | MAC ratio | TVM original ms | TVM structured ms | realized | quotient "
-             "| cuDNN original ms | structured vs cuDNN | max rel error |"
-             + (" realized, best tiling of each |" if sweep else ""),
-             "|---|---|---|---|---|---|---|---|---|" + ("---|" if sweep else "")]
+    sweep = any(
+        row[v].get("candidates")
+        for row in results["layers"].values()
+        for v in ("original", "structured")
+        if v in row
+    )
+    lines = [
+        f"# GPU: {results['gpu']} (torch {results['torch']}), batch 1, fp32",
+        "",
+        "| layer | MAC ratio | TVM original ms | TVM structured ms | realized | quotient "
+        "| cuDNN original ms | structured vs cuDNN | max rel error |"
+        + (" realized, best tiling of each |" if sweep else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if sweep else ""),
+    ]
     for key, row in results["layers"].items():
         original = row["original"]["ms"]
         if "structured" not in row:
-            lines.append(f"| {key} (stem, unstructured) | 1 | {original:.4f} | | | | "
-                         f"{row['cudnn_ms']:.4f} | | {row['original']['rel_error']:.1e} |"
-                         + (" |" if sweep else ""))
+            lines.append(
+                f"| {key} (stem, unstructured) | 1 | {original:.4f} | | | | "
+                f"{row['cudnn_ms']:.4f} | | {row['original']['rel_error']:.1e} |"
+                + (" |" if sweep else "")
+            )
             continue
         structured = row["structured"]["ms"]
-        best = row["original"].get("best_ms", original) / row["structured"].get("best_ms", structured)
+        best = row["original"].get("best_ms", original) / row["structured"].get(
+            "best_ms", structured
+        )
         ratio = row["macs"]["original"] / row["macs"]["structured"]
         realized = original / structured
-        lines.append(f"| {key} | {ratio:.2f} | {original:.4f} | {structured:.4f} | "
-                     f"{realized:.2f} | {realized / ratio:.2f} | {row['cudnn_ms']:.4f} | "
-                     f"{row['cudnn_ms'] / structured:.2f} | "
-                     f"{max(row['original']['rel_error'], row['structured']['rel_error']):.1e} |"
-                     + (f" {best:.2f} |" if sweep else ""))
+        lines.append(
+            f"| {key} | {ratio:.2f} | {original:.4f} | {structured:.4f} | "
+            f"{realized:.2f} | {realized / ratio:.2f} | {row['cudnn_ms']:.4f} | "
+            f"{row['cudnn_ms'] / structured:.2f} | "
+            f"{max(row['original']['rel_error'], row['structured']['rel_error']):.1e} |"
+            + (f" {best:.2f} |" if sweep else "")
+        )
     m = results["models"]
     lines += ["", "| ResNet-18 end to end | median ms |", "|---|---|"]
     for name in ("tvm-original", "tvm-structured", "torch-eager", "torch-compile"):
         lines.append(f"| {name} | {m[name]:.3f} |")
-    lines += ["", f"structured TVM vs original TVM: {m['tvm-original'] / m['tvm-structured']:.2f}x; "
-              f"vs torch eager (cuDNN): {m['torch-eager'] / m['tvm-structured']:.2f}x; "
-              f"vs torch.compile: {m['torch-compile'] / m['tvm-structured']:.2f}x; "
-              f"structured build vs onnxruntime: max rel error {m['structured_rel_error']:.1e}"]
+    lines += [
+        "",
+        f"structured TVM vs original TVM: {m['tvm-original'] / m['tvm-structured']:.2f}x; "
+        f"vs torch eager (cuDNN): {m['torch-eager'] / m['tvm-structured']:.2f}x; "
+        f"vs torch.compile: {m['torch-compile'] / m['tvm-structured']:.2f}x; "
+        f"structured build vs onnxruntime: max rel error {m['structured_rel_error']:.1e}",
+    ]
     for name, row in results.get("more_models", {}).items():
         lines += ["", f"| {name} end to end (random weights) | median ms |", "|---|---|"]
-        lines += [f"| {key} | {row[key]:.3f} |" for key in
-                  ("tvm-original", "tvm-structured", "torch-eager", "torch-compile")]
-        lines += ["", f"{name}: structured TVM vs original TVM "
-                  f"{row['tvm-original'] / row['tvm-structured']:.2f}x; vs torch eager (cuDNN) "
-                  f"{row['torch-eager'] / row['tvm-structured']:.2f}x; vs torch.compile "
-                  f"{row['torch-compile'] / row['tvm-structured']:.2f}x"]
+        lines += [
+            f"| {key} | {row[key]:.3f} |"
+            for key in ("tvm-original", "tvm-structured", "torch-eager", "torch-compile")
+        ]
+        lines += [
+            "",
+            f"{name}: structured TVM vs original TVM "
+            f"{row['tvm-original'] / row['tvm-structured']:.2f}x; vs torch eager (cuDNN) "
+            f"{row['torch-eager'] / row['tvm-structured']:.2f}x; vs torch.compile "
+            f"{row['torch-compile'] / row['tvm-structured']:.2f}x",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -399,10 +506,16 @@ def main() -> None:
     p = commands.add_parser("prepare", help="compile the kernels and models (no GPU needed)")
     p.add_argument("out", type=pathlib.Path)
     p.add_argument("--arch", default="sm_90")
-    p.add_argument("--models", default="resnet50",
-                   help="more built-in models timed end to end (comma-separated, '' for none)")
-    p.add_argument("--sweep", action="store_true",
-                   help="also build the CANDIDATES tilings of every layer (a tiling sweep)")
+    p.add_argument(
+        "--models",
+        default="resnet50",
+        help="more built-in models timed end to end (comma-separated, '' for none)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also build the CANDIDATES tilings of every layer (a tiling sweep)",
+    )
     m = commands.add_parser("measure", help="check and time them on the GPU")
     m.add_argument("folder", type=pathlib.Path)
     m.add_argument("--out", type=pathlib.Path, required=True)

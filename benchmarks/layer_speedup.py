@@ -62,8 +62,10 @@ class Layer:
     @property
     def key(self) -> str:
         """A short unique name: ``64x56x56-k3s1-g1->64``."""
-        return (f"{self.in_channels}x{self.height}x{self.width}-k{self.kernel}s{self.stride}"
-                f"-g{self.groups}->{self.out_channels}")
+        return (
+            f"{self.in_channels}x{self.height}x{self.width}-k{self.kernel}s{self.stride}"
+            f"-g{self.groups}->{self.out_channels}"
+        )
 
     @property
     def out_size(self) -> int:
@@ -74,7 +76,7 @@ class Layer:
         """Multiply-accumulates of the original or the structured conv."""
         channels = (self.reduced_channels if structured else self.in_channels) // self.groups
         kernel = self.reduced_kernel if structured else self.kernel
-        return self.out_size ** 2 * self.out_channels * channels * kernel ** 2
+        return self.out_size**2 * self.out_channels * channels * kernel**2
 
 
 def collect_layers(models: Sequence[str], quick: bool, plan_text: str = PLAN) -> List[Layer]:
@@ -92,25 +94,35 @@ def collect_layers(models: Sequence[str], quick: bool, plan_text: str = PLAN) ->
         hooks = []
         for module_name, module in model.named_modules():
             if isinstance(module, nn.Conv2d):
+
                 def hook(layer, inputs, _output, module_name=module_name):
                     structure = plan.structure_for(module_name, layer)
                     if structure is None:
                         return
-                    shape = (layer.in_channels, layer.out_channels, layer.kernel_size[0],
-                             layer.stride[0], layer.padding[0], layer.groups,
-                             *inputs[0].shape[2:], structure.reduced_channels,
-                             structure.reduced_kernel_size[0])
+                    shape = (
+                        layer.in_channels,
+                        layer.out_channels,
+                        layer.kernel_size[0],
+                        layer.stride[0],
+                        layer.padding[0],
+                        layer.groups,
+                        *inputs[0].shape[2:],
+                        structure.reduced_channels,
+                        structure.reduced_kernel_size[0],
+                    )
                     entry = found.setdefault(shape, {"models": [], "count": 0})
                     entry["count"] += 1
                     if name not in entry["models"]:
                         entry["models"].append(name)
+
                 hooks.append(module.register_forward_hook(hook))
         with torch.no_grad():
             model(torch.zeros(1, 3, 224, 224))
         for hook in hooks:
             hook.remove()
-    layers = [Layer(*shape, ",".join(entry["models"]), entry["count"])
-              for shape, entry in found.items()]
+    layers = [
+        Layer(*shape, ",".join(entry["models"]), entry["count"]) for shape, entry in found.items()
+    ]
     if quick:
         layers = [layer for layer in layers if layer.kernel == 3 and layer.groups == 1]
     return layers
@@ -131,10 +143,12 @@ def build_layer(layer: Layer, structured: bool, target, path: pathlib.Path) -> N
     structure = Structure(layer.in_channels, layer.kernel, channels, kernel, layer.groups)
     block = x86.channel_block(target, layer.out_channels, layer.groups, layer.out_size)
     data = te.placeholder((1, layer.height, layer.width, layer.in_channels), name="data")
-    alpha = te.placeholder((layer.out_channels // block, kernel, kernel,
-                            channels // layer.groups, block), name="alpha")
-    out = ops.structured_conv2d_nhwc(data, alpha, structure, (layer.stride,) * 2,
-                                     (layer.padding,) * 4)
+    alpha = te.placeholder(
+        (layer.out_channels // block, kernel, kernel, channels // layer.groups, block), name="alpha"
+    )
+    out = ops.structured_conv2d_nhwc(
+        data, alpha, structure, (layer.stride,) * 2, (layer.padding,) * 4
+    )
     sch = x86.StructuredConv2dRule().apply(te.create_prim_func([data, alpha, out]), target, False)
     tvm.compile(sch.mod, target=target).export_library(str(path))
 
@@ -150,12 +164,20 @@ def tvm_worker(layers: List[Layer], libdir: pathlib.Path, pairs: int) -> Dict[st
         for variant in ("original", "structured"):
             module = tvm.runtime.load_module(str(libdir / f"{layer.key}-{variant}.so"))
             func = module["main"]
-            args = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal(
-                [int(d) for d in param_shape]).astype("float32"), device)
-                for param_shape in _param_shapes(layer, variant == "structured")]
+            args = [
+                tvm.runtime.tensor(
+                    np.random.default_rng(0)
+                    .standard_normal([int(d) for d in param_shape])
+                    .astype("float32"),
+                    device,
+                )
+                for param_shape in _param_shapes(layer, variant == "structured")
+            ]
             func(*args)
-            runs[variant] = (module.time_evaluator("main", device, number=1, repeat=1,
-                                                   min_repeat_ms=40), args)
+            runs[variant] = (
+                module.time_evaluator("main", device, number=1, repeat=1, min_repeat_ms=40),
+                args,
+            )
         times = {"original": [], "structured": []}
         for _ in range(pairs):
             for variant, (timer, args) in runs.items():
@@ -173,9 +195,11 @@ def _param_shapes(layer: Layer, structured: bool, target=None) -> List[tuple]:
     channels = layer.reduced_channels if structured else layer.in_channels
     kernel = layer.reduced_kernel if structured else layer.kernel
     block = x86.channel_block(target, layer.out_channels, layer.groups, layer.out_size)
-    return [(1, layer.height, layer.width, layer.in_channels),
-            (layer.out_channels // block, kernel, kernel, channels // layer.groups, block),
-            (1, layer.out_size, layer.out_size, layer.out_channels)]
+    return [
+        (1, layer.height, layer.width, layer.in_channels),
+        (layer.out_channels // block, kernel, kernel, channels // layer.groups, block),
+        (1, layer.out_size, layer.out_size, layer.out_channels),
+    ]
 
 
 # ---------------------------------------------------------------------------- torch side
@@ -189,24 +213,40 @@ def torch_worker(layers: List[Layer], threads: int, repeats: int) -> Dict[str, L
     with torch.no_grad():
         for layer in layers:
             x = torch.randn(1, layer.in_channels, layer.height, layer.width)
-            w = torch.randn(layer.out_channels, layer.in_channels // layer.groups,
-                            layer.kernel, layer.kernel)
+            w = torch.randn(
+                layer.out_channels, layer.in_channels // layer.groups, layer.kernel, layer.kernel
+            )
 
             def run():
-                return F.conv2d(x, w, stride=layer.stride, padding=layer.padding,
-                                groups=layer.groups)
+                return F.conv2d(
+                    x, w, stride=layer.stride, padding=layer.padding, groups=layer.groups
+                )
 
-            results[layer.key] = list(time_callable(run, repeats, min_repeat_ms=40,
-                                                    warmup=3).samples_ms)
+            results[layer.key] = list(
+                time_callable(run, repeats, min_repeat_ms=40, warmup=3).samples_ms
+            )
     return results
 
 
 # ---------------------------------------------------------------------------- driver
-def _run_worker(kind: str, spec: pathlib.Path, libdir: pathlib.Path, threads: int,
-                pairs: int) -> dict:
+def _run_worker(
+    kind: str, spec: pathlib.Path, libdir: pathlib.Path, threads: int, pairs: int
+) -> dict:
     env = thread_environment(threads)
-    command = [sys.executable, __file__, "--worker", kind, "--spec", str(spec),
-               "--libdir", str(libdir), "--threads", str(threads), "--pairs", str(pairs)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--spec",
+        str(spec),
+        "--libdir",
+        str(libdir),
+        "--threads",
+        str(threads),
+        "--pairs",
+        str(pairs),
+    ]
     output = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
@@ -217,23 +257,33 @@ def summarize(layers: List[Layer], tvm_rounds: List[dict], torch_rounds: List[di
     for layer in layers:
         original = [np.median(r[layer.key]["original"]) for r in tvm_rounds]
         structured = [np.median(r[layer.key]["structured"]) for r in tvm_rounds]
-        realized = [np.median(np.array(r[layer.key]["original"]) / np.array(r[layer.key]["structured"]))
-                    for r in tvm_rounds]
+        realized = [
+            np.median(np.array(r[layer.key]["original"]) / np.array(r[layer.key]["structured"]))
+            for r in tvm_rounds
+        ]
         torch_ms = [np.median(r[layer.key]) for r in torch_rounds]
         mac_ratio = layer.macs(False) / layer.macs(True)
         t_orig, t_struct, t_torch = (float(np.median(v)) for v in (original, structured, torch_ms))
-        rows.append({
-            **asdict(layer), "key": layer.key, "out_size": layer.out_size,
-            "macs_original": layer.macs(False), "macs_structured": layer.macs(True),
-            "mac_ratio": mac_ratio, "original_ms": t_orig, "structured_ms": t_struct,
-            "torch_ms": t_torch, "realized": float(np.median(realized)),
-            "realized_by_round": [float(v) for v in realized],
-            "quotient": float(np.median(realized)) / mac_ratio,
-            "original_gmacs": layer.macs(False) / t_orig / 1e6,
-            "structured_gmacs": layer.macs(True) / t_struct / 1e6,
-            "torch_gmacs": layer.macs(False) / t_torch / 1e6,
-            "structured_vs_torch": t_torch / t_struct,
-        })
+        rows.append(
+            {
+                **asdict(layer),
+                "key": layer.key,
+                "out_size": layer.out_size,
+                "macs_original": layer.macs(False),
+                "macs_structured": layer.macs(True),
+                "mac_ratio": mac_ratio,
+                "original_ms": t_orig,
+                "structured_ms": t_struct,
+                "torch_ms": t_torch,
+                "realized": float(np.median(realized)),
+                "realized_by_round": [float(v) for v in realized],
+                "quotient": float(np.median(realized)) / mac_ratio,
+                "original_gmacs": layer.macs(False) / t_orig / 1e6,
+                "structured_gmacs": layer.macs(True) / t_struct / 1e6,
+                "torch_gmacs": layer.macs(False) / t_torch / 1e6,
+                "structured_vs_torch": t_torch / t_struct,
+            }
+        )
     return rows
 
 
@@ -241,23 +291,31 @@ def markdown(rows: List[dict], header: Dict[str, str]) -> str:
     """The results as a markdown table with a header and a verdict on the targets."""
     lines = [f"# Layer speedup, {header['cpu']}", ""]
     lines += [f"* {key}: {value}" for key, value in header.items()]
-    lines += ["", "| layer | models (×count) | MAC ratio | original ms | structured ms | realized "
-              "| quotient | orig GMAC/s | struct GMAC/s | torch ms | struct vs torch |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| layer | models (×count) | MAC ratio | original ms | structured ms | realized "
+        "| quotient | orig GMAC/s | struct GMAC/s | torch ms | struct vs torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['key']} {r['kernel']}x{r['kernel']}→{r['reduced_kernel']}, c={r['reduced_channels']} "
+            f"| {r['key']} {r['kernel']}x{r['kernel']}→{r['reduced_kernel']}, "
+            f"c={r['reduced_channels']} "
             f"| {r['models']} (×{r['count']}) | {r['mac_ratio']:.2f} | {r['original_ms']:.3f} "
             f"| {r['structured_ms']:.3f} | {r['realized']:.2f} | {r['quotient']:.2f} "
             f"| {r['original_gmacs']:.1f} | {r['structured_gmacs']:.1f} | {r['torch_ms']:.3f} "
-            f"| {r['structured_vs_torch']:.2f}× |")
+            f"| {r['structured_vs_torch']:.2f}× |"
+        )
     target = [r for r in rows if r["kernel"] == 3 and r["groups"] == 1 and r["in_channels"] >= 64]
     if target:
         met = sum(r["quotient"] >= 0.9 for r in target)
         faster = sum(r["structured_vs_torch"] > 1 for r in target)
-        lines += ["", f"3×3 layers with ≥ 64 channels: quotient ≥ 0.9 in {met} of {len(target)} "
-                  f"(median {np.median([r['quotient'] for r in target]):.2f}); structured faster "
-                  f"than torch eager's original in {faster} of {len(target)}."]
+        lines += [
+            "",
+            f"3×3 layers with ≥ 64 channels: quotient ≥ 0.9 in {met} of {len(target)} "
+            f"(median {np.median([r['quotient'] for r in target]):.2f}); structured faster "
+            f"than torch eager's original in {faster} of {len(target)}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -298,8 +356,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         start = time.time()
         for layer in layers:
             for variant in ("original", "structured"):
-                build_layer(layer, variant == "structured", target,
-                            libdir / f"{layer.key}-{variant}.so")
+                build_layer(
+                    layer, variant == "structured", target, libdir / f"{layer.key}-{variant}.so"
+                )
         print(f"built {2 * len(layers)} kernels in {time.time() - start:.0f} s", flush=True)
         spec = libdir / "layers.json"
         spec.write_text(json.dumps([asdict(layer) for layer in layers]))
@@ -310,9 +369,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"round {round_index + 1}/{args.rounds} done", flush=True)
     rows = summarize(layers, tvm_rounds, torch_rounds)
     header = {
-        "cpu": cpu, "target": str(target), "threads": str(args.threads),
-        "tvm": tvm.__version__, "rounds": f"{args.rounds} (TVM and torch each in its own process)",
-        "plan": plan, "mode": "quick (ResNet-18 3x3)" if args.quick else "all layers",
+        "cpu": cpu,
+        "target": str(target),
+        "threads": str(args.threads),
+        "tvm": tvm.__version__,
+        "rounds": f"{args.rounds} (TVM and torch each in its own process)",
+        "plan": plan,
+        "mode": "quick (ResNet-18 3x3)" if args.quick else "all layers",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
     }

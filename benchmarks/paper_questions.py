@@ -80,15 +80,28 @@ class Config:
 
 
 FULL = Config(
-    seeds=5, sweep_seeds=3, epochs=25, strength=1.0, strengths=(0.03, 0.1, 0.3, 1.0, 3.0),
+    seeds=5,
+    sweep_seeds=3,
+    epochs=25,
+    strength=1.0,
+    strengths=(0.03, 0.1, 0.3, 1.0, 3.0),
     plans=(MAIN_PLAN, "3x3:c=C/2,n=3", "3x3:c=C/2,n=2", "3x3:c=C/4,n=2", "3x3:c=C/2,n=1"),
-    batch_sizes=(16, 64, 256), kernel_sizes=(3, 5, 7), timing_steps=20,
+    batch_sizes=(16, 64, 256),
+    kernel_sizes=(3, 5, 7),
+    timing_steps=20,
     dense_channels=(64, 128, 256, 512),
 )
 QUICK = Config(
-    seeds=2, sweep_seeds=2, epochs=2, strength=1.0, strengths=(0.1, 1.0),
-    plans=(MAIN_PLAN, "3x3:c=C/2,n=2"), batch_sizes=(16, 64), kernel_sizes=(3, 5),
-    timing_steps=3, dense_channels=(64, 128),
+    seeds=2,
+    sweep_seeds=2,
+    epochs=2,
+    strength=1.0,
+    strengths=(0.1, 1.0),
+    plans=(MAIN_PLAN, "3x3:c=C/2,n=2"),
+    batch_sizes=(16, 64),
+    kernel_sizes=(3, 5),
+    timing_steps=3,
+    dense_channels=(64, 128),
 )
 
 
@@ -174,8 +187,13 @@ def with_fresh_structured_layers(model: nn.Sequential, plan: Plan) -> nn.Sequent
     for name, structure in plan.apply(model).items():
         conv = model.get_submodule(name)
         model[int(name)] = StructuredConv2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, structure.reduced_channels,
-            structure.reduced_kernel_size, padding=conv.padding, bias=conv.bias is not None,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            structure.reduced_channels,
+            structure.reduced_kernel_size,
+            padding=conv.padding,
+            bias=conv.bias is not None,
         )
     return model
 
@@ -207,7 +225,7 @@ def train(
     for _ in progress(range(config.epochs), config.epochs, desc):
         order = torch.randperm(len(split.train_y), generator=generator)
         for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
+            batch = order[start : start + config.batch_size]
             loss = F.cross_entropy(model(split.train_x[batch]), split.train_y[batch])
             if regularizer is not None:
                 loss = loss + regularizer()
@@ -249,7 +267,7 @@ def recalibrate_batchnorm(model: nn.Module, split: Split) -> nn.Module:
             module.momentum = None
     model.train()
     for start in range(0, len(split.train_x), 256):
-        model(split.train_x[start:start + 256])
+        model(split.train_x[start : start + 256])
     return model.eval()
 
 
@@ -298,8 +316,14 @@ class Runner:
                 torch.manual_seed(seed)
                 model = small_cnn()
                 regularizer = StructuralRegularizer(model, Plan.parse(plan_text), strength)
-                train(model, self.split(seed), self.config, seed,
-                      f"λ={strength:g} {plan_text} s{seed}", regularizer)
+                train(
+                    model,
+                    self.split(seed),
+                    self.config,
+                    seed,
+                    f"λ={strength:g} {plan_text} s{seed}",
+                    regularizer,
+                )
             self._regularized[key] = self._decompose(model, plan_text, seed)
         return self._regularized[key]
 
@@ -318,8 +342,13 @@ class Runner:
         key = (f"plain {kernel_size}", seed)
         if key not in self._accuracies:
             torch.manual_seed(seed)
-            model = train(small_cnn(kernel_size), self.split(seed), self.config, seed,
-                          f"plain {kernel_size}x{kernel_size} s{seed}")
+            model = train(
+                small_cnn(kernel_size),
+                self.split(seed),
+                self.config,
+                seed,
+                f"plain {kernel_size}x{kernel_size} s{seed}",
+            )
             self._accuracies[key] = accuracy(model, self.split(seed))
         return self._accuracies[key]
 
@@ -384,10 +413,18 @@ def experiment_variants(runner: Runner) -> Table:
     table = Table(["model", "params", "MACs", "test accuracy %", "vs step 2 (paired, points)"])
     rows = [
         ("Baseline, 3×3, no regularizer", "baseline", params, macs),
-        ("Baseline projected (step 2 without step 1)", "baseline projected", structured_params,
-         structured_macs),
-        ("… + BatchNorm re-estimated", "baseline projected + BN", structured_params,
-         structured_macs),
+        (
+            "Baseline projected (step 2 without step 1)",
+            "baseline projected",
+            structured_params,
+            structured_macs,
+        ),
+        (
+            "… + BatchNorm re-estimated",
+            "baseline projected + BN",
+            structured_params,
+            structured_macs,
+        ),
         (f"Step 1: regularized, λ = {config.strength:g}", "step 1", params, macs),
         ("Step 2: decomposed (projected)", "step 2", structured_params, structured_macs),
         ("… + BatchNorm re-estimated", "step 2 + BN", structured_params, structured_macs),
@@ -411,10 +448,15 @@ def experiment_strength(runner: Runner) -> Table:
     for strength in (0.0,) + runner.config.strengths:
         runs = [runner.regularized(MAIN_PLAN, strength, seed) for seed in seeds]
         curves[strength] = runs
-        table.rows.append([
-            f"{strength:g}", pm([r.step1 for r in runs]), pm([r.step2 for r in runs]),
-            pm([r.step2_recalibrated for r in runs]), pm([r.residual for r in runs], 1.0, 4),
-        ])
+        table.rows.append(
+            [
+                f"{strength:g}",
+                pm([r.step1 for r in runs]),
+                pm([r.step2 for r in runs]),
+                pm([r.step2_recalibrated for r in runs]),
+                pm([r.residual for r in runs], 1.0, 4),
+            ]
+        )
     table.data = {"curves": curves}
     return table
 
@@ -423,10 +465,19 @@ def experiment_compression(runner: Runner) -> Table:
     """(b) regularize + decompose against direct training for several ``(c, n)``."""
     config = runner.config
     seeds = range(config.sweep_seeds)
-    table = Table([
-        "plan", "conv MACs ×", "params ×", "step 1 %", "step 2 %", "step 2 + BN %",
-        "direct %", "direct − (step 2 + BN), paired", "residual r(W)",
-    ])
+    table = Table(
+        [
+            "plan",
+            "conv MACs ×",
+            "params ×",
+            "step 1 %",
+            "step 2 %",
+            "step 2 + BN %",
+            "direct %",
+            "direct − (step 2 + BN), paired",
+            "residual r(W)",
+        ]
+    )
     points = []
     baseline = [runner.regularized(MAIN_PLAN, 0.0, seed).step1 for seed in seeds]
     table.rows.append(["baseline (3×3)", "1.00", "1.00", pm(baseline), "—", "—", "—", "—", "—"])
@@ -434,13 +485,19 @@ def experiment_compression(runner: Runner) -> Table:
         runs = [runner.regularized(plan_text, config.strength, seed) for seed in seeds]
         direct = [runner.direct(plan_text, seed) for seed in seeds]
         macs, structured_macs, params, structured_params = structured_cost(plan_text)
-        table.rows.append([
-            f"`{plan_text}`", f"{macs / structured_macs:.2f}", f"{params / structured_params:.2f}",
-            pm([r.step1 for r in runs]), pm([r.step2 for r in runs]),
-            pm([r.step2_recalibrated for r in runs]), pm(direct),
-            pm([d - r.step2_recalibrated for d, r in zip(direct, runs)]),
-            pm([r.residual for r in runs], 1.0, 4),
-        ])
+        table.rows.append(
+            [
+                f"`{plan_text}`",
+                f"{macs / structured_macs:.2f}",
+                f"{params / structured_params:.2f}",
+                pm([r.step1 for r in runs]),
+                pm([r.step2 for r in runs]),
+                pm([r.step2_recalibrated for r in runs]),
+                pm(direct),
+                pm([d - r.step2_recalibrated for d, r in zip(direct, runs)]),
+                pm([r.residual for r in runs], 1.0, 4),
+            ]
+        )
         points.append((plan_text, structured_macs / macs, runs, direct))
     table.data = {"points": points, "baseline": baseline}
     return table
@@ -486,10 +543,17 @@ def alternating_medians(functions: Dict[str, Callable[[], None]], count: int) ->
 
 def experiment_step_cost(config: Config) -> Table:
     """(c) the regularizer's share of a training step of the small CNN."""
-    table = Table([
-        "kernel", "plan", "batch", "step ms", "step + regularizer ms", "ratio",
-        "regularizer alone ms",
-    ])
+    table = Table(
+        [
+            "kernel",
+            "plan",
+            "batch",
+            "step ms",
+            "step + regularizer ms",
+            "ratio",
+            "regularizer alone ms",
+        ]
+    )
     ratios: Dict[int, List[Tuple[int, float]]] = {}
     grid = [(k, b) for k in config.kernel_sizes for b in config.batch_sizes]
     for kernel_size, batch_size in progress(grid, len(grid), "(c) step cost"):
@@ -502,45 +566,68 @@ def experiment_step_cost(config: Config) -> Table:
             model.zero_grad(set_to_none=True)
             regularizer().backward()
 
-        medians = alternating_medians({
-            "without": training_step(model, batch_size),
-            "with": training_step(model, batch_size, regularizer),
-            "alone": regularizer_alone,
-        }, config.timing_steps)
+        medians = alternating_medians(
+            {
+                "without": training_step(model, batch_size),
+                "with": training_step(model, batch_size, regularizer),
+                "alone": regularizer_alone,
+            },
+            config.timing_steps,
+        )
         without, with_, alone = medians["without"], medians["with"], medians["alone"]
         ratios.setdefault(kernel_size, []).append((batch_size, with_ / without))
-        table.rows.append([
-            f"{kernel_size}×{kernel_size}", f"c=C/2, n={kernel_size - 1}", str(batch_size),
-            f"{without:.2f}", f"{with_:.2f}", f"{with_ / without:.2f}", f"{alone:.2f}",
-        ])
+        table.rows.append(
+            [
+                f"{kernel_size}×{kernel_size}",
+                f"c=C/2, n={kernel_size - 1}",
+                str(batch_size),
+                f"{without:.2f}",
+                f"{with_:.2f}",
+                f"{with_ / without:.2f}",
+                f"{alone:.2f}",
+            ]
+        )
     table.data = {"ratios": ratios}
     return table
 
 
 def experiment_direct_cost(config: Config) -> Table:
     """(c) a training step of the ordinary CNN, with the regularizer, and trained through α."""
-    table = Table([
-        "plan", "batch", "ordinary ms", "+ regularizer ms (ratio)", "direct, StructuredConv2d ms (ratio)",
-    ])
+    table = Table(
+        [
+            "plan",
+            "batch",
+            "ordinary ms",
+            "+ regularizer ms (ratio)",
+            "direct, StructuredConv2d ms (ratio)",
+        ]
+    )
     grid = [(p, b) for p in config.plans for b in config.batch_sizes[-2:]]
     for plan_text, batch_size in progress(grid, len(grid), "(c) direct cost"):
         torch.manual_seed(0)
         plan = Plan.parse(plan_text)
         ordinary = small_cnn()
         direct = with_fresh_structured_layers(small_cnn(), plan)
-        medians = alternating_medians({
-            "ordinary": training_step(ordinary, batch_size),
-            "regularized": training_step(
-                ordinary, batch_size, StructuralRegularizer(ordinary, plan, 0.1)
-            ),
-            "direct": training_step(direct, batch_size),
-        }, config.timing_steps)
+        medians = alternating_medians(
+            {
+                "ordinary": training_step(ordinary, batch_size),
+                "regularized": training_step(
+                    ordinary, batch_size, StructuralRegularizer(ordinary, plan, 0.1)
+                ),
+                "direct": training_step(direct, batch_size),
+            },
+            config.timing_steps,
+        )
         base = medians["ordinary"]
-        table.rows.append([
-            f"`{plan_text}`", str(batch_size), f"{base:.2f}",
-            f"{medians['regularized']:.2f} ({medians['regularized'] / base:.2f})",
-            f"{medians['direct']:.2f} ({medians['direct'] / base:.2f})",
-        ])
+        table.rows.append(
+            [
+                f"`{plan_text}`",
+                str(batch_size),
+                f"{base:.2f}",
+                f"{medians['regularized']:.2f} ({medians['regularized'] / base:.2f})",
+                f"{medians['direct']:.2f} ({medians['direct'] / base:.2f})",
+            ]
+        )
     return table
 
 
@@ -551,16 +638,24 @@ def _median_ms(function: Callable[[], None], repeats: int) -> float:
 
 def experiment_dense_projector(config: Config) -> Table:
     """(c) one layer's residual, forward + backward: Kronecker factors against a dense projector."""
-    table = Table([
-        "layer (3×3, c=C/2, n=2)", "Kronecker ms", "dense projector ms", "projector MB",
-    ])
+    table = Table(
+        [
+            "layer (3×3, c=C/2, n=2)",
+            "Kronecker ms",
+            "dense projector ms",
+            "projector MB",
+        ]
+    )
     for channels in progress(config.dense_channels, len(config.dense_channels), "(c) dense"):
         structure = Structure(channels, 3, channels // 2, 2)
         weight = torch.randn(channels, channels, 3, 3, requires_grad=True)
-        basis = np.kron(banded_ones(channels, channels // 2),
-                        np.kron(banded_ones(3, 2), banded_ones(3, 2)))
-        pinv = np.kron(np.linalg.pinv(banded_ones(channels, channels // 2)),
-                       np.kron(np.linalg.pinv(banded_ones(3, 2)), np.linalg.pinv(banded_ones(3, 2))))
+        basis = np.kron(
+            banded_ones(channels, channels // 2), np.kron(banded_ones(3, 2), banded_ones(3, 2))
+        )
+        pinv = np.kron(
+            np.linalg.pinv(banded_ones(channels, channels // 2)),
+            np.kron(np.linalg.pinv(banded_ones(3, 2)), np.linalg.pinv(banded_ones(3, 2))),
+        )
         projector = torch.tensor(basis @ pinv, dtype=torch.float32)
 
         def kronecker() -> None:
@@ -568,12 +663,18 @@ def experiment_dense_projector(config: Config) -> Table:
 
         def dense() -> None:
             flat = weight.reshape(channels, -1)
-            (torch.linalg.vector_norm(flat - flat @ projector.T) / torch.linalg.vector_norm(flat)).backward()
+            (
+                torch.linalg.vector_norm(flat - flat @ projector.T) / torch.linalg.vector_norm(flat)
+            ).backward()
 
-        table.rows.append([
-            f"{channels}→{channels}", f"{_median_ms(kronecker, 5):.2f}",
-            f"{_median_ms(dense, 3):.1f}", f"{projector.numel() * 4 / 2**20:.0f}",
-        ])
+        table.rows.append(
+            [
+                f"{channels}→{channels}",
+                f"{_median_ms(kronecker, 5):.2f}",
+                f"{_median_ms(dense, 3):.1f}",
+                f"{projector.numel() * 4 / 2**20:.0f}",
+            ]
+        )
     return table
 
 
@@ -634,8 +735,13 @@ def plot_all(out: pathlib.Path, tables: Dict[str, Table], config: Config) -> Non
     labels = list(columns)
     stats = [mean_se([100 * v for v in columns[label]]) for label in labels]
     figure, axis = plt.subplots(figsize=(8, 3.6))
-    axis.bar(range(len(labels)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3,
-             color=["#777"] * 3 + ["#1f77b4"] * 3 + ["#2ca02c", "#d62728"])
+    axis.bar(
+        range(len(labels)),
+        [m for m, _ in stats],
+        yerr=[s for _, s in stats],
+        capsize=3,
+        color=["#777"] * 3 + ["#1f77b4"] * 3 + ["#2ca02c", "#d62728"],
+    )
     axis.set_xticks(range(len(labels)), labels, rotation=25, ha="right")
     axis.set_ylim(max(0, min(m - s for m, s in stats) - 5), 100)
     axis.set_ylabel("test accuracy (%)")
@@ -647,13 +753,23 @@ def plot_all(out: pathlib.Path, tables: Dict[str, Table], config: Config) -> Non
     curves = tables["strength"].data["curves"]
     strengths = [s for s in curves if s > 0]
     figure, axis = plt.subplots(figsize=(6, 3.6))
-    for attribute, label in (("step1", "step 1 (regularized)"), ("step2", "step 2 (decomposed)"),
-                             ("step2_recalibrated", "step 2 + BN re-estimated")):
+    for attribute, label in (
+        ("step1", "step 1 (regularized)"),
+        ("step2", "step 2 (decomposed)"),
+        ("step2_recalibrated", "step 2 + BN re-estimated"),
+    ):
         stats = [mean_se([100 * getattr(r, attribute) for r in curves[s]]) for s in strengths]
-        axis.errorbar(strengths, [m for m, _ in stats], yerr=[e for _, e in stats], marker="o",
-                      capsize=3, label=label)
-    axis.axhline(100 * mean_se([r.step1 for r in curves[0.0]])[0], color="grey", ls="--",
-                 label="baseline")
+        axis.errorbar(
+            strengths,
+            [m for m, _ in stats],
+            yerr=[e for _, e in stats],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    axis.axhline(
+        100 * mean_se([r.step1 for r in curves[0.0]])[0], color="grey", ls="--", label="baseline"
+    )
     axis.set_xscale("log")
     axis.set_xlabel("λ")
     axis.set_ylabel("test accuracy (%)")
@@ -672,13 +788,31 @@ def plot_all(out: pathlib.Path, tables: Dict[str, Table], config: Config) -> Non
         (lambda runs, direct: direct, "direct training of α", "^"),
     ):
         stats = [mean_se([100 * v for v in getter(runs, direct)]) for _, _, runs, direct in points]
-        axis.errorbar(fractions, [m for m, _ in stats], yerr=[e for _, e in stats], marker=marker,
-                      ls="none", capsize=3, label=label)
+        axis.errorbar(
+            fractions,
+            [m for m, _ in stats],
+            yerr=[e for _, e in stats],
+            marker=marker,
+            ls="none",
+            capsize=3,
+            label=label,
+        )
     for plan_text, fraction, _, _ in points:
-        axis.annotate(plan_text.split(":")[1], (fraction, 0), xycoords=("data", "axes fraction"),
-                      xytext=(0, 4), textcoords="offset points", rotation=90, fontsize=7)
-    axis.axhline(100 * mean_se(tables["compression"].data["baseline"])[0], color="grey", ls="--",
-                 label="baseline")
+        axis.annotate(
+            plan_text.split(":")[1],
+            (fraction, 0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 4),
+            textcoords="offset points",
+            rotation=90,
+            fontsize=7,
+        )
+    axis.axhline(
+        100 * mean_se(tables["compression"].data["baseline"])[0],
+        color="grey",
+        ls="--",
+        label="baseline",
+    )
     axis.set_xlabel("structured conv MACs / original conv MACs")
     axis.set_ylabel("test accuracy (%)")
     axis.set_title(f"(b) accuracy vs compression, λ = {config.strength:g}")
@@ -689,8 +823,12 @@ def plot_all(out: pathlib.Path, tables: Dict[str, Table], config: Config) -> Non
 
     figure, axis = plt.subplots(figsize=(6, 3.6))
     for kernel_size, values in tables["step_cost"].data["ratios"].items():
-        axis.plot([b for b, _ in values], [r for _, r in values], marker="o",
-                  label=f"{kernel_size}×{kernel_size}, n = {kernel_size - 1}")
+        axis.plot(
+            [b for b, _ in values],
+            [r for _, r in values],
+            marker="o",
+            label=f"{kernel_size}×{kernel_size}, n = {kernel_size - 1}",
+        )
     axis.axhline(1.0, color="grey", ls="--")
     axis.set_xscale("log", base=2)
     axis.set_xlabel("batch size")
@@ -743,7 +881,10 @@ def _exact_kernels_text(table: Table) -> str:
 
 
 def write_report(
-    out: pathlib.Path, tables: Dict[str, Table], resnet: Dict[str, float], config: Config,
+    out: pathlib.Path,
+    tables: Dict[str, Table],
+    resnet: Dict[str, float],
+    config: Config,
     minutes: float,
 ) -> pathlib.Path:
     """Write ``experiments.md`` into ``out``; return its path."""
@@ -771,7 +912,7 @@ faces, LFW) are fetched from the network; the PyPI packages `mnists` 0.4.1 and `
 (the baseline reaches {pm(columns["baseline"])} %), so differences of a few tenths of a point are at the noise level
 with 450 test images; the tables say where a difference exceeds two standard errors.
 
-**Model**: four Conv(3×3, no bias)–BatchNorm–ReLU blocks of widths {', '.join(map(str, WIDTHS))}
+**Model**: four Conv(3×3, no bias)–BatchNorm–ReLU blocks of widths {", ".join(map(str, WIDTHS))}
 (2×2 max-pool after the second), global average pool, linear 64→10. Trained {config.epochs} epochs,
 batch {config.batch_size}, SGD with Nesterov momentum 0.9, weight decay 5e-4, one-cycle LR up to
 {config.max_lr}. The main plan is `{MAIN_PLAN}` (every 3×3 conv becomes a 2×2 conv on a 2×2
@@ -875,13 +1016,18 @@ Top row: the kernels; bottom row: their best n = 2×2 approximation (same colour
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (2 seeds, 2 epochs)")
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="output folder (default: docs/, or a temporary folder with --quick)")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=None,
+        help="output folder (default: docs/, or a temporary folder with --quick)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
-    out = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="paper_questions_")) if args.quick
-                       else ROOT / "docs")
+    out = args.out or (
+        pathlib.Path(tempfile.mkdtemp(prefix="paper_questions_")) if args.quick else ROOT / "docs"
+    )
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

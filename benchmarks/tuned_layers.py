@@ -37,13 +37,20 @@ def fused_conv_calls(imported, structured: bool, target) -> List[tuple]:
     from tvm_structconv.schedules import x86
     from tvm_structconv.tune import called_functions, fuse
 
-    mod = prepare_module(imported, structured, layout="NHWC",
-                         block_size=x86.block_size_for(target)).mod
+    mod = prepare_module(
+        imported, structured, layout="NHWC", block_size=x86.block_size_for(target)
+    ).mod
     fused = fuse(mod, target)
-    functions = {gvar.name_hint: func for gvar, func in fused.functions.items()
-                 if isinstance(func, tvm.tirx.PrimFunc)}
-    return [(name, functions[name]) for name in called_functions(fused)
-            if find_structured_block(functions[name]) is not None]
+    functions = {
+        gvar.name_hint: func
+        for gvar, func in fused.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+    }
+    return [
+        (name, functions[name])
+        for name in called_functions(fused)
+        if find_structured_block(functions[name]) is not None
+    ]
 
 
 def build_both(func, target, database):
@@ -67,8 +74,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--onnx", type=pathlib.Path, default=None,
-                        help="the ONNX file that was tuned (default: export the built-in model)")
+    parser.add_argument(
+        "--onnx",
+        type=pathlib.Path,
+        default=None,
+        help="the ONNX file that was tuned (default: export the built-in model)",
+    )
     parser.add_argument("--out-dir", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     from tvm_structconv.threads import pinned_threads
@@ -100,8 +111,10 @@ def measure(args: argparse.Namespace, threads: int) -> None:
         onnx_path = pathlib.Path(tempfile.mkdtemp()) / f"{args.model}.onnx"
         export(built.model, onnx_path, built.example_input, built.manifest)
     imported = load_model(str(onnx_path))
-    calls = {variant: fused_conv_calls(imported, variant == "structured", target)
-             for variant in ("original", "structured")}
+    calls = {
+        variant: fused_conv_calls(imported, variant == "structured", target)
+        for variant in ("original", "structured")
+    }
     assert len(calls["original"]) == len(calls["structured"])
     device = tvm.cpu()
     rows: List[Dict[str, object]] = []
@@ -116,17 +129,30 @@ def measure(args: argparse.Namespace, threads: int) -> None:
                 if executable is None:
                     continue
                 # a PrimFunc's parameters are its buffers (shape, dtype)
-                arrays = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal(
-                    [int(d) for d in b.shape]).astype(str(b.dtype)), device) for b in func.params]
+                arrays = [
+                    tvm.runtime.tensor(
+                        np.random.default_rng(0)
+                        .standard_normal([int(d) for d in b.shape])
+                        .astype(str(b.dtype)),
+                        device,
+                    )
+                    for b in func.params
+                ]
                 timers[f"{variant}-{schedule}"] = (
-                    executable.mod.time_evaluator("main", device, number=5, repeat=1,
-                                                  min_repeat_ms=30), arrays)
+                    executable.mod.time_evaluator(
+                        "main", device, number=5, repeat=1, min_repeat_ms=30
+                    ),
+                    arrays,
+                )
         samples: Dict[str, List[float]] = {name: [] for name in timers}
         for _ in range(args.rounds):
             for name, (timer, arrays) in timers.items():
                 samples[name].append(float(timer(*arrays).mean) * 1e3)
-        row: Dict[str, object] = {"layer": index, "original": original[0],
-                                  "structured": structured[0]}
+        row: Dict[str, object] = {
+            "layer": index,
+            "original": original[0],
+            "structured": structured[0],
+        }
         row.update({name: float(np.median(values)) for name, values in samples.items()})
         row["tuned_records"] = sum(1 for name in samples if name.endswith("tuned"))
         rows.append(row)
@@ -135,11 +161,14 @@ def measure(args: argparse.Namespace, threads: int) -> None:
     def total(name: str) -> float:
         return sum(float(row.get(name, row[name.replace("tuned", "hand")])) for row in rows)
 
-    lines = [f"# Tuned vs hand schedules per conv call, {args.model}, {target_key(target)}, "
-             f"{threads} threads, median of {args.rounds} rounds", "",
-             "| call | original hand ms | original tuned ms | structured hand ms "
-             "| structured tuned ms | realized hand | realized tuned |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Tuned vs hand schedules per conv call, {args.model}, {target_key(target)}, "
+        f"{threads} threads, median of {args.rounds} rounds",
+        "",
+        "| call | original hand ms | original tuned ms | structured hand ms "
+        "| structured tuned ms | realized hand | realized tuned |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         original_tuned = row.get("original-tuned", row["original-hand"])
         structured_tuned = row.get("structured-tuned", row["structured-hand"])
@@ -147,11 +176,15 @@ def measure(args: argparse.Namespace, threads: int) -> None:
             f"| {row['layer']} {row['structured']} | {row['original-hand']:.3f} | "
             f"{original_tuned:.3f} | {row['structured-hand']:.3f} | {structured_tuned:.3f} | "
             f"{row['original-hand'] / row['structured-hand']:.2f} | "
-            f"{original_tuned / structured_tuned:.2f} |")
-    lines += ["", f"sum of conv calls: original hand {total('original-hand'):.2f} ms, tuned "
-              f"{total('original-tuned'):.2f} ms; structured hand {total('structured-hand'):.2f} "
-              f"ms, tuned {total('structured-tuned'):.2f} ms (a call without a tuned record "
-              "counts with its hand time)"]
+            f"{original_tuned / structured_tuned:.2f} |"
+        )
+    lines += [
+        "",
+        f"sum of conv calls: original hand {total('original-hand'):.2f} ms, tuned "
+        f"{total('original-tuned'):.2f} ms; structured hand {total('structured-hand'):.2f} "
+        f"ms, tuned {total('structured-tuned'):.2f} ms (a call without a tuned record "
+        "counts with its hand time)",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)

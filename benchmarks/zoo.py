@@ -46,12 +46,21 @@ def run_isolated(timeout: float = 3600, **kwargs) -> List[ZooResult]:
     process.join()
     if found is None:
         shape = (kwargs["batch"], 3, *kwargs["image_size"])
-        return [ZooResult(kwargs["name"], kwargs["exporter"], target, structured, shape,
-                          stage="crashed",
-                          error=f"the checking process exited with code {process.exitcode}")
-                for target, structured in kwargs["builds"]]
-    return [ZooResult(**{**fields, "input_shape": tuple(fields["input_shape"])})
-            for fields in found]
+        return [
+            ZooResult(
+                kwargs["name"],
+                kwargs["exporter"],
+                target,
+                structured,
+                shape,
+                stage="crashed",
+                error=f"the checking process exited with code {process.exitcode}",
+            )
+            for target, structured in kwargs["builds"]
+        ]
+    return [
+        ZooResult(**{**fields, "input_shape": tuple(fields["input_shape"])}) for fields in found
+    ]
 
 
 def main() -> int:
@@ -62,8 +71,9 @@ def main() -> int:
     parser.add_argument("--variants", default="original,structured", help="comma-separated")
     parser.add_argument("--size", default="224", help="input side, or HxW")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--out", default=None, help="output stem (default "
-                        "benchmarks/results/zoo-<cpu>)")
+    parser.add_argument(
+        "--out", default=None, help="output stem (default benchmarks/results/zoo-<cpu>)"
+    )
     args = parser.parse_args()
 
     import tvm
@@ -74,33 +84,50 @@ def main() -> int:
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"zoo-{cpu}"
     out.parent.mkdir(parents=True, exist_ok=True)
     cross = shutil.which("aarch64-linux-gnu-g++") is not None
-    builds = [(target, variant == "structured") for target in args.targets.split(",")
-              for variant in args.variants.split(",")]
+    builds = [
+        (target, variant == "structured")
+        for target in args.targets.split(",")
+        for variant in args.variants.split(",")
+    ]
     results = []
     for family in args.families.split(","):
         side = (max(size[0], FAMILIES[family].min_size), max(size[1], FAMILIES[family].min_size))
         for exporter in args.exporters.split(","):
-            found = run_isolated(name=family, exporter=exporter, builds=builds, image_size=side,
-                                 batch=args.batch, link=cross)
+            found = run_isolated(
+                name=family,
+                exporter=exporter,
+                builds=builds,
+                image_size=side,
+                batch=args.batch,
+                link=cross,
+            )
             for result in found:
                 error = f"{result.max_rel_error:.1e}" if result.max_rel_error is not None else "-"
                 variant = "structured" if result.structured else "original"
-                print(f"{family:<20} {exporter:<12} {variant:<10} {result.target:<8} "
-                      f"{'ok' if result.ok else 'FAIL ' + result.stage:<14} err {error:<8} "
-                      f"compile {result.seconds.get('compile', float('nan')):6.1f} s"
-                      f"{'  ' + result.error if result.error else ''}", flush=True)
+                print(
+                    f"{family:<20} {exporter:<12} {variant:<10} {result.target:<8} "
+                    f"{'ok' if result.ok else 'FAIL ' + result.stage:<14} err {error:<8} "
+                    f"compile {result.seconds.get('compile', float('nan')):6.1f} s"
+                    f"{'  ' + result.error if result.error else ''}",
+                    flush=True,
+                )
             results.extend(found)
-    header = (f"Zoo coverage, {time.strftime('%Y-%m-%d')}, host CPU {cpu}, input "
-              f"{args.batch}x3x{size[0]}x{size[1]} (Inception-v3 at least 75), random weights; "
-              f"aarch64 builds {'cross-linked' if cross else 'compiled only (no cross compiler)'}"
-              "; errors are relative to the output's largest magnitude, against onnxruntime "
-              "(ONNX) or torch (.pt2).\n\n")
+    header = (
+        f"Zoo coverage, {time.strftime('%Y-%m-%d')}, host CPU {cpu}, input "
+        f"{args.batch}x3x{size[0]}x{size[1]} (Inception-v3 at least 75), random weights; "
+        f"aarch64 builds {'cross-linked' if cross else 'compiled only (no cross compiler)'}"
+        "; errors are relative to the output's largest magnitude, against onnxruntime "
+        "(ONNX) or torch (.pt2).\n\n"
+    )
     out.with_suffix(".md").write_text(header + coverage_table(results) + "\n")
-    out.with_suffix(".json").write_text(json.dumps([dataclasses.asdict(r) for r in results],
-                                                   indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps([dataclasses.asdict(r) for r in results], indent=1)
+    )
     failed = [r for r in results if not r.ok]
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed; table: "
-          f"{out.with_suffix('.md')}")
+    print(
+        f"{len(results) - len(failed)} passed, {len(failed)} failed; table: "
+        f"{out.with_suffix('.md')}"
+    )
     return 1 if failed else 0
 
 

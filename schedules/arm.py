@@ -42,16 +42,18 @@ def channel_unroll(target: Target) -> int:
 class StructuredConv2dNEONRule(ScheduleRule):
     """The template with NEON channel unrolling for AArch64 targets; ``None`` for others."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              _tunable: bool) -> Optional[s_tir.Schedule]:
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, _tunable: bool
+    ) -> Optional[s_tir.Schedule]:
         """A schedule of ``func`` for ``target``, or ``None`` when not this op or not AArch64."""
         found = schedule_of_conv(func) if is_aarch64(target) else None
         if found is None:
             return None
         sch, conv = found
         try:
-            done = schedule_structured_conv2d(sch, conv, target,
-                                              channel_unroll=channel_unroll(target))
+            done = schedule_structured_conv2d(
+                sch, conv, target, channel_unroll=channel_unroll(target)
+            )
         except SCHEDULE_FAILURES:
             return None
         return sch if done else None

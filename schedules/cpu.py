@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 from tvm import s_tir, tirx
-from tvm.tirx import analysis
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
+from tvm.tirx import analysis
 
 from tvm_structconv.schedules.target_info import (
     extent,
@@ -33,8 +33,13 @@ from tvm_structconv.schedules.target_info import (
     vector_widths,
 )
 
-__all__ = ["ChannelReduction", "Fallback", "Injective", "inline_where_possible",
-           "schedule_elementwise"]
+__all__ = [
+    "ChannelReduction",
+    "Fallback",
+    "Injective",
+    "inline_where_possible",
+    "schedule_elementwise",
+]
 
 #: Below this much work (output elements × reduction length) a function runs on one thread:
 #: waking the thread pool costs microseconds.
@@ -71,8 +76,7 @@ def _llvm_schedule(func: tirx.PrimFunc, target: Target) -> Optional[s_tir.Schedu
     return s_tir.Schedule(func)
 
 
-def inline_where_possible(sch: s_tir.Schedule,
-                          blocks: Sequence[s_tir.schedule.SBlockRV]) -> None:
+def inline_where_possible(sch: s_tir.Schedule, blocks: Sequence[s_tir.schedule.SBlockRV]) -> None:
     """Inline each of ``blocks`` into its consumers; a block TVM cannot inline stays."""
     for block in blocks:
         try:
@@ -93,8 +97,9 @@ def _parallel(sch: s_tir.Schedule, loops: list, work: int) -> None:
 class Injective(ScheduleRule):
     """Functions of spatial blocks only: inline, parallelize, vectorize the innermost loop."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              _tunable: bool) -> Optional[s_tir.Schedule]:
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, _tunable: bool
+    ) -> Optional[s_tir.Schedule]:
         """A schedule of ``func``, or ``None`` when a block has a reduction."""
         sch = _llvm_schedule(func, target)
         if sch is None:
@@ -107,8 +112,9 @@ class Injective(ScheduleRule):
         return sch
 
 
-def schedule_elementwise(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
-                         target: Target) -> None:
+def schedule_elementwise(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, target: Target
+) -> None:
     """Parallelize a spatial block over its outer loops and vectorize its innermost loop."""
     loops = sch.get_loops(block)
     if not loops:
@@ -120,8 +126,9 @@ def schedule_elementwise(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
 class ChannelReduction(ScheduleRule):
     """One reduction over outer axes with the output's innermost axis kept (pools, dense)."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              _tunable: bool) -> Optional[s_tir.Schedule]:
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, _tunable: bool
+    ) -> Optional[s_tir.Schedule]:
         """A schedule of ``func``, or ``None`` when it is not of that shape."""
         sch = _llvm_schedule(func, target)
         if sch is None:
@@ -132,7 +139,7 @@ class ChannelReduction(ScheduleRule):
             return None
         reduction = reductions[0]
         position = [sch.get(b).same_as(sch.get(reduction)) for b in blocks].index(True)
-        producers, epilogue = blocks[:position], blocks[position + 1:]
+        producers, epilogue = blocks[:position], blocks[position + 1 :]
         stmt = sch.get(reduction)
         kinds = [iv.iter_type for iv in stmt.iter_vars]
         spatial = [i for i, kind in enumerate(kinds) if kind == tirx.IterVar.DataPar]
@@ -204,8 +211,9 @@ def _split_vector(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int):
 class Fallback(ScheduleRule):
     """Any LLVM function: inline what TVM allows, then parallelize each block's outer loops."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              _tunable: bool) -> Optional[s_tir.Schedule]:
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, _tunable: bool
+    ) -> Optional[s_tir.Schedule]:
         """A correct, parallel schedule of ``func``; ``None`` only for a non-LLVM target."""
         sch = _llvm_schedule(func, target)
         if sch is None:
@@ -215,7 +223,10 @@ class Fallback(ScheduleRule):
             if not _loops_match_iters(sch, block):
                 continue
             kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
-            leading = len(kinds) if tirx.IterVar.CommReduce not in kinds else kinds.index(
-                tirx.IterVar.CommReduce)
+            leading = (
+                len(kinds)
+                if tirx.IterVar.CommReduce not in kinds
+                else kinds.index(tirx.IterVar.CommReduce)
+            )
             _parallel(sch, sch.get_loops(block)[:leading], _work(sch, block))
         return sch

@@ -35,8 +35,14 @@ from tvm.target import Target
 from tvm_structconv.ops import SCHEDULE_RULE, schedule_of_conv, stages_around
 from tvm_structconv.schedules.target_info import divisors
 
-__all__ = ["CudaTiling", "StructuredConv2dCUDA", "choose_cuda_tiling",
-           "chunk_channels", "schedule_structured_conv2d_cuda", "shared_bytes"]
+__all__ = [
+    "CudaTiling",
+    "StructuredConv2dCUDA",
+    "choose_cuda_tiling",
+    "chunk_channels",
+    "schedule_structured_conv2d_cuda",
+    "shared_bytes",
+]
 
 #: Shared memory per block the template may use, bytes (under the 48 KiB static limit).
 SHARED_BUDGET = 40 * 1024
@@ -74,21 +80,26 @@ class CudaTiling:
 
 
 def shared_bytes(func: tirx.PrimFunc) -> int:
-    """Shared memory one block of a scheduled ``func`` allocates, bytes (after buffer compaction)."""
+    """Shared memory one block of a scheduled ``func`` allocates, in bytes (buffers compacted)."""
     from tvm.s_tir import analysis, transform
 
     mod = tvm.IRModule({"main": func})
-    mod = tvm.transform.Sequential([transform.LowerInitBlock(),
-                                    transform.PlanAndUpdateBufferAllocationLocation(),
-                                    transform.ConvertBlocksToOpaque(),
-                                    transform.CompactBufferAllocation(),
-                                    transform.LowerOpaqueBlock()])(mod)
+    mod = tvm.transform.Sequential(
+        [
+            transform.LowerInitBlock(),
+            transform.PlanAndUpdateBufferAllocationLocation(),
+            transform.ConvertBlocksToOpaque(),
+            transform.CompactBufferAllocation(),
+            transform.LowerOpaqueBlock(),
+        ]
+    )(mod)
     sizes = analysis.calculate_allocated_bytes(mod)
     return int(sum(int(v) for scope, v in sizes["main"].items() if str(scope) == "shared"))
 
 
-def choose_cuda_tiling(batch: int, out_channels: int, out_height: int, out_width: int,
-                       reduced: int, kernel_area: int) -> CudaTiling:
+def choose_cuda_tiling(
+    batch: int, out_channels: int, out_height: int, out_width: int, reduced: int, kernel_area: int
+) -> CudaTiling:
     """Tile sizes for a ``(batch, out_channels, out_height, out_width)`` output.
 
     One output channel and one row per thread, 32 threads over channels (a divisor of the
@@ -117,12 +128,17 @@ def chunk_channels(reduced: int, out_channels_per_block: int, kernel_area: int) 
 
 def _is_nchw_conv(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV) -> bool:
     stmt = sch.get(conv)
-    return (len(stmt.reads) == 2 and len(stmt.reads[1].source.shape) == 4
-            and len(stmt.iter_vars) == 7 and len(sch.get_loops(conv)) == 7)
+    return (
+        len(stmt.reads) == 2
+        and len(stmt.reads[1].source.shape) == 4
+        and len(stmt.iter_vars) == 7
+        and len(sch.get_loops(conv)) == 7
+    )
 
 
-def _cooperative(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, depth: int,
-                 threads: int) -> None:
+def _cooperative(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, depth: int, threads: int
+) -> None:
     """Bind the loops of ``block`` below the first ``depth`` loops to ``threadIdx.x``.
 
     ``block`` is a copy or an elementwise pool stage: all its loops are spatial.
@@ -133,8 +149,9 @@ def _cooperative(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, depth: int
     sch.bind(inner, "threadIdx.x")
 
 
-def schedule_structured_conv2d_cuda(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV,
-                                    tiling: Optional[CudaTiling] = None) -> bool:
+def schedule_structured_conv2d_cuda(
+    sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV, tiling: Optional[CudaTiling] = None
+) -> bool:
     """Schedule the NCHW fused conv ``conv``, its pool stages and epilogue in place.
 
     Returns ``False`` (``sch`` untouched) when the function is not of the expected shape.
@@ -147,8 +164,9 @@ def schedule_structured_conv2d_cuda(sch: s_tir.Schedule, conv: s_tir.schedule.SB
     batch, out_channels, out_height, out_width = (int(d) for d in stmt.writes[0].source.shape)
     _, reduced, kernel_h, kernel_w = (int(d) for d in stmt.reads[1].source.shape)
     if tiling is None:
-        tiling = choose_cuda_tiling(batch, out_channels, out_height, out_width, reduced,
-                                    kernel_h * kernel_w)
+        tiling = choose_cuda_tiling(
+            batch, out_channels, out_height, out_width, reduced, kernel_h * kernel_w
+        )
     for extra in epilogue[:-1]:
         sch.compute_inline(extra)
 
@@ -157,8 +175,21 @@ def schedule_structured_conv2d_cuda(sch: s_tir.Schedule, conv: s_tir.schedule.SB
     y_block, y_thread = sch.split(y, [None, tiling.yt])
     x_block, x_thread, x_vec = sch.split(x, [None, tiling.xt, tiling.xv])
     rc_outer, rc_inner = sch.split(rc, [None, tiling.rc])
-    sch.reorder(n, o_block, y_block, x_block, o_thread, y_thread, x_thread,
-                rc_outer, rc_inner, ry, rx, o_vec, x_vec)
+    sch.reorder(
+        n,
+        o_block,
+        y_block,
+        x_block,
+        o_thread,
+        y_thread,
+        x_thread,
+        rc_outer,
+        rc_inner,
+        ry,
+        rx,
+        o_vec,
+        x_vec,
+    )
     block_loop = sch.fuse(n, o_block, y_block, x_block)
     thread_loop = sch.fuse(o_thread, y_thread, x_thread)
     sch.bind(block_loop, "blockIdx.x")
@@ -196,8 +227,7 @@ class StructuredConv2dCUDA(ScheduleRule):
     A function the template declines gets dlight's ``Fallback`` schedule instead.
     """
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              tunable: bool) -> Optional[s_tir.Schedule]:
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> Optional[s_tir.Schedule]:
         """Schedule ``func`` if it holds the fused structured conv."""
         found = schedule_of_conv(func) if target.kind.name == "cuda" else None
         if found is None:
@@ -212,8 +242,9 @@ class StructuredConv2dCUDA(ScheduleRule):
 
 
 @tvm.register_global_func(f"s_tir.meta_schedule.cuda.{SCHEDULE_RULE}", override=True)
-def _meta_schedule_rule(sch: s_tir.Schedule,
-                        block: s_tir.schedule.SBlockRV) -> List[s_tir.Schedule]:
+def _meta_schedule_rule(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
+) -> List[s_tir.Schedule]:
     """MetaSchedule custom rule for CUDA targets (key ``cuda``): the shared-memory template.
 
     The whole function is scheduled, so the other blocks and the root are marked

@@ -81,8 +81,11 @@ def vector_widths(total: int, lanes: int, registers: int = 1) -> List[int]:
     below ``lanes`` (a narrower register); LLVM splits any other length (24 lanes of AVX-512,
     40 …) into slow shuffles. ``[total]`` when nothing fits (a 3-channel tensor).
     """
-    widths = [d for d in divisors(total, lanes * registers)
-              if d % lanes == 0 or (d < lanes and d & (d - 1) == 0)]
+    widths = [
+        d
+        for d in divisors(total, lanes * registers)
+        if d % lanes == 0 or (d < lanes and d & (d - 1) == 0)
+    ]
     return widths or [total]
 
 
@@ -91,8 +94,9 @@ def extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int:
     return int(sch.get(loop).extent)
 
 
-def vector_split(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int,
-                 registers: int = 1) -> Optional[s_tir.schedule.LoopRV]:
+def vector_split(
+    sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int, registers: int = 1
+) -> Optional[s_tir.schedule.LoopRV]:
     """Vectorize the innermost part of ``loop``; return the loop left outside it, if any.
 
     The vector part is the longest of :func:`vector_widths`.

@@ -67,8 +67,9 @@ INLINED_STAGES = ("pad", "subsample")
 MIN_ACCUMULATORS = 8
 
 
-def _pixel_tile(out_width: int, block: int, lanes: int, registers: int,
-                channel_unroll: int = 1) -> int:
+def _pixel_tile(
+    out_width: int, block: int, lanes: int, registers: int, channel_unroll: int = 1
+) -> int:
     """Pixels per accumulator tile: the largest divisor of the width that fits the registers.
 
     Next to the accumulators: the block's weight vectors (of ``channel_unroll`` input
@@ -132,8 +133,15 @@ class ConvTiling:
     chunks: int
 
 
-def choose_tiling(batch: int, out_height: int, out_width: int, out_channels: int, block: int,
-                  target: Target, channel_unroll: int = 1) -> ConvTiling:
+def choose_tiling(
+    batch: int,
+    out_height: int,
+    out_width: int,
+    out_channels: int,
+    block: int,
+    target: Target,
+    channel_unroll: int = 1,
+) -> ConvTiling:
     """Tile sizes for an ``(batch, out_height, out_width, out_channels)`` NHWC output.
 
     Rows and chunks give every core the same number of tasks where possible, then the most rows
@@ -147,7 +155,7 @@ def choose_tiling(batch: int, out_height: int, out_width: int, out_channels: int
             tasks = batch * (out_height // rows) * chunks
             balance = tasks / (cores * -(-tasks // cores))
             overlap = rows / (rows + 2)
-            score = (round(balance, 2), round(overlap / chunks ** 0.5, 3), rows)
+            score = (round(balance, 2), round(overlap / chunks**0.5, 3), rows)
             if best is None or score > best[0]:
                 best = (score, rows, chunks)
     assert best is not None
@@ -170,12 +178,17 @@ def _schedule_stage(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: 
 def _is_nhwc_conv(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV) -> bool:
     """Whether ``conv`` is the NHWC compute (5-D packed ``alpha``, seven loops)."""
     stmt = sch.get(conv)
-    return (len(stmt.reads) == 2 and len(stmt.reads[1].source.shape) == 5
-            and len(stmt.iter_vars) == 7 and len(sch.get_loops(conv)) == 7)
+    return (
+        len(stmt.reads) == 2
+        and len(stmt.reads[1].source.shape) == 5
+        and len(stmt.iter_vars) == 7
+        and len(sch.get_loops(conv)) == 7
+    )
 
 
-def split_epilogue(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV,
-                   epilogue: Sequence[s_tir.schedule.SBlockRV]) -> Tuple[list, list]:
+def split_epilogue(
+    sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV, epilogue: Sequence[s_tir.schedule.SBlockRV]
+) -> Tuple[list, list]:
     """The fused epilogue blocks a register tile can apply (head), and the rest (tail).
 
     The head is the longest prefix of ``epilogue`` that is elementwise over the conv's output:
@@ -195,8 +208,9 @@ def split_epilogue(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV,
     return list(epilogue), []
 
 
-def _elementwise_over(stmt: tirx.SBlock, shape: Sequence[int],
-                      produced: Sequence[tirx.Buffer]) -> bool:
+def _elementwise_over(
+    stmt: tirx.SBlock, shape: Sequence[int], produced: Sequence[tirx.Buffer]
+) -> bool:
     """Whether ``stmt`` maps ``shape`` elementwise onto itself, reading ``produced`` in place."""
     if len(stmt.writes) != 1 or any(iv.iter_type != tirx.IterVar.DataPar for iv in stmt.iter_vars):
         return False
@@ -204,25 +218,36 @@ def _elementwise_over(stmt: tirx.SBlock, shape: Sequence[int],
 
     def in_place(region) -> bool:
         return len(region) == len(variables) and all(
-            r.min.same_as(v) and int(r.extent) == 1 for r, v in zip(region, variables))
+            r.min.same_as(v) and int(r.extent) == 1 for r, v in zip(region, variables)
+        )
 
     write = stmt.writes[0]
     if [int(d) for d in write.source.shape] != list(shape) or not in_place(write.region):
         return False
-    return all(in_place(read.region) for read in stmt.reads
-               if any(read.source.same_as(buffer) for buffer in produced))
+    return all(
+        in_place(read.region)
+        for read in stmt.reads
+        if any(read.source.same_as(buffer) for buffer in produced)
+    )
 
 
-def schedule_tail(sch: s_tir.Schedule, tail: Sequence[s_tir.schedule.SBlockRV],
-                  target: Target) -> None:
+def schedule_tail(
+    sch: s_tir.Schedule, tail: Sequence[s_tir.schedule.SBlockRV], target: Target
+) -> None:
     """Schedule epilogue blocks left after the conv: inlined into one parallel vector pass."""
     inline_where_possible(sch, tail[:-1])
     if tail and all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(tail[-1]).iter_vars):
         schedule_elementwise(sch, tail[-1], target)
 
 
-def _split(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, outer: Optional[int],
-           inner: Optional[int], max_inner: int, tunable: bool) -> list:
+def _split(
+    sch: s_tir.Schedule,
+    loop: s_tir.schedule.LoopRV,
+    outer: Optional[int],
+    inner: Optional[int],
+    max_inner: int,
+    tunable: bool,
+) -> list:
     """Split ``loop`` in two at the hand choice, or at a sampled perfect tiling if ``tunable``.
 
     A sampled split draws any ``(outer, inner)`` with ``inner ≤ max_inner`` (``-1``: any) from
@@ -233,9 +258,14 @@ def _split(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, outer: Optional[int
     return sch.split(loop, sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max_inner))
 
 
-def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV,
-                               target: Target, tiling: Optional[ConvTiling] = None,
-                               tunable: bool = False, channel_unroll: int = 1) -> bool:
+def schedule_structured_conv2d(
+    sch: s_tir.Schedule,
+    conv: s_tir.schedule.SBlockRV,
+    target: Target,
+    tiling: Optional[ConvTiling] = None,
+    tunable: bool = False,
+    channel_unroll: int = 1,
+) -> bool:
     """Schedule the NHWC structured conv ``conv``, its producer stages and fused epilogue in place.
 
     Parameters
@@ -273,8 +303,9 @@ def schedule_structured_conv2d(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockR
     block = int(stmt.reads[1].source.shape[-1])
     batch, out_height, out_width, out_channels = out_shape
     if tiling is None:
-        tiling = choose_tiling(batch, out_height, out_width, out_channels, block, target,
-                               channel_unroll)
+        tiling = choose_tiling(
+            batch, out_height, out_width, out_channels, block, target, channel_unroll
+        )
     lanes = vector_lanes(target)
 
     # the epilogue: its elementwise head becomes one block, reverse-inlined into the
@@ -339,8 +370,9 @@ class StructuredConv2dRule(ScheduleRule):
     of :data:`SCHEDULE_FAILURES`), and left to the other rules: :class:`~.cpu.Fallback` last.
     """
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              _tunable: bool) -> Optional[s_tir.Schedule]:
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, _tunable: bool
+    ) -> Optional[s_tir.Schedule]:
         """A schedule of ``func`` for ``target``, or ``None`` when ``func`` is not this op."""
         found = schedule_of_conv(func) if target.kind.name == "llvm" else None
         if found is None:
@@ -353,7 +385,9 @@ class StructuredConv2dRule(ScheduleRule):
 
 
 @tvm.register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}", override=True)
-def _meta_schedule_rule(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> Sequence[s_tir.Schedule]:
+def _meta_schedule_rule(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
+) -> Sequence[s_tir.Schedule]:
     """MetaSchedule custom rule for the block's ``schedule_rule``: two design spaces.
 
     The hand schedule with sampled tile sizes (what tuning searches) and the hand schedule as
@@ -371,8 +405,9 @@ def _meta_schedule_rule(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> 
     spaces = []
     for tunable in (True, False):
         space = sch.copy()
-        schedule_structured_conv2d(space, block, target, tunable=tunable,
-                                   channel_unroll=arm.channel_unroll(target))
+        schedule_structured_conv2d(
+            space, block, target, tunable=tunable, channel_unroll=arm.channel_unroll(target)
+        )
         # the whole function is scheduled: no default rule on the other blocks, nor on the
         # root (whose parallel/vectorize annotation would fail RewriteParallelVectorizeUnroll)
         root = space.get_sblock("root")
@@ -384,8 +419,13 @@ def _meta_schedule_rule(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> 
 
 
 def _host_target() -> Target:
-    return Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-                   "num-cores": len(os.sched_getaffinity(0))})
+    return Target(
+        {
+            "kind": "llvm",
+            "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+            "num-cores": len(os.sched_getaffinity(0)),
+        }
+    )
 
 
 def block_size_for(target: Target) -> Callable[[int, int, int], int]:

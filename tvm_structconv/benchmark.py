@@ -27,9 +27,20 @@ if TYPE_CHECKING:
     from tvm_structconv.frontend import ImportedModel
     from tvm_structconv.remote import RemoteDevices
 
-__all__ = ["BenchReport", "BenchRow", "CompiledBuilds", "Cost", "Measurement", "ModelSource",
-           "compile_builds", "describe_host", "measure_remote", "plan_jobs", "run_benchmark",
-           "run_rounds"]
+__all__ = [
+    "BenchReport",
+    "BenchRow",
+    "CompiledBuilds",
+    "Cost",
+    "Measurement",
+    "ModelSource",
+    "compile_builds",
+    "describe_host",
+    "measure_remote",
+    "plan_jobs",
+    "run_benchmark",
+    "run_rounds",
+]
 
 #: The two variants of every configuration, in the order they are compiled and timed.
 VARIANTS = ("original", "structured")
@@ -118,7 +129,7 @@ class ModelSource:
     builtin: Optional[Dict[str, object]] = None
 
     @classmethod
-    def resolve(cls, model: str, workdir: Path, image_size: int = 224) -> "ModelSource":
+    def resolve(cls, model: str, workdir: Path, image_size: int = 224) -> ModelSource:
         """A path (``.onnx`` / ``.pt2``) or a built-in model name, exported into ``workdir``."""
         from tvm_structconv.models import list_models
 
@@ -133,7 +144,9 @@ class ModelSource:
                 export(built.model, path, built.example_input, built.manifest)
             return cls(onnx=paths[0], pt2=paths[1], builtin=builtin)
         suffix = Path(model).suffix.lower()
-        return cls(onnx=model if suffix == ".onnx" else None, pt2=model if suffix == ".pt2" else None)
+        return cls(
+            onnx=model if suffix == ".onnx" else None, pt2=model if suffix == ".pt2" else None
+        )
 
     @property
     def primary(self) -> str:
@@ -159,17 +172,23 @@ class BenchReport:
 
     def format(self) -> str:
         """The table: one line per row, then the headline ratios."""
-        lines = [f"{self.model}, batch 1, fp32, {self.threads} threads; {self.meta.get('cpu', '')}",
-                 f"{'target':<8}{'runtime':<17}{'variant':<11}{'median ms':>10}{'p90 ms':>9}"
-                 f"{'p99 ms':>9}{'GMAC':>7}{'params M':>10}  note"]
+        lines = [
+            f"{self.model}, batch 1, fp32, {self.threads} threads; {self.meta.get('cpu', '')}",
+            f"{'target':<8}{'runtime':<17}{'variant':<11}{'median ms':>10}{'p90 ms':>9}"
+            f"{'p99 ms':>9}{'GMAC':>7}{'params M':>10}  note",
+        ]
         for row in self.rows:
             if row.latency is not None:
-                timing = (f"{row.latency.median_ms:>10.2f}{row.latency.p90_ms:>9.2f}"
-                          f"{row.latency.p99_ms:>9.2f}")
+                timing = (
+                    f"{row.latency.median_ms:>10.2f}{row.latency.p90_ms:>9.2f}"
+                    f"{row.latency.p99_ms:>9.2f}"
+                )
             else:
                 timing = f"{'n/a':>10}{'':>9}{'':>9}"
-            lines.append(f"{row.target:<8}{row.runtime:<17}{row.variant:<11}{timing}"
-                         f"{row.macs / 1e9:>7.2f}{row.params / 1e6:>10.2f}  {row.note}")
+            lines.append(
+                f"{row.target:<8}{row.runtime:<17}{row.variant:<11}{timing}"
+                f"{row.macs / 1e9:>7.2f}{row.params / 1e6:>10.2f}  {row.note}"
+            )
         lines.extend(self.ratios())
         return "\n".join(lines)
 
@@ -189,8 +208,10 @@ class BenchReport:
                     if runtime == "tvm-tuned" and not row.runtime.startswith("tvm"):
                         continue  # the peers are compared with the untuned build above
                     ratio = row.latency.median_ms / ours.latency.median_ms
-                    lines.append(f"structured {runtime} ({target}) is {ratio:.2f}x faster than "
-                                 f"{row.runtime} ({row.target}) on the original model")
+                    lines.append(
+                        f"structured {runtime} ({target}) is {ratio:.2f}x faster than "
+                        f"{row.runtime} ({row.target}) on the original model"
+                    )
         return lines
 
     def to_json(self) -> Dict[str, object]:
@@ -201,11 +222,19 @@ class BenchReport:
             entry["latency"] = None
             if row.latency is not None:
                 entry["samples_ms"] = list(row.latency.samples_ms)
-                entry.update(median_ms=row.latency.median_ms, p90_ms=row.latency.p90_ms,
-                             p99_ms=row.latency.p99_ms)
+                entry.update(
+                    median_ms=row.latency.median_ms,
+                    p90_ms=row.latency.p90_ms,
+                    p99_ms=row.latency.p99_ms,
+                )
             rows.append(entry)
-        return {"model": self.model, "threads": self.threads, "meta": self.meta, "rows": rows,
-                "ratios": self.ratios()}
+        return {
+            "model": self.model,
+            "threads": self.threads,
+            "meta": self.meta,
+            "rows": rows,
+            "ratios": self.ratios(),
+        }
 
     def save_json(self, path: str) -> None:
         """Write :meth:`to_json` to ``path``."""
@@ -228,10 +257,20 @@ class BenchReport:
                 if row is None or row.latency is None:
                     continue
                 median = row.latency.median_ms
-                axes.bar(index + offset, median, width, color=colors[variant],
-                         yerr=[[0], [row.latency.p90_ms - median]], capsize=3,
-                         label=variant if index == 0 or not axes.get_legend_handles_labels()[1].count(variant) else None)
-                axes.text(index + offset, median, f"{median:.1f}", ha="center", va="bottom", fontsize=7)
+                axes.bar(
+                    index + offset,
+                    median,
+                    width,
+                    color=colors[variant],
+                    yerr=[[0], [row.latency.p90_ms - median]],
+                    capsize=3,
+                    label=variant
+                    if index == 0 or not axes.get_legend_handles_labels()[1].count(variant)
+                    else None,
+                )
+                axes.text(
+                    index + offset, median, f"{median:.1f}", ha="center", va="bottom", fontsize=7
+                )
         axes.set_xticks(range(len(groups)))
         axes.set_xticklabels([f"{runtime}\n{target}" for target, runtime in groups], fontsize=8)
         axes.set_ylabel("median latency, ms (whisker: p90)")
@@ -255,7 +294,7 @@ def _cpu_name() -> str:
 
 
 def compile_builds(
-    imported: "ImportedModel",
+    imported: ImportedModel,
     targets: Sequence[str],
     folder: Path,
     progress: Callable[[str], None] = lambda message: None,
@@ -283,8 +322,9 @@ def compile_builds(
         for variant in VARIANTS:
             structured = variant == "structured"
             progress(f"compiling {variant} for {target}")
-            builds = [("tvm", compile_model(imported, target, structured=structured,
-                                            tuning_logs=False))]
+            builds = [
+                ("tvm", compile_model(imported, target, structured=structured, tuning_logs=False))
+            ]
             if has_database(logs):
                 progress(f"compiling {variant} for {target} with the tuning log {logs}")
                 tuned = compile_model(imported, target, structured=structured, tuning_logs=logs)
@@ -298,8 +338,7 @@ def compile_builds(
                     costs["original"] = Cost(report.macs_before, report.params_before)
                 library = str(folder / f"{target}-{runtime}-{variant}.so")
                 compiled.export(library)
-                measurements.append(Measurement(BenchRow(target, runtime, variant, 0, 0),
-                                                library))
+                measurements.append(Measurement(BenchRow(target, runtime, variant, 0, 0), library))
     for measurement in measurements:
         cost = costs.get(measurement.row.variant, Cost())
         measurement.row.macs, measurement.row.params = cost.macs, cost.params
@@ -308,8 +347,8 @@ def compile_builds(
 
 def measure_remote(
     builds: Sequence[Measurement],
-    remote: "RemoteDevices",
-    inputs: Sequence["np.ndarray"],
+    remote: RemoteDevices,
+    inputs: Sequence[np.ndarray],
     repeat: int,
     min_repeat_ms: int,
     progress: Callable[[str], None] = lambda message: None,
@@ -317,10 +356,15 @@ def measure_remote(
     """Time every TVM build on the tracker's devices; fill each row's latency or note."""
     from tvm_structconv.remote import RemoteJob
 
-    progress(f"measuring {len(builds)} TVM builds on {remote.servers()} device(s) "
-             f"of key {remote.key!r}")
-    results = remote.measure_all([RemoteJob(build.row.label, build.library, inputs, repeat,
-                                            min_repeat_ms) for build in builds])
+    progress(
+        f"measuring {len(builds)} TVM builds on {remote.servers()} device(s) of key {remote.key!r}"
+    )
+    results = remote.measure_all(
+        [
+            RemoteJob(build.row.label, build.library, inputs, repeat, min_repeat_ms)
+            for build in builds
+        ]
+    )
     for build in builds:
         build.row.latency, build.row.note = results[build.row.label]
         build.row.note = build.row.note and f"n/a ({build.row.note})"
@@ -350,21 +394,43 @@ def plan_jobs(
             if row.target != "x86":
                 row.note = f"n/a ({row.target} builds run on their device: use --rpc-tracker)"
                 continue
-            build.job = Job("tvm", row.variant, inputs_path, threads, repeat, min_repeat_ms,
-                            library=build.library)
+            build.job = Job(
+                "tvm",
+                row.variant,
+                inputs_path,
+                threads,
+                repeat,
+                min_repeat_ms,
+                library=build.library,
+            )
             local.append(build)
     for peer in peers:
         for variant in VARIANTS:
             cost = costs.get(variant, Cost())
-            local.append(Measurement(
-                BenchRow("host", peer, variant, cost.macs, cost.params),
-                job=Job(peer, variant, inputs_path, threads, repeat, min_repeat_ms,
-                        onnx=source.onnx, pt2=source.pt2, builtin=source.builtin)))
+            local.append(
+                Measurement(
+                    BenchRow("host", peer, variant, cost.macs, cost.params),
+                    job=Job(
+                        peer,
+                        variant,
+                        inputs_path,
+                        threads,
+                        repeat,
+                        min_repeat_ms,
+                        onnx=source.onnx,
+                        pt2=source.pt2,
+                        builtin=source.builtin,
+                    ),
+                )
+            )
     return local
 
 
-def run_rounds(measurements: Sequence[Measurement], rounds: int,
-               progress: Callable[[str], None] = lambda message: None) -> None:
+def run_rounds(
+    measurements: Sequence[Measurement],
+    rounds: int,
+    progress: Callable[[str], None] = lambda message: None,
+) -> None:
     """Run every job ``rounds`` times, interleaved (so drift hits every row alike), each run in
     a fresh worker process; merge the samples into the rows. A row whose job fails once keeps
     the reason as its note and is not run again."""
@@ -382,18 +448,25 @@ def run_rounds(measurements: Sequence[Measurement], rounds: int,
                 row.latency = latency if row.latency is None else row.latency.merged(latency)
 
 
-def describe_host(repeat: int, rounds: int, min_repeat_ms: int,
-                  tuning_notes: Sequence[str] = ()) -> Dict[str, object]:
+def describe_host(
+    repeat: int, rounds: int, min_repeat_ms: int, tuning_notes: Sequence[str] = ()
+) -> Dict[str, object]:
     """The facts that make a run's numbers comparable: CPU, date, TVM version, timing settings,
     which schedules the builds got."""
     import tvm
 
-    return {"cpu": _cpu_name(), "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
-            "date": datetime.date.today().isoformat(), "tvm": tvm.__version__,
-            "repeat": repeat, "rounds": rounds, "min_repeat_ms": min_repeat_ms,
-            "schedules": "tvm: hand schedules; tvm-tuned: the target's tuning log applied "
-                         "(hand schedules for the functions it does not hold)",
-            "tuning": list(tuning_notes)}
+    return {
+        "cpu": _cpu_name(),
+        "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
+        "date": datetime.date.today().isoformat(),
+        "tvm": tvm.__version__,
+        "repeat": repeat,
+        "rounds": rounds,
+        "min_repeat_ms": min_repeat_ms,
+        "schedules": "tvm: hand schedules; tvm-tuned: the target's tuning log applied "
+        "(hand schedules for the functions it does not hold)",
+        "tuning": list(tuning_notes),
+    }
 
 
 def run_benchmark(
@@ -468,11 +541,23 @@ def run_benchmark(
     builds = compile_builds(imported, targets, folder, progress)
     if remote is not None:
         measure_remote(builds.measurements, remote, inputs, repeat, min_repeat_ms, progress)
-    local = plan_jobs(builds.measurements, source, peers, builds.costs, inputs_path, threads,
-                      repeat, min_repeat_ms, local_builds=remote is None)
+    local = plan_jobs(
+        builds.measurements,
+        source,
+        peers,
+        builds.costs,
+        inputs_path,
+        threads,
+        repeat,
+        min_repeat_ms,
+        local_builds=remote is None,
+    )
     run_rounds(local, rounds, progress)
     rows = [build.row for build in builds.measurements]
     rows.extend(measurement.row for measurement in local if measurement.library is None)  # peers
-    return BenchReport(Path(model).stem if model.endswith((".onnx", ".pt2")) else model,
-                       rows, threads, describe_host(repeat, rounds, min_repeat_ms,
-                                                    builds.tuning_notes))
+    return BenchReport(
+        Path(model).stem if model.endswith((".onnx", ".pt2")) else model,
+        rows,
+        threads,
+        describe_host(repeat, rounds, min_repeat_ms, builds.tuning_notes),
+    )

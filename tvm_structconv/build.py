@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 import numpy as np
 import tvm
 from tvm import relax
-
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.relax.backend.cuda import pipeline as gpu_pipeline
 
@@ -44,7 +43,6 @@ from tvm_structconv.messages import one_line
 from tvm_structconv.schedules import x86
 from tvm_structconv.targets import make_target
 from tvm_structconv.toolchain import check_runnable, export_compiler
-from tvm_structconv.tuning_logs import has_database, load_database, logs_dir
 from tvm_structconv.transform import (
     ApplySchedules,
     ApplyTuningDatabase,
@@ -57,12 +55,22 @@ from tvm_structconv.transform import (
     tuned_functions,
 )
 from tvm_structconv.transform.conv_call import BlockSize, default_block_size
+from tvm_structconv.tuning_logs import has_database, load_database, logs_dir
 
 if TYPE_CHECKING:
     from tvm.s_tir import meta_schedule as ms
 
-__all__ = ["CompileError", "CompiledModel", "PreparedModule", "compile_model", "cuda_pipeline",
-           "lowering_passes", "prepare_module", "schedule_passes", "scheduled_pipeline"]
+__all__ = [
+    "CompileError",
+    "CompiledModel",
+    "PreparedModule",
+    "compile_model",
+    "cuda_pipeline",
+    "lowering_passes",
+    "prepare_module",
+    "schedule_passes",
+    "scheduled_pipeline",
+]
 
 #: ``relax.transform.ConvertLayout``'s request for a scheduled CPU build.
 NHWC_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
@@ -75,8 +83,9 @@ class CompileError(RuntimeError):
     the original exception is the ``__cause__`` (``structconv --debug`` shows its traceback).
     """
 
-    def __init__(self, source: str, target: tvm.target.Target, stage: str,
-                 error: BaseException) -> None:
+    def __init__(
+        self, source: str, target: tvm.target.Target, stage: str, error: BaseException
+    ) -> None:
         super().__init__(
             f"compiling {source} for {target.kind.name}: {stage} failed with "
             f"{one_line(error)}. This is a bug of tvm_structconv; "
@@ -240,9 +249,9 @@ def prepare_module(
                 "(renamed by the exporter); their weights are matched by value"
             )
             match_by_value = True
-        mod, report = rewrite_structured_conv(mod, manifest, names, tol=tol,
-                                              match_by_value=match_by_value,
-                                              block_size=block_size)
+        mod, report = rewrite_structured_conv(
+            mod, manifest, names, tol=tol, match_by_value=match_by_value, block_size=block_size
+        )
     mod, ordinary = rewrite_ordinary_conv(mod, block_size)
     notes.extend(ordinary.summary())
     return PreparedModule(mod, report, fold.folded, notes)
@@ -257,8 +266,9 @@ def fusion_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
     return cpu_pipeline.library_dispatch_passes(target) + cpu_pipeline.legalize_passes(target)
 
 
-def schedule_passes(target: tvm.target.Target,
-                    database: Optional["ms.Database"] = None) -> List[tvm.transform.Pass]:
+def schedule_passes(
+    target: tvm.target.Target, database: Optional[ms.Database] = None
+) -> List[tvm.transform.Pass]:
     """TVM's CPU passes up to fusion, then the schedules: the tuned ones, then the hand ones.
 
     With ``database``, each fused function it holds gets its tuned schedule first (marked
@@ -274,8 +284,9 @@ def lowering_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
     return cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target)
 
 
-def _as_pass(name: str, target: tvm.target.Target,
-             passes: List[tvm.transform.Pass]) -> tvm.transform.Pass:
+def _as_pass(
+    name: str, target: tvm.target.Target, passes: List[tvm.transform.Pass]
+) -> tvm.transform.Pass:
     """``passes`` as one module pass that runs them under ``target``."""
 
     @tvm.transform.module_pass(opt_level=0, name=name)
@@ -286,26 +297,31 @@ def _as_pass(name: str, target: tvm.target.Target,
     return _pipeline
 
 
-def scheduled_pipeline(target: tvm.target.Target,
-                       database: Optional["ms.Database"] = None) -> tvm.transform.Pass:
+def scheduled_pipeline(
+    target: tvm.target.Target, database: Optional[ms.Database] = None
+) -> tvm.transform.Pass:
     """TVM's CPU Relax pipeline with the project's schedules right after operator fusion.
 
     :func:`schedule_passes` then :func:`lowering_passes`, as one pass for ``tvm.compile``.
     """
-    return _as_pass("ScheduledCPUPipeline", target,
-                    schedule_passes(target, database) + lowering_passes(target))
+    return _as_pass(
+        "ScheduledCPUPipeline", target, schedule_passes(target, database) + lowering_passes(target)
+    )
 
 
 def cuda_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """TVM's CUDA Relax pipeline with :class:`ApplySchedules` between fusion and dlight's rules."""
 
     legalize = gpu_pipeline.legalize_passes(target)  # ends with dlight's default rules
-    return _as_pass("ScheduledCUDAPipeline", target,
-                    gpu_pipeline.library_dispatch_passes(target)
-                    + legalize[:-1]
-                    + [ApplySchedules(target), legalize[-1]]
-                    + gpu_pipeline.dataflow_lower_passes(target)
-                    + gpu_pipeline.finalize_passes(target))
+    return _as_pass(
+        "ScheduledCUDAPipeline",
+        target,
+        gpu_pipeline.library_dispatch_passes(target)
+        + legalize[:-1]
+        + [ApplySchedules(target), legalize[-1]]
+        + gpu_pipeline.dataflow_lower_passes(target)
+        + gpu_pipeline.finalize_passes(target),
+    )
 
 
 def compile_model(
@@ -322,7 +338,8 @@ def compile_model(
     With ``structured`` false the model is compiled as it is (BatchNorm still folded): the
     baseline that structured builds are compared with. With ``schedules`` (the default) an
     LLVM target gets NHWC layout planning, the tuned schedules of its tuning log and the hand
-    schedules for the rest (:func:`schedule_passes`, then :func:`lowering_passes`); without, or for another target kind,
+    schedules for the rest (:func:`schedule_passes`, then :func:`lowering_passes`); without, or
+    for another target kind,
     TVM's default pipeline compiles the NCHW module.
 
     ``tuning_logs``: ``True`` applies the target's database
@@ -368,14 +385,24 @@ def compile_model(
     except Exception as error:
         raise CompileError(imported.source, target, "TVM's build", error) from error
     if folder is not None:
-        notes.append(f"tuning log {folder}: tuned schedules for {len(tuned)} functions, "
-                     "hand schedules for the rest")
-    return CompiledModel(executable, target, list(imported.inputs), prepared.report,
-                         prepared.folded, notes, tuned=tuned)
+        notes.append(
+            f"tuning log {folder}: tuned schedules for {len(tuned)} functions, "
+            "hand schedules for the rest"
+        )
+    return CompiledModel(
+        executable,
+        target,
+        list(imported.inputs),
+        prepared.report,
+        prepared.folded,
+        notes,
+        tuned=tuned,
+    )
 
 
-def _tuning_folder(target: tvm.target.Target,
-                   tuning_logs: Union[bool, str, os.PathLike]) -> Optional[str]:
+def _tuning_folder(
+    target: tvm.target.Target, tuning_logs: Union[bool, str, os.PathLike]
+) -> Optional[str]:
     """The database folder :func:`compile_model` applies, or ``None``."""
     if tuning_logs is False:
         return None
@@ -383,8 +410,10 @@ def _tuning_folder(target: tvm.target.Target,
         folder = logs_dir(target)
         return os.fspath(folder) if has_database(folder) else None
     if not has_database(tuning_logs):
-        raise FileNotFoundError(f"{os.fspath(tuning_logs)}: no tuning database there "
-                                "(database_workload.json and database_tuning_record.json)")
+        raise FileNotFoundError(
+            f"{os.fspath(tuning_logs)}: no tuning database there "
+            "(database_workload.json and database_tuning_record.json)"
+        )
     return os.fspath(tuning_logs)
 
 

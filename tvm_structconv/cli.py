@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-
 __all__ = ["main"]
 
 
@@ -21,7 +20,7 @@ class Progress:
         self.step = 0
 
     def run(self, message: str, action: Callable):
-        """Print ``[k/total] message …``, run ``action()``, print its duration; return its result."""
+        """Print ``[k/total] message …``, run ``action()``, print how long it took; its result."""
         self.step += 1
         print(f"[{self.step}/{self.total}] {message} ...", end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
@@ -62,30 +61,50 @@ def _target(args: argparse.Namespace):
 
 
 def _add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input-shape", action="append", metavar="NAME:1x3x224x224",
-                        help="shape of an ONNX input with symbolic dims (repeat for several "
-                        "inputs); a symbolic batch defaults to 1")
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:1x3x224x224",
+        help="shape of an ONNX input with symbolic dims (repeat for several "
+        "inputs); a symbolic batch defaults to 1",
+    )
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an ONNX file or a torch.export program (.pt2)")
     _add_input_shape_argument(parser)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--manifest", help="manifest JSON (default: <stem>.manifest.json next to "
-                        "the model, else the ONNX metadata)")
-    source.add_argument("--detect", action="store_true",
-                        help="find structures in the weights by value instead of a manifest")
+    source.add_argument(
+        "--manifest",
+        help="manifest JSON (default: <stem>.manifest.json next to "
+        "the model, else the ONNX metadata)",
+    )
+    source.add_argument(
+        "--detect",
+        action="store_true",
+        help="find structures in the weights by value instead of a manifest",
+    )
     parser.add_argument("--target", default="x86", help="x86 (default), aarch64 or cuda")
-    parser.add_argument("--cuda-arch", default=None,
-                        help="GPU architecture of --target cuda (default sm_80)")
-    parser.add_argument("--tol", type=float, default=None,
-                        help="largest accepted weight residual (default: 100 x the dtype's eps)")
+    parser.add_argument(
+        "--cuda-arch", default=None, help="GPU architecture of --target cuda (default sm_80)"
+    )
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="largest accepted weight residual (default: 100 x the dtype's eps)",
+    )
     logs = parser.add_mutually_exclusive_group()
-    logs.add_argument("--tuning-logs", default=None, metavar="DIR",
-                      help="apply the tuning database in DIR (default: the target's folder "
-                      "under tuning_logs/, when it exists)")
-    logs.add_argument("--no-logs", action="store_true",
-                      help="ignore tuning logs: hand schedules only")
+    logs.add_argument(
+        "--tuning-logs",
+        default=None,
+        metavar="DIR",
+        help="apply the tuning database in DIR (default: the target's folder "
+        "under tuning_logs/, when it exists)",
+    )
+    logs.add_argument(
+        "--no-logs", action="store_true", help="ignore tuning logs: hand schedules only"
+    )
 
 
 def _tuning_logs(args: argparse.Namespace):
@@ -124,11 +143,19 @@ def _compile_reported(args: argparse.Namespace):
     from tvm_structconv.build import compile_model
 
     imported = _load(args)
-    compiled = compile_model(imported, _target(args), structured=not args.original, tol=args.tol,
-                             match_by_value=args.detect, tuning_logs=_tuning_logs(args))
+    compiled = compile_model(
+        imported,
+        _target(args),
+        structured=not args.original,
+        tol=args.tol,
+        match_by_value=args.detect,
+        tuning_logs=_tuning_logs(args),
+    )
     for note in compiled.notes:
         print(f"note: {note}")
-    print(f"manifest: {imported.manifest_origin}; BatchNorm folded into {len(compiled.folded)} convs")
+    print(
+        f"manifest: {imported.manifest_origin}; BatchNorm folded into {len(compiled.folded)} convs"
+    )
     if compiled.report is not None:
         print(compiled.report.format())
     return imported, compiled
@@ -142,8 +169,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from tvm_structconv.oracle import reference_outputs
     from tvm_structconv.build import compile_model, max_errors
+    from tvm_structconv.oracle import reference_outputs
 
     imported = _load(args)
     inputs = [spec.random(args.seed) for spec in imported.inputs]
@@ -151,14 +178,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     oracle = "onnxruntime" if imported.kind == "onnx" else "torch"
     worst = 0.0
     for structured in (False, True):
-        compiled = compile_model(imported, _target(args), structured=structured, tol=args.tol,
-                                 match_by_value=args.detect, tuning_logs=_tuning_logs(args))
+        compiled = compile_model(
+            imported,
+            _target(args),
+            structured=structured,
+            tol=args.tol,
+            match_by_value=args.detect,
+            tuning_logs=_tuning_logs(args),
+        )
         absolute, relative = max_errors(compiled.run(*inputs), expected)
         worst = max(worst, relative)
         label = "structured" if structured else "original"
         extra = f" ({len(compiled.report.rewritten)} layers rewritten)" if structured else ""
-        print(f"{label:<10} vs {oracle}: max abs error {absolute:.3e}, max rel error "
-              f"{relative:.3e}{extra}")
+        print(
+            f"{label:<10} vs {oracle}: max abs error {absolute:.3e}, max rel error "
+            f"{relative:.3e}{extra}"
+        )
     if worst > args.rtol:
         print(f"FAILED: relative error {worst:.3e} > {args.rtol:.1e}")
         return 1
@@ -167,30 +202,42 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from tvm_structconv.oracle import reference_outputs
     from tvm_structconv.deploy import deploy, run_bundle
+    from tvm_structconv.oracle import reference_outputs
     from tvm_structconv.runtime_libs import host_arch
     from tvm_structconv.toolchain import RunnerError
 
     imported, compiled = _compile_reported(args)
     inputs = [spec.random(args.seed) for spec in imported.inputs]
-    bundle = deploy(compiled, imported, args.output, inputs, reference_outputs(imported, inputs),
-                    build=not args.no_build)
+    bundle = deploy(
+        compiled,
+        imported,
+        args.output,
+        inputs,
+        reference_outputs(imported, inputs),
+        build=not args.no_build,
+    )
     print(f"wrote {bundle.folder} ({bundle.arch}: model.so, model.json, runner sources, sample)")
     print(f"runner: {bundle.runner}" if bundle.runner else bundle.build_hint)
     if not args.check:
         return 0
     if bundle.runner is None:
         raise RunnerError(f"--check needs the runner: {bundle.build_hint}")
-    done = run_bundle(bundle.folder, expect=bundle.folder / "sample" / "expected.bin",
-                      repeat=args.repeat, rtol=args.rtol)
+    done = run_bundle(
+        bundle.folder,
+        expect=bundle.folder / "sample" / "expected.bin",
+        repeat=args.repeat,
+        rtol=args.rtol,
+    )
     print(done.stdout.rstrip())
     if done.returncode not in (0, 1):
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RunnerError(f"the runner failed: {last}")
     if bundle.arch != host_arch():
-        print(f"(ran under qemu-{bundle.arch}-static: a correctness check; the timing means "
-              "nothing, measure on the board or through TVM RPC)")
+        print(
+            f"(ran under qemu-{bundle.arch}-static: a correctness check; the timing means "
+            "nothing, measure on the board or through TVM RPC)"
+        )
     return done.returncode
 
 
@@ -207,12 +254,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
         variants = [True, False] if args.original else [True]
         for structured in variants:
             label = "structured" if structured else "original"
-            print(f"tuning the {label} model's convs for {target_key(target)} "
-                  f"({args.trials} trials)", file=sys.stderr, flush=True)
-            result = tune_model(imported, target, trials=args.trials, structured=structured,
-                                folder=args.tuning_logs, trials_per_iter=args.trials_per_iter,
-                                rpc_tracker=args.rpc_tracker, device_key=args.device_key,
-                                seed=args.seed)
+            print(
+                f"tuning the {label} model's convs for {target_key(target)} ({args.trials} trials)",
+                file=sys.stderr,
+                flush=True,
+            )
+            result = tune_model(
+                imported,
+                target,
+                trials=args.trials,
+                structured=structured,
+                folder=args.tuning_logs,
+                trials_per_iter=args.trials_per_iter,
+                rpc_tracker=args.rpc_tracker,
+                device_key=args.device_key,
+                seed=args.seed,
+            )
             print(f"{label}:")
             print(result.table())
     return 0
@@ -225,11 +282,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
     report = run_benchmark(
-        args.model, targets=args.targets.split(","),
-        peers=[p for p in args.peers.split(",") if p], threads=args.threads, repeat=args.repeat,
-        rounds=args.rounds, manifest=args.manifest, rpc_tracker=args.rpc_tracker,
-        device_key=args.device_key, workdir=args.workdir, image_size=args.image_size,
-        progress=progress, input_shapes=_input_shapes(args),
+        args.model,
+        targets=args.targets.split(","),
+        peers=[p for p in args.peers.split(",") if p],
+        threads=args.threads,
+        repeat=args.repeat,
+        rounds=args.rounds,
+        manifest=args.manifest,
+        rpc_tracker=args.rpc_tracker,
+        device_key=args.device_key,
+        workdir=args.workdir,
+        image_size=args.image_size,
+        progress=progress,
+        input_shapes=_input_shapes(args),
     )
     print(report.format())
     if args.json:
@@ -251,18 +316,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace, threads: int) -> int:
     """The demo's steps, with TVM's thread count already pinned to ``threads``."""
-    from tvm_structconv.oracle import reference_outputs
     from tvm_structconv.build import compile_model, max_errors, prepare_module
     from tvm_structconv.export import export
     from tvm_structconv.frontend import load_model
     from tvm_structconv.models import create_structured
+    from tvm_structconv.oracle import reference_outputs
     from tvm_structconv.timing import measure_latency
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="structconv-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     progress = Progress(7)
-    built = progress.run(f"building structured {args.model} ({args.image_size}px)",
-                         lambda: create_structured(args.model, image_size=args.image_size))
+    built = progress.run(
+        f"building structured {args.model} ({args.image_size}px)",
+        lambda: create_structured(args.model, image_size=args.image_size),
+    )
     onnx_path, pt2_path = workdir / f"{args.model}.onnx", workdir / f"{args.model}.pt2"
 
     def export_both():
@@ -275,10 +342,14 @@ def _demo(args: argparse.Namespace, threads: int) -> int:
         "importing the .pt2 program and rewriting it (check)",
         lambda: prepare_module(load_model(pt2_path)).report,
     )
-    original = progress.run("compiling the original model for this CPU",
-                            lambda: compile_model(imported, "x86", structured=False))
-    structured = progress.run("compiling the structured model for this CPU",
-                              lambda: compile_model(imported, "x86", structured=True))
+    original = progress.run(
+        "compiling the original model for this CPU",
+        lambda: compile_model(imported, "x86", structured=False),
+    )
+    structured = progress.run(
+        "compiling the structured model for this CPU",
+        lambda: compile_model(imported, "x86", structured=True),
+    )
     inputs = [built.example_input.numpy()]
 
     def time_both():
@@ -289,37 +360,55 @@ def _demo(args: argparse.Namespace, threads: int) -> int:
                 rounds[label] = latency if rounds[label] is None else rounds[label].merged(latency)
         return rounds
 
-    latency = progress.run(f"timing both ({args.rounds} interleaved rounds of {args.repeat})",
-                           time_both)
+    latency = progress.run(
+        f"timing both ({args.rounds} interleaved rounds of {args.repeat})", time_both
+    )
     # onnxruntime only after the timing: its idle worker threads would slow TVM
     expected = reference_outputs(imported, inputs)
-    errors = {label: max_errors(model.run(*inputs), expected)
-              for label, model in (("original", original), ("structured", structured))}
+    errors = {
+        label: max_errors(model.run(*inputs), expected)
+        for label, model in (("original", original), ("structured", structured))
+    }
     report = structured.report
     cost = built.cost()
     print()
-    print(report.format() if args.verbose else
-          f"{len(report.rewritten)} of {len(report.layers)} conv/linear layers rewritten "
-          f"({len(pt2_report.rewritten)} through the .pt2 frontend); "
-          f"BatchNorm folded into {len(structured.folded)} convs")
+    print(
+        report.format()
+        if args.verbose
+        else f"{len(report.rewritten)} of {len(report.layers)} conv/linear layers rewritten "
+        f"({len(pt2_report.rewritten)} through the .pt2 frontend); "
+        f"BatchNorm folded into {len(structured.folded)} convs"
+    )
     for label, model in (("original", original), ("structured", structured)):
-        print(f"{label}: " + (
-            f"tuned schedules for {len(model.tuned)} functions from the tuning log, hand "
-            "schedules for the rest" if model.tuned else
-            "hand schedules (the tuning log of this CPU, if any, holds none of its functions)"))
+        print(
+            f"{label}: "
+            + (
+                f"tuned schedules for {len(model.tuned)} functions from the tuning log, hand "
+                "schedules for the rest"
+                if model.tuned
+                else "hand schedules (the tuning log of this CPU, if any, holds none of its "
+                "functions)"
+            )
+        )
     print()
     header = f"{'':<11}{'params':>10}{'GMAC':>8}{'median ms':>11}{'p90 ms':>9}{'max rel err':>13}"
     print(f"{args.model}, batch 1, fp32, {threads} threads, {structured.target}")
     print(header)
-    rows = (("original", cost.original_params, cost.original_macs),
-            ("structured", cost.structured_params, cost.structured_macs))
+    rows = (
+        ("original", cost.original_params, cost.original_macs),
+        ("structured", cost.structured_params, cost.structured_macs),
+    )
     for label, params, macs in rows:
-        print(f"{label:<11}{params / 1e6:>9.2f}M{macs / 1e9:>8.2f}"
-              f"{latency[label].median_ms:>11.2f}{latency[label].p90_ms:>9.2f}"
-              f"{errors[label][1]:>13.2e}")
+        print(
+            f"{label:<11}{params / 1e6:>9.2f}M{macs / 1e9:>8.2f}"
+            f"{latency[label].median_ms:>11.2f}{latency[label].p90_ms:>9.2f}"
+            f"{errors[label][1]:>13.2e}"
+        )
     speedup = latency["original"].median_ms / latency["structured"].median_ms
-    print(f"speedup {speedup:.2f}x (MAC ratio {cost.mac_ratio:.2f}x); "
-          f"outputs checked against onnxruntime")
+    print(
+        f"speedup {speedup:.2f}x (MAC ratio {cost.mac_ratio:.2f}x); "
+        f"outputs checked against onnxruntime"
+    )
     worst = max(relative for _, relative in errors.values())
     if worst > args.rtol:
         print(f"FAILED: relative error {worst:.3e} > {args.rtol:.1e}")
@@ -333,21 +422,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="structconv",
         description="Compile models with Structured Convolutions into sum-pool + small-conv "
-                    "kernels with Apache TVM.",
+        "kernels with Apache TVM.",
     )
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of one line")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of one line",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="the main job: built-in structured model, exported, "
-                               "compiled original vs structured, checked and timed")
+    demo = commands.add_parser(
+        "demo",
+        help="the main job: built-in structured model, exported, "
+        "compiled original vs structured, checked and timed",
+    )
     demo.add_argument("--model", default="resnet18", help="built-in model (default resnet18)")
     demo.add_argument("--image-size", type=int, default=224)
     demo.add_argument("--repeat", type=int, default=5, help="timed repeats per round")
     demo.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
     demo.add_argument("--threads", type=int, default=None, help="TVM threads (default: all cores)")
-    demo.add_argument("--rtol", type=float, default=1e-3,
-                      help="largest accepted output error relative to the output's magnitude")
+    demo.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-3,
+        help="largest accepted output error relative to the output's magnitude",
+    )
     demo.add_argument("--workdir", help="where the exported models go (default: a temp dir)")
     demo.add_argument("--verbose", action="store_true", help="print the per-layer report")
     demo.set_defaults(func=cmd_demo)
@@ -356,11 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--image-size", type=int, default=224)
     models.set_defaults(func=cmd_models)
 
-    export = commands.add_parser("export", help="export a built-in structured model to "
-                                 "ONNX and .pt2 with its manifest")
+    export = commands.add_parser(
+        "export", help="export a built-in structured model to ONNX and .pt2 with its manifest"
+    )
     export.add_argument("name", help="built-in model name (see `structconv models`)")
     export.add_argument("-o", "--output", required=True, help="output folder")
-    export.add_argument("--plan", default="3x3:n=2,c=C", help="structure plan (default %(default)s)")
+    export.add_argument(
+        "--plan", default="3x3:n=2,c=C", help="structure plan (default %(default)s)"
+    )
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--image-size", type=int, default=224)
     export.set_defaults(func=cmd_export)
@@ -368,76 +470,130 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="compile a model into a shared library")
     _add_model_arguments(compile_)
     compile_.add_argument("-o", "--output", required=True, help="output library (.so)")
-    compile_.add_argument("--original", action="store_true",
-                          help="compile without the structured rewrite (the baseline)")
+    compile_.add_argument(
+        "--original",
+        action="store_true",
+        help="compile without the structured rewrite (the baseline)",
+    )
     compile_.set_defaults(func=cmd_compile)
 
-    verify = commands.add_parser("verify", help="compile original and structured and compare "
-                                 "both with onnxruntime (ONNX) or torch (.pt2)")
+    verify = commands.add_parser(
+        "verify",
+        help="compile original and structured and compare "
+        "both with onnxruntime (ONNX) or torch (.pt2)",
+    )
     _add_model_arguments(verify)
-    verify.add_argument("--rtol", type=float, default=1e-3,
-                        help="largest accepted error relative to the output's magnitude")
+    verify.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-3,
+        help="largest accepted error relative to the output's magnitude",
+    )
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     verify.set_defaults(func=cmd_verify)
 
-    deploy = commands.add_parser("deploy", help="compile a model into a folder a board runs "
-                                 "without Python: library, model.json, C++ runner, sample")
+    deploy = commands.add_parser(
+        "deploy",
+        help="compile a model into a folder a board runs "
+        "without Python: library, model.json, C++ runner, sample",
+    )
     _add_model_arguments(deploy)
     deploy.add_argument("-o", "--output", required=True, help="bundle folder")
-    deploy.add_argument("--original", action="store_true",
-                        help="compile without the structured rewrite (the baseline)")
-    deploy.add_argument("--no-build", action="store_true",
-                        help="write the runner's sources without building it")
-    deploy.add_argument("--check", action="store_true",
-                        help="run the bundle here (under qemu for aarch64) on the sample input "
-                        "and compare with the reference runtime")
-    deploy.add_argument("--rtol", type=float, default=1e-4,
-                        help="largest accepted error of --check relative to the output's magnitude")
+    deploy.add_argument(
+        "--original",
+        action="store_true",
+        help="compile without the structured rewrite (the baseline)",
+    )
+    deploy.add_argument(
+        "--no-build", action="store_true", help="write the runner's sources without building it"
+    )
+    deploy.add_argument(
+        "--check",
+        action="store_true",
+        help="run the bundle here (under qemu for aarch64) on the sample input "
+        "and compare with the reference runtime",
+    )
+    deploy.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-4,
+        help="largest accepted error of --check relative to the output's magnitude",
+    )
     deploy.add_argument("--repeat", type=int, default=10, help="timed runs of --check")
     deploy.add_argument("--seed", type=int, default=0, help="seed of the sample input")
     deploy.set_defaults(func=cmd_deploy)
-    tune = commands.add_parser("tune", help="tune the model's convs with MetaSchedule (XGBoost "
-                               "cost model) into tuning_logs/<target>/, which compile applies")
+    tune = commands.add_parser(
+        "tune",
+        help="tune the model's convs with MetaSchedule (XGBoost "
+        "cost model) into tuning_logs/<target>/, which compile applies",
+    )
     tune.add_argument("model", help="an ONNX file or a torch.export program (.pt2)")
     _add_input_shape_argument(tune)
     tune_source = tune.add_mutually_exclusive_group()
     tune_source.add_argument("--manifest", help="manifest JSON (default: sidecar or ONNX metadata)")
-    tune_source.add_argument("--detect", action="store_true",
-                             help="find structures in the weights by value instead of a manifest")
-    tune.add_argument("--target", default="x86", help="x86 (default) or aarch64 (needs "
-                      "--rpc-tracker)")
-    tune.add_argument("--trials", type=int, default=256,
-                      help="measured candidates per model, shared out over its convs "
-                      "(default %(default)s)")
-    tune.add_argument("--original", action="store_true",
-                      help="also tune the original model's convs (same budget), for fair "
-                      "comparisons")
-    tune.add_argument("--trials-per-iter", type=int, default=16,
-                      help="candidates built and measured per round (default %(default)s)")
-    tune.add_argument("--tuning-logs", default=None, metavar="DIR",
-                      help="database folder (default: tuning_logs/<target key>/); an existing "
-                      "database is added to")
-    tune.add_argument("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: time candidates "
-                      "on its devices")
+    tune_source.add_argument(
+        "--detect",
+        action="store_true",
+        help="find structures in the weights by value instead of a manifest",
+    )
+    tune.add_argument(
+        "--target", default="x86", help="x86 (default) or aarch64 (needs --rpc-tracker)"
+    )
+    tune.add_argument(
+        "--trials",
+        type=int,
+        default=256,
+        help="measured candidates per model, shared out over its convs (default %(default)s)",
+    )
+    tune.add_argument(
+        "--original",
+        action="store_true",
+        help="also tune the original model's convs (same budget), for fair comparisons",
+    )
+    tune.add_argument(
+        "--trials-per-iter",
+        type=int,
+        default=16,
+        help="candidates built and measured per round (default %(default)s)",
+    )
+    tune.add_argument(
+        "--tuning-logs",
+        default=None,
+        metavar="DIR",
+        help="database folder (default: tuning_logs/<target key>/); an existing "
+        "database is added to",
+    )
+    tune.add_argument(
+        "--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: time candidates on its devices"
+    )
     tune.add_argument("--device-key", help="key the devices registered under")
     tune.add_argument("--seed", type=int, default=None, help="seed of the search")
     tune.set_defaults(func=cmd_tune, cuda_arch=None)
 
-    bench = commands.add_parser("bench", help="latency of original vs structured through TVM on "
-                                "each target, and of the peer runtimes")
+    bench = commands.add_parser(
+        "bench",
+        help="latency of original vs structured through TVM on "
+        "each target, and of the peer runtimes",
+    )
     bench.add_argument("model", help="ONNX file, .pt2 program or built-in model name")
     _add_input_shape_argument(bench)
     bench.add_argument("--manifest", help="manifest JSON (default: ONNX metadata or sidecar)")
     bench.add_argument("--targets", default="x86", help="comma-separated: x86,cuda,aarch64")
-    bench.add_argument("--peers", default="onnxruntime,torch,inductor",
-                       help="comma-separated peers on this host ('' for none)")
-    bench.add_argument("--threads", type=int, default=None, help="threads of every runtime "
-                       "(default: all cores)")
+    bench.add_argument(
+        "--peers",
+        default="onnxruntime,torch,inductor",
+        help="comma-separated peers on this host ('' for none)",
+    )
+    bench.add_argument(
+        "--threads", type=int, default=None, help="threads of every runtime (default: all cores)"
+    )
     bench.add_argument("--repeat", type=int, default=10, help="samples per round")
     bench.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     bench.add_argument("--image-size", type=int, default=224, help="input size of built-in models")
-    bench.add_argument("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: measure the TVM "
-                       "builds on its devices")
+    bench.add_argument(
+        "--rpc-tracker",
+        help="HOST:PORT of a TVM RPC tracker: measure the TVM builds on its devices",
+    )
     bench.add_argument("--device-key", help="key the devices registered under")
     bench.add_argument("--workdir", help="where libraries and exports go (default: a temp dir)")
     bench.add_argument("--json", help="write every row and raw sample as JSON")
@@ -463,8 +619,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         from tvm_structconv.messages import one_line
 
-        print(f"structconv: internal error: {one_line(error)} "
-              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        print(
+            f"structconv: internal error: {one_line(error)} "
+            "(rerun with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
         return 3
 
 

@@ -43,8 +43,9 @@ def cuda_source(executable: relax.Executable) -> str:
     ValueError
         If the executable has no CUDA module (not a CUDA build).
     """
-    sources = [module.inspect_source("") for module in _modules(executable.mod)
-               if module.kind == "cuda"]
+    sources = [
+        module.inspect_source("") for module in _modules(executable.mod) if module.kind == "cuda"
+    ]
     if not sources or not any(sources):
         raise ValueError("the executable holds no CUDA source: it is not a CUDA build")
     return "\n".join(sources)
@@ -65,13 +66,16 @@ def find_nvcc() -> str:
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise ToolchainError("checking CUDA code needs nvcc, which is not installed; install the "
-                         "CUDA toolkit (e.g. `apt-get install -y nvidia-cuda-toolkit`) or put "
-                         "its bin/ on PATH")
+    raise ToolchainError(
+        "checking CUDA code needs nvcc, which is not installed; install the "
+        "CUDA toolkit (e.g. `apt-get install -y nvidia-cuda-toolkit`) or put "
+        "its bin/ on PATH"
+    )
 
 
-def compile_with_nvcc(source: str, arch: str, folder: Union[str, os.PathLike],
-                      nvcc: Optional[str] = None) -> Path:
+def compile_with_nvcc(
+    source: str, arch: str, folder: Union[str, os.PathLike], nvcc: Optional[str] = None
+) -> Path:
     """Compile ``source`` with ``nvcc -arch=<arch> -c``; return the object file.
 
     Parameters
@@ -98,8 +102,9 @@ def compile_with_nvcc(source: str, arch: str, folder: Union[str, os.PathLike],
     cu = folder / f"kernels_{arch}.cu"
     cu.write_text(source)
     obj = cu.with_suffix(".o")
-    done = subprocess.run([nvcc, f"-arch={arch}", "-c", str(cu), "-o", str(obj)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [nvcc, f"-arch={arch}", "-c", str(cu), "-o", str(obj)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
         raise NvccError(f"nvcc -arch={arch} rejected {cu}:\n{tail}")

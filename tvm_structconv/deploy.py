@@ -119,16 +119,32 @@ def _report(report: Optional[RewriteReport]) -> Optional[Dict[str, Any]]:
         structure = None
         if layer.structure is not None:
             s = layer.structure
-            structure = {"in_channels": s.in_channels, "kernel_size": list(s.kernel_size),
-                         "reduced_channels": s.reduced_channels,
-                         "reduced_kernel_size": list(s.reduced_kernel_size), "groups": s.groups}
-        layers.append({"name": layer.name, "kind": layer.kind, "rewritten": layer.rewritten,
-                       "reason": layer.reason, "structure": structure,
-                       "residual": layer.residual, "macs_before": layer.macs_before,
-                       "macs_after": layer.macs_after})
-    return {"rewritten": len(report.rewritten), "layers": layers,
-            "unmatched": list(report.unmatched), "macs_before": report.macs_before,
-            "macs_after": report.macs_after}
+            structure = {
+                "in_channels": s.in_channels,
+                "kernel_size": list(s.kernel_size),
+                "reduced_channels": s.reduced_channels,
+                "reduced_kernel_size": list(s.reduced_kernel_size),
+                "groups": s.groups,
+            }
+        layers.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "rewritten": layer.rewritten,
+                "reason": layer.reason,
+                "structure": structure,
+                "residual": layer.residual,
+                "macs_before": layer.macs_before,
+                "macs_after": layer.macs_after,
+            }
+        )
+    return {
+        "rewritten": len(report.rewritten),
+        "layers": layers,
+        "unmatched": list(report.unmatched),
+        "macs_before": report.macs_before,
+        "macs_after": report.macs_after,
+    }
 
 
 def bundle_metadata(compiled: CompiledModel, imported: ImportedModel) -> Dict[str, Any]:
@@ -140,8 +156,9 @@ def bundle_metadata(compiled: CompiledModel, imported: ImportedModel) -> Dict[st
         "target": json.loads(str(compiled.target)),
         "target_key": target_key(compiled.target),
         "model": {"source": imported.source, "kind": imported.kind},
-        "tvm": {name: importlib.metadata.version(name)
-                for name in ("apache-tvm", "apache-tvm-ffi")},
+        "tvm": {
+            name: importlib.metadata.version(name) for name in ("apache-tvm", "apache-tvm-ffi")
+        },
         "inputs": [_spec(spec) for spec in compiled.inputs],
         "outputs": [_spec(spec) for spec in output_specs(imported)],
         "rewrite": _report(compiled.report),
@@ -199,8 +216,10 @@ def write_bundle(
         metadata["sample"] = {"inputs": names}
         if expected is not None:
             specs = metadata["outputs"]
-            blob = b"".join(np.ascontiguousarray(array, dtype=spec["dtype"]).tobytes()
-                            for spec, array in zip(specs, expected))
+            blob = b"".join(
+                np.ascontiguousarray(array, dtype=spec["dtype"]).tobytes()
+                for spec, array in zip(specs, expected)
+            )
             (sample / "expected.bin").write_bytes(blob)
             metadata["sample"]["expected"] = "sample/expected.bin"
     (folder / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
@@ -236,10 +255,14 @@ def build_runner(folder: PathLike, arch: str, runtime: Optional[Path] = None) ->
     compiler = cross_cxx(arch) or os.environ.get("CXX", "g++")
     runtime = runtime or runtime_root(arch)
     if shutil.which("make") is None:
-        raise RunnerError("building the runner needs `make`; install it with "
-                          "`apt-get install -y make`")
-    done = subprocess.run(["make", "-s", "-C", str(folder), f"CXX={compiler}",
-                           f"TVM_ROOT={runtime}"], capture_output=True, text=True)
+        raise RunnerError(
+            "building the runner needs `make`; install it with `apt-get install -y make`"
+        )
+    done = subprocess.run(
+        ["make", "-s", "-C", str(folder), f"CXX={compiler}", f"TVM_ROOT={runtime}"],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RunnerError(f"building {folder / RUNNER} failed:\n{_tail(done)}")
     (folder / "lib").mkdir(exist_ok=True)
@@ -262,8 +285,10 @@ def deploy(
     runner's sources and ``build_hint`` says what is missing and how to build on the board.
     """
     bundle = write_bundle(compiled, imported, folder, sample_inputs, expected)
-    how = (f"build it on the board with `make TVM_ROOT=<TVM runtime with include/ and lib/>` in "
-           f"{bundle.folder}")
+    how = (
+        f"build it on the board with `make TVM_ROOT=<TVM runtime with include/ and lib/>` in "
+        f"{bundle.folder}"
+    )
     if not build:
         bundle.build_hint = f"runner not built (--no-build); {how}"
         return bundle
@@ -316,9 +341,17 @@ def run_bundle(
         raise RunnerError(f"{runner} is not built; see {folder / 'Makefile'}")
     if inputs is None:
         inputs = [folder / name for name in metadata.get("sample", {}).get("inputs", [])]
-    command = emulator(metadata["arch"]) + [str(runner), "--model", str(folder / METADATA),
-                                            "--repeat", str(repeat), "--warmup", str(warmup),
-                                            "--rtol", str(rtol)]
+    command = emulator(metadata["arch"]) + [
+        str(runner),
+        "--model",
+        str(folder / METADATA),
+        "--repeat",
+        str(repeat),
+        "--warmup",
+        str(warmup),
+        "--rtol",
+        str(rtol),
+    ]
     for path in inputs:
         command += ["--input", os.fspath(path)]
     if output is not None:
@@ -327,7 +360,8 @@ def run_bundle(
         command += ["--expect", os.fspath(expect)]
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        filter(None, [str(folder / "lib"), os.environ.get("LD_LIBRARY_PATH")]))
+        filter(None, [str(folder / "lib"), os.environ.get("LD_LIBRARY_PATH")])
+    )
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 

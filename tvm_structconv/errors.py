@@ -21,6 +21,19 @@ from tvm_structconv.tuning_logs import TuningLogError
 
 __all__ = ["USER_ERRORS"]
 
-USER_ERRORS = (FrontendError, ManifestError, PlanError, TargetError, StructureMismatchError,
-               DeviceError, RunnerError, ToolchainError, PeerUnavailable, RemoteError, TuneError,
-               TuningLogError, CompileError, OSError)
+USER_ERRORS = (
+    FrontendError,
+    ManifestError,
+    PlanError,
+    TargetError,
+    StructureMismatchError,
+    DeviceError,
+    RunnerError,
+    ToolchainError,
+    PeerUnavailable,
+    RemoteError,
+    TuneError,
+    TuningLogError,
+    CompileError,
+    OSError,
+)

@@ -94,9 +94,7 @@ def export(
         model.train(was_training)
 
 
-def _export_onnx(
-    model: nn.Module, path: pathlib.Path, inputs: tuple, manifest: Manifest
-) -> None:
+def _export_onnx(model: nn.Module, path: pathlib.Path, inputs: tuple, manifest: Manifest) -> None:
     import onnx
 
     with warnings.catch_warnings():

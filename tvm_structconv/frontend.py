@@ -82,7 +82,7 @@ class ImportedModel:
 
 
 def load_model(
-    model: Union[str, os.PathLike, torch.nn.Module, "torch.export.ExportedProgram"],
+    model: Union[str, os.PathLike, torch.nn.Module, torch.export.ExportedProgram],
     example_input: Optional[torch.Tensor] = None,
     manifest: Union[None, Manifest, str, os.PathLike] = None,
     input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
@@ -131,7 +131,9 @@ def load_model(
             try:
                 program = torch.export.load(str(path))
             except Exception as error:  # torch raises many kinds for a bad archive
-                raise FrontendError(f"cannot load {path} as a torch.export program: {error}") from None
+                raise FrontendError(
+                    f"cannot load {path} as a torch.export program: {error}"
+                ) from None
             imported = _from_exported_program(program, str(path), "pt2")
         else:
             raise FrontendError(f"unknown model kind {suffix!r} for {path}: expected .onnx or .pt2")
@@ -146,7 +148,7 @@ def load_model(
     return imported
 
 
-def _export(module: torch.nn.Module, example_input: torch.Tensor) -> "torch.export.ExportedProgram":
+def _export(module: torch.nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
     module = module.eval()
     try:
         with warnings.catch_warnings():
@@ -185,8 +187,7 @@ def _from_onnx(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]]) 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the importer warns for every renamed tensor
-            mod = from_onnx(static.model, shape_dict=static.input_shapes,
-                            keep_params_in_input=True)
+            mod = from_onnx(static.model, shape_dict=static.input_shapes, keep_params_in_input=True)
     except Exception as error:
         raise FrontendError(f"TVM cannot import {path}: {last_line(error)}") from None
     # parameters keep their initializer names (torch state_dict names when exported without
@@ -200,8 +201,10 @@ def _bind(mod: tvm.IRModule, weight_name, source: str, kind: str) -> ImportedMod
     """Detach the parameters of ``main`` and bind them back as constants, recording names."""
     mod, params = relax.frontend.detach_params(mod)
     main = mod["main"]
-    num_inputs = int(main.attrs["num_input"]) if "num_input" in main.attrs else (
-        len(main.params) - len(params.get("main", []))
+    num_inputs = (
+        int(main.attrs["num_input"])
+        if "num_input" in main.attrs
+        else (len(main.params) - len(params.get("main", [])))
     )
     bindings, names = {}, {}
     for var, value in zip(main.params[num_inputs:], params.get("main", [])):
@@ -213,7 +216,9 @@ def _bind(mod: tvm.IRModule, weight_name, source: str, kind: str) -> ImportedMod
     for var in mod["main"].params:
         shape = var.ty.shape
         if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-            raise FrontendError(f"{source}: input {var.name!r} has a dynamic shape {shape}; "
-                                "export the model with a static input shape")
+            raise FrontendError(
+                f"{source}: input {var.name!r} has a dynamic shape {shape}; "
+                "export the model with a static input shape"
+            )
         inputs.append(InputSpec(var.name, tuple(int(d) for d in shape), str(var.ty.dtype)))
     return ImportedModel(mod, names, Manifest({}), "none", inputs, kind, source)

@@ -67,11 +67,15 @@ class LayerSpec:
         else:
             raise ValueError(f"weight of shape {tuple(weight_shape)} is neither conv nor linear")
         return Structure(
-            weight_shape[1] * groups, kernel, self.reduced_channels, self.reduced_kernel_size, groups
+            weight_shape[1] * groups,
+            kernel,
+            self.reduced_channels,
+            self.reduced_kernel_size,
+            groups,
         )
 
     @classmethod
-    def of(cls, structure: Structure) -> "LayerSpec":
+    def of(cls, structure: Structure) -> LayerSpec:
         """The spec recording ``structure``."""
         return cls(structure.reduced_channels, structure.reduced_kernel_size)
 
@@ -93,12 +97,12 @@ class Manifest:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_structures(cls, structures: Mapping[str, Structure]) -> "Manifest":
+    def from_structures(cls, structures: Mapping[str, Structure]) -> Manifest:
         """A manifest from ``{weight name: Structure}``."""
         return cls({name: LayerSpec.of(s) for name, s in structures.items()})
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<dict>") -> "Manifest":
+    def from_dict(cls, data: Any, source: str = "<dict>") -> Manifest:
         """Parse the JSON object of a manifest, checking every key and type.
 
         Raises
@@ -108,7 +112,9 @@ class Manifest:
             names the offending key and ``source``.
         """
         if not isinstance(data, dict):
-            raise ManifestError(f"{source}: a manifest must be a JSON object, got {type(data).__name__}")
+            raise ManifestError(
+                f"{source}: a manifest must be a JSON object, got {type(data).__name__}"
+            )
         unknown = sorted(set(data) - {"format", "layers"})
         if unknown:
             raise ManifestError(f"{source}: unknown top-level key {unknown[0]!r}")
@@ -119,10 +125,12 @@ class Manifest:
         layers = data.get("layers")
         if not isinstance(layers, dict):
             raise ManifestError(f"{source}: 'layers' must be an object of weight name -> entry")
-        return cls({name: _parse_layer(name, entry, source) for name, entry in layers.items()}, source)
+        return cls(
+            {name: _parse_layer(name, entry, source) for name, entry in layers.items()}, source
+        )
 
     @classmethod
-    def loads(cls, text: str, source: str = "<string>") -> "Manifest":
+    def loads(cls, text: str, source: str = "<string>") -> Manifest:
         """Parse manifest JSON text."""
         try:
             data = json.loads(text)
@@ -131,13 +139,15 @@ class Manifest:
         return cls.from_dict(data, source)
 
     @classmethod
-    def load(cls, path: PathLike) -> "Manifest":
+    def load(cls, path: PathLike) -> Manifest:
         """Read a manifest JSON file."""
         try:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
         except OSError as error:
-            raise ManifestError(f"cannot read manifest {os.fspath(path)}: {error.strerror}") from None
+            raise ManifestError(
+                f"cannot read manifest {os.fspath(path)}: {error.strerror}"
+            ) from None
         return cls.loads(text, os.fspath(path))
 
     # ----------------------------------------------------------------- serialization
@@ -163,7 +173,7 @@ class Manifest:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(self.dumps() + "\n")
 
-    def embed_onnx(self, model: "onnx.ModelProto") -> None:  # noqa: F821
+    def embed_onnx(self, model: onnx.ModelProto) -> None:  # noqa: F821
         """Store the manifest in ``model.metadata_props`` under ``structconv`` (replacing any)."""
         for index in reversed(range(len(model.metadata_props))):
             if model.metadata_props[index].key == ONNX_METADATA_KEY:
@@ -172,7 +182,7 @@ class Manifest:
         entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(self.to_dict())
 
     @classmethod
-    def from_onnx(cls, model: Union["onnx.ModelProto", PathLike]) -> Optional["Manifest"]:  # noqa: F821
+    def from_onnx(cls, model: Union[onnx.ModelProto, PathLike]) -> Optional[Manifest]:  # noqa: F821
         """The manifest embedded in an ONNX model (or file), or ``None`` if it has none."""
         if not hasattr(model, "metadata_props"):
             import onnx
@@ -200,7 +210,7 @@ class Manifest:
         """
         modules = dict(model.named_modules())
         result = {}
-        for name, spec in self.layers.items():
+        for name in self.layers:
             module_name, _, attribute = name.rpartition(".")
             module = modules.get(module_name)
             if attribute != "weight" or not isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -242,7 +252,9 @@ def _parse_layer(name: Any, entry: Any, source: str) -> LayerSpec:
     if not isinstance(name, str) or not name:
         raise ManifestError(f"{source}: layer key {name!r} must be a non-empty string")
     if not isinstance(entry, dict):
-        raise ManifestError(f"{source}: layers[{name!r}] must be an object, got {type(entry).__name__}")
+        raise ManifestError(
+            f"{source}: layers[{name!r}] must be an object, got {type(entry).__name__}"
+        )
     unknown = sorted(set(entry) - _LAYER_KEYS)
     if unknown:
         raise ManifestError(f"{source}: layers[{name!r}] has unknown key {unknown[0]!r}")
@@ -288,8 +300,10 @@ def _axis_residuals(gram: np.ndarray, sizes: Iterable[int]) -> Dict[int, float]:
         starts = np.arange(reduced)
         ends = starts + window
         box = (
-            prefix[np.ix_(ends, ends)] - prefix[np.ix_(starts, ends)]
-            - prefix[np.ix_(ends, starts)] + prefix[np.ix_(starts, starts)]
+            prefix[np.ix_(ends, ends)]
+            - prefix[np.ix_(starts, ends)]
+            - prefix[np.ix_(ends, starts)]
+            + prefix[np.ix_(starts, starts)]
         )
         basis = banded_ones(full, reduced)
         kept = float(np.trace(np.linalg.solve(basis.T @ basis, box)))
@@ -315,8 +329,9 @@ def _channel_sizes_by_folding(array: np.ndarray, tol: float, probes: int = 2) ->
     positions = np.arange(channels)
     sizes = []
     for window in range(channels, 1, -1):  # c = C - L + 1 ascending
-        classes = np.stack([np.bincount(positions % window, weights=probe, minlength=window)
-                            for probe in mixed])
+        classes = np.stack(
+            [np.bincount(positions % window, weights=probe, minlength=window) for probe in mixed]
+        )
         spread = np.linalg.norm(classes - classes.mean(axis=1, keepdims=True), axis=1)
         bound = 4.0 * tol * np.sqrt(-(-channels // window)) * norms
         if np.all(spread <= bound):
@@ -366,8 +381,10 @@ def detect(
     Structure or None
         ``None`` when only the trivial structure (nothing reduced) fits, or ``weight`` is zero.
     """
-    array = weight.detach().cpu().double().numpy() if isinstance(weight, torch.Tensor) else (
-        np.asarray(weight, dtype=np.float64)
+    array = (
+        weight.detach().cpu().double().numpy()
+        if isinstance(weight, torch.Tensor)
+        else (np.asarray(weight, dtype=np.float64))
     )
     if array.ndim == 2:
         array = array[:, :, None, None]

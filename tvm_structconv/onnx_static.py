@@ -25,8 +25,15 @@ __all__ = ["InputShapeError", "StaticModel", "graph_inputs", "make_static", "par
 #: A folded value larger than this is left to the runtime (shape tensors are tiny).
 MAX_FOLDED_ELEMENTS = 4096
 #: Nodes never folded: their value is not a function of their inputs.
-NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                    "Multinomial", "Bernoulli", "Dropout"}
+NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+}
 
 
 class InputShapeError(ValueError):
@@ -66,8 +73,10 @@ def parse_input_shape(text: str) -> Tuple[str, Tuple[int, ...]]:
     except ValueError:
         shape = ()
     if not sep or not name or not shape or any(d <= 0 for d in shape):
-        raise InputShapeError(f"input shape {text!r} is not NAME:D1xD2x... with positive dims "
-                              "(e.g. input:1x3x224x224)")
+        raise InputShapeError(
+            f"input shape {text!r} is not NAME:D1xD2x... with positive dims "
+            "(e.g. input:1x3x224x224)"
+        )
     return name, shape
 
 
@@ -88,38 +97,51 @@ def _dims(value: onnx.ValueInfoProto) -> List[object]:
     return dims
 
 
-def _bind_inputs(model: onnx.ModelProto, given: Mapping[str, Sequence[int]]
-                 ) -> Tuple[Dict[str, Tuple[int, ...]], List[str]]:
+def _bind_inputs(
+    model: onnx.ModelProto, given: Mapping[str, Sequence[int]]
+) -> Tuple[Dict[str, Tuple[int, ...]], List[str]]:
     """Fix every input's dims in ``model`` (in place); return the shapes and notes."""
     inputs = graph_inputs(model)
     names = [value.name for value in inputs]
     unknown = sorted(set(given) - set(names))
     if unknown:
-        raise InputShapeError(f"--input-shape names {', '.join(map(repr, unknown))}, which "
-                              f"{'is' if len(unknown) == 1 else 'are'} not an input of the "
-                              f"model; its inputs: {', '.join(names)}")
+        raise InputShapeError(
+            f"--input-shape names {', '.join(map(repr, unknown))}, which "
+            f"{'is' if len(unknown) == 1 else 'are'} not an input of the "
+            f"model; its inputs: {', '.join(names)}"
+        )
     shapes, notes = {}, []
     for value in inputs:
         dims = _dims(value)
         if value.name in given:
             shape = tuple(int(d) for d in given[value.name])
             if len(shape) != len(dims):
-                raise InputShapeError(f"input {value.name!r} has {len(dims)} dims "
-                                      f"{_show(dims)}, --input-shape gives {len(shape)}")
-            clash = [i for i, (d, s) in enumerate(zip(dims, shape)) if isinstance(d, int) and d != s]
+                raise InputShapeError(
+                    f"input {value.name!r} has {len(dims)} dims "
+                    f"{_show(dims)}, --input-shape gives {len(shape)}"
+                )
+            clash = [
+                i for i, (d, s) in enumerate(zip(dims, shape)) if isinstance(d, int) and d != s
+            ]
             if clash:
-                raise InputShapeError(f"input {value.name!r} is {_show(dims)}; --input-shape "
-                                      f"{'x'.join(map(str, shape))} differs at axis {clash[0]}")
+                raise InputShapeError(
+                    f"input {value.name!r} is {_show(dims)}; --input-shape "
+                    f"{'x'.join(map(str, shape))} differs at axis {clash[0]}"
+                )
         else:
             symbolic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
             if [i for i in symbolic if i != 0]:
                 raise InputShapeError(
                     f"input {value.name!r} has symbolic dims {_show(dims)}; give its shape with "
-                    f"--input-shape {value.name}:{'x'.join(str(d) if isinstance(d, int) else 'N' for d in dims)}")
+                    f"--input-shape {value.name}:"
+                    f"{'x'.join(str(d) if isinstance(d, int) else 'N' for d in dims)}"
+                )
             if symbolic:
-                notes.append(f"input {value.name!r}: symbolic batch {dims[0]!r} bound to 1 "
-                             f"(--input-shape {value.name}:N{'x'.join([''] + [str(d) for d in dims[1:]])} "
-                             "for another)")
+                notes.append(
+                    f"input {value.name!r}: symbolic batch {dims[0]!r} bound to 1 "
+                    f"(--input-shape {value.name}:N{'x'.join([''] + [str(d) for d in dims[1:]])} "
+                    "for another)"
+                )
             shape = tuple(1 if not isinstance(d, int) else d for d in dims)
         tensor_shape = value.type.tensor_type.shape
         del tensor_shape.dim[:]
@@ -144,18 +166,27 @@ def _static_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:
     return shapes
 
 
-def _evaluate(node: onnx.NodeProto, values: Mapping[str, np.ndarray],
-              opset: Sequence[onnx.OperatorSetIdProto]) -> Optional[List[np.ndarray]]:
+def _evaluate(
+    node: onnx.NodeProto, values: Mapping[str, np.ndarray], opset: Sequence[onnx.OperatorSetIdProto]
+) -> Optional[List[np.ndarray]]:
     """The outputs of ``node`` on known inputs (``onnx.reference``), or ``None`` if it fails."""
     from onnx.reference import ReferenceEvaluator
 
     inputs = [name for name in node.input if name]
     graph = helper.make_graph(
-        [node], "fold",
-        [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(values[name].dtype),
-                                       values[name].shape) for name in dict.fromkeys(inputs)],
-        [helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
-         for name in node.output if name],
+        [node],
+        "fold",
+        [
+            helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(values[name].dtype), values[name].shape
+            )
+            for name in dict.fromkeys(inputs)
+        ],
+        [
+            helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+            for name in node.output
+            if name
+        ],
     )
     try:
         evaluator = ReferenceEvaluator(helper.make_model(graph, opset_imports=opset))
@@ -174,7 +205,8 @@ def _fold_shape_arithmetic(model: onnx.ModelProto) -> int:
     graph = model.graph
     shapes = _static_shapes(model)
     known: Dict[str, np.ndarray] = {
-        init.name: numpy_helper.to_array(init) for init in graph.initializer
+        init.name: numpy_helper.to_array(init)
+        for init in graph.initializer
         if not np.issubdtype(helper.tensor_dtype_to_np_dtype(init.data_type), np.floating)
     }
     folded: List[onnx.NodeProto] = []
@@ -182,17 +214,27 @@ def _fold_shape_arithmetic(model: onnx.ModelProto) -> int:
         outputs = None
         if node.op_type == "Constant":
             value = [a for a in node.attribute if a.name == "value"]
-            outputs = ([numpy_helper.to_array(value[0].t)] if value  # the common form, directly
-                       else _evaluate(node, known, model.opset_import))
+            outputs = (
+                [numpy_helper.to_array(value[0].t)]
+                if value  # the common form, directly
+                else _evaluate(node, known, model.opset_import)
+            )
         elif node.op_type == "Shape" and node.input[0] in shapes:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             shape = shapes[node.input[0]]
-            outputs = [np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))],
-                                dtype=np.int64)]
+            outputs = [
+                np.array(
+                    shape[attrs.get("start", 0) : attrs.get("end", len(shape))], dtype=np.int64
+                )
+            ]
         elif node.op_type == "Size" and node.input[0] in shapes:
             outputs = [np.array(int(np.prod(shapes[node.input[0]])), dtype=np.int64)]
-        elif (node.op_type not in NONDETERMINISTIC and node.domain in ("", "ai.onnx")
-              and any(node.input) and all(not name or name in known for name in node.input)):
+        elif (
+            node.op_type not in NONDETERMINISTIC
+            and node.domain in ("", "ai.onnx")
+            and any(node.input)
+            and all(not name or name in known for name in node.input)
+        ):
             outputs = _evaluate(node, known, model.opset_import)
         if outputs is None or any(o.size > MAX_FOLDED_ELEMENTS for o in outputs):
             continue
@@ -205,9 +247,12 @@ def _fold_shape_arithmetic(model: onnx.ModelProto) -> int:
     remaining = [node for node in graph.node if id(node) not in folded_ids]
     used = {name for node in remaining for name in node.input}
     used |= {value.name for value in graph.output}
-    constants = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
-                     known[name], name)) for node in folded for name in node.output
-                 if name in used]
+    constants = [
+        helper.make_node("Constant", [], [name], value=numpy_helper.from_array(known[name], name))
+        for node in folded
+        for name in node.output
+        if name in used
+    ]
     del graph.node[:]
     graph.node.extend(constants + remaining)
     return len(folded)
@@ -221,13 +266,15 @@ def _integer_initializers_as_constants(model: onnx.ModelProto) -> None:
     int32 tensor); as constants they are what they are.
     """
     graph = model.graph
-    integers = [init for init in graph.initializer
-                if not np.issubdtype(helper.tensor_dtype_to_np_dtype(init.data_type), np.floating)]
+    integers = [
+        init
+        for init in graph.initializer
+        if not np.issubdtype(helper.tensor_dtype_to_np_dtype(init.data_type), np.floating)
+    ]
     if not integers:
         return
     names = {init.name for init in integers}
-    constants = [helper.make_node("Constant", [], [init.name], value=init)
-                 for init in integers]
+    constants = [helper.make_node("Constant", [], [init.name], value=init) for init in integers]
     kept = [init for init in graph.initializer if init.name not in names]
     inputs = [value for value in graph.input if value.name not in names]
     del graph.initializer[:]
@@ -239,8 +286,9 @@ def _integer_initializers_as_constants(model: onnx.ModelProto) -> None:
     graph.node.extend(constants + nodes)
 
 
-def make_static(model: onnx.ModelProto,
-                input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> StaticModel:
+def make_static(
+    model: onnx.ModelProto, input_shapes: Optional[Mapping[str, Sequence[int]]] = None
+) -> StaticModel:
     """A copy of ``model`` with static input shapes and its shape arithmetic folded.
 
     Parameters

@@ -46,8 +46,10 @@ class _Rewriter:
         residual = structure.residual(exact)
         tolerance = 100 * float(np.finfo(weight.dtype).eps)
         if residual > tolerance:
-            raise ValueError(f"layer {name!r}: weights do not satisfy the recorded {structure}: "
-                             f"residual {residual:.3e} > tolerance {tolerance:.1e}")
+            raise ValueError(
+                f"layer {name!r}: weights do not satisfy the recorded {structure}: "
+                f"residual {residual:.3e} > tolerance {tolerance:.1e}"
+            )
         return self.constant(f"{name}/alpha", structure.decompose(exact).astype(weight.dtype))
 
     def constant(self, name: str, array: np.ndarray) -> str:
@@ -62,7 +64,10 @@ class _Rewriter:
         attributes = _attributes(node)
         groups = int(attributes.get("group", 1))
         structure = self.manifest.layers[weight_name].structure(weight.shape, groups)
-        if structure.is_trivial or attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if structure.is_trivial or attributes.get("auto_pad", b"NOTSET") not in (
+            b"NOTSET",
+            "NOTSET",
+        ):
             return None
         depth, window_h, window_w = structure.pool_window
         dilation = [int(d) for d in attributes.get("dilations", [1, 1])]
@@ -73,49 +78,99 @@ class _Rewriter:
         if any(pads):
             pad_values = [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]
             padded = f"{prefix}/padded"
-            nodes.append(helper.make_node(
-                "Pad", [current, self.constant(f"{prefix}/pads", np.array(pad_values, np.int64))],
-                [padded]))
+            nodes.append(
+                helper.make_node(
+                    "Pad",
+                    [current, self.constant(f"{prefix}/pads", np.array(pad_values, np.int64))],
+                    [padded],
+                )
+            )
             current = padded
         pooled = f"{prefix}/pooled_mean"
         if depth == 1:
-            nodes.append(helper.make_node("AveragePool", [current], [pooled],
-                                          kernel_shape=[window_h, window_w], dilations=dilation))
+            nodes.append(
+                helper.make_node(
+                    "AveragePool",
+                    [current],
+                    [pooled],
+                    kernel_shape=[window_h, window_w],
+                    dilations=dilation,
+                )
+            )
         else:
             batch, channels, height, width = self.shapes[node.input[0]]
             height, width = height + pads[0] + pads[2], width + pads[1] + pads[3]
             grouped = f"{prefix}/grouped"
-            nodes.append(helper.make_node("Reshape", [current, self.constant(
-                f"{prefix}/grouped_shape",
-                np.array([batch * groups, 1, channels // groups, height, width], np.int64))],
-                [grouped]))
+            nodes.append(
+                helper.make_node(
+                    "Reshape",
+                    [
+                        current,
+                        self.constant(
+                            f"{prefix}/grouped_shape",
+                            np.array(
+                                [batch * groups, 1, channels // groups, height, width], np.int64
+                            ),
+                        ),
+                    ],
+                    [grouped],
+                )
+            )
             pooled5 = f"{prefix}/pooled5"
-            nodes.append(helper.make_node("AveragePool", [grouped], [pooled5],
-                                          kernel_shape=[depth, window_h, window_w],
-                                          dilations=[1, *dilation]))
+            nodes.append(
+                helper.make_node(
+                    "AveragePool",
+                    [grouped],
+                    [pooled5],
+                    kernel_shape=[depth, window_h, window_w],
+                    dilations=[1, *dilation],
+                )
+            )
             out_h = height - dilation[0] * (window_h - 1)
             out_w = width - dilation[1] * (window_w - 1)
-            nodes.append(helper.make_node("Reshape", [pooled5, self.constant(
-                f"{prefix}/pooled_shape",
-                np.array([batch, structure.reduced_channels, out_h, out_w], np.int64))],
-                [pooled]))
+            nodes.append(
+                helper.make_node(
+                    "Reshape",
+                    [
+                        pooled5,
+                        self.constant(
+                            f"{prefix}/pooled_shape",
+                            np.array([batch, structure.reduced_channels, out_h, out_w], np.int64),
+                        ),
+                    ],
+                    [pooled],
+                )
+            )
         summed = f"{prefix}/pooled"
         count = np.array(depth * window_h * window_w, dtype=weight.dtype)
-        nodes.append(helper.make_node("Mul", [pooled, self.constant(f"{prefix}/window", count)],
-                                      [summed]))
+        nodes.append(
+            helper.make_node("Mul", [pooled, self.constant(f"{prefix}/window", count)], [summed])
+        )
         self.dilated |= dilation != [1, 1]
         inputs = [summed, self.alpha(weight_name, weight, structure), *node.input[2:]]
-        nodes.append(helper.make_node("Conv", inputs, list(node.output), name=f"{prefix}/reduced",
-                                      strides=attributes.get("strides", [1, 1]),
-                                      dilations=dilation, group=groups))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                inputs,
+                list(node.output),
+                name=f"{prefix}/reduced",
+                strides=attributes.get("strides", [1, 1]),
+                dilations=dilation,
+                group=groups,
+            )
+        )
         self.rewritten.append(weight_name)
         return nodes
 
     def gemm(self, node: onnx.NodeProto) -> Optional[List[onnx.NodeProto]]:
         attributes = _attributes(node)
         weight_name = node.input[1]
-        if (weight_name not in self.manifest.layers or weight_name not in self.initializers
-                or attributes.get("transB", 0) != 1 or attributes.get("transA", 0) != 0):
+        if (
+            weight_name not in self.manifest.layers
+            or weight_name not in self.initializers
+            or attributes.get("transB", 0) != 1
+            or attributes.get("transA", 0) != 0
+        ):
             return None
         weight = numpy_helper.to_array(self.initializers[weight_name])
         structure = self.manifest.layers[weight_name].structure(weight.shape)
@@ -123,25 +178,37 @@ class _Rewriter:
             return None
         prefix = node.name or weight_name
         depth = structure.pool_window[0]
-        names = [f"{prefix}/{suffix}" for suffix in ("expanded", "pooled3", "pooled_mean", "pooled")]
+        names = [
+            f"{prefix}/{suffix}" for suffix in ("expanded", "pooled3", "pooled_mean", "pooled")
+        ]
         axis = self.constant(f"{prefix}/axis", np.array([1], np.int64))
         alpha = self.alpha(weight_name, weight, structure)
         nodes = [
             helper.make_node("Unsqueeze", [node.input[0], axis], [names[0]]),
             helper.make_node("AveragePool", [names[0]], [names[1]], kernel_shape=[depth]),
             helper.make_node("Squeeze", [names[1], axis], [names[2]]),
-            helper.make_node("Mul", [names[2], self.constant(
-                f"{prefix}/window", np.array(depth, dtype=weight.dtype))], [names[3]]),
-            helper.make_node("Gemm", [names[3], alpha, *node.input[2:]], list(node.output),
-                             name=f"{prefix}/reduced", transB=1,
-                             alpha=float(attributes.get("alpha", 1.0)),
-                             beta=float(attributes.get("beta", 1.0))),
+            helper.make_node(
+                "Mul",
+                [names[2], self.constant(f"{prefix}/window", np.array(depth, dtype=weight.dtype))],
+                [names[3]],
+            ),
+            helper.make_node(
+                "Gemm",
+                [names[3], alpha, *node.input[2:]],
+                list(node.output),
+                name=f"{prefix}/reduced",
+                transB=1,
+                alpha=float(attributes.get("alpha", 1.0)),
+                beta=float(attributes.get("beta", 1.0)),
+            ),
         ]
         self.rewritten.append(weight_name)
         return nodes
 
 
-def rewrite_structured_onnx(model: onnx.ModelProto, manifest: Manifest) -> tuple[onnx.ModelProto, List[str]]:
+def rewrite_structured_onnx(
+    model: onnx.ModelProto, manifest: Manifest
+) -> tuple[onnx.ModelProto, List[str]]:
     """A copy of ``model`` whose structured ``Conv`` / ``Gemm`` layers run as pool + small op.
 
     Layers are found by their weight initializer's name in ``manifest``; a weight that does not

@@ -17,12 +17,15 @@ of the kernel, one register block of the accumulator (:mod:`tvm_structconv.sched
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 from tvm import te, topi
 
 from tvm_structconv.structure import Structure
+
+if TYPE_CHECKING:
+    from tvm import s_tir
 
 __all__ = [
     "SCHEDULE_RULE",
@@ -59,10 +62,10 @@ def stages_around(sch, block) -> Tuple[list, list]:
     """The root blocks before ``block`` (padding, pool stages) and after it (fused epilogue)."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     index = [sch.get(b).same_as(sch.get(block)) for b in blocks].index(True)
-    return list(blocks[:index]), list(blocks[index + 1:])
+    return list(blocks[:index]), list(blocks[index + 1 :])
 
 
-def find_structured_block(func_or_schedule) -> Optional["s_tir.schedule.SBlockRV"]:
+def find_structured_block(func_or_schedule) -> Optional[s_tir.schedule.SBlockRV]:
     """The root-level block of a PrimFunc (or schedule) tagged with :data:`SCHEDULE_RULE`.
 
     Returns the block (of the given schedule, or of a new one for a PrimFunc), or ``None``
@@ -78,6 +81,7 @@ def find_structured_block(func_or_schedule) -> Optional["s_tir.schedule.SBlockRV
             return block
     return None
 
+
 # (channel, height, width) axis of each supported activation layout
 _AXES = {"NCHW": (1, 2, 3), "NHWC": (3, 1, 2)}
 
@@ -88,8 +92,15 @@ def _check_layout(layout: str) -> str:
     return layout
 
 
-def _window_sum(tensor: te.Tensor, axis: int, window: int, step: int, name: str,
-                group_size: int = 0, groups: int = 1) -> te.Tensor:
+def _window_sum(
+    tensor: te.Tensor,
+    axis: int,
+    window: int,
+    step: int,
+    name: str,
+    group_size: int = 0,
+    groups: int = 1,
+) -> te.Tensor:
     """Sliding sum of ``window`` elements spaced ``step`` apart along ``axis`` (stride 1).
 
     With ``group_size`` set, the axis holds ``groups`` groups of ``group_size`` elements and the
@@ -123,14 +134,16 @@ def _window_sum(tensor: te.Tensor, axis: int, window: int, step: int, name: str,
         shape[axis] = out_length * groups
         return shape
 
-    def doubling(source: te.Tensor, source_length: int, out_length: int, size: int,
-                 stage_name: str) -> te.Tensor:
+    def doubling(
+        source: te.Tensor, source_length: int, out_length: int, size: int, stage_name: str
+    ) -> te.Tensor:
         """Sums of ``2·size`` elements from the sums of ``size`` in ``source``."""
         return te.compute(
             shape_of(out_length),
-            lambda *index: (source[source_index(index, out_length, source_length, 0)]
-                            + source[source_index(index, out_length, source_length,
-                                                  size * step)]),
+            lambda *index: (
+                source[source_index(index, out_length, source_length, 0)]
+                + source[source_index(index, out_length, source_length, size * step)]
+            ),
             name=stage_name,
         )
 
@@ -147,12 +160,14 @@ def _window_sum(tensor: te.Tensor, axis: int, window: int, step: int, name: str,
     for bit in reversed(range(len(powers))):
         if window >> bit & 1:
             terms.append((*powers[bit], offset * step))
-            offset += 2 ** bit
+            offset += 2**bit
     out_length = length - (window - 1) * step
 
     def combine(*index):
-        values = [source[source_index(index, out_length, source_length, shift)]
-                  for source, source_length, shift in terms]
+        values = [
+            source[source_index(index, out_length, source_length, shift)]
+            for source, source_length, shift in terms
+        ]
         total = values[0]
         for value in values[1:]:
             total = total + value
@@ -161,8 +176,12 @@ def _window_sum(tensor: te.Tensor, axis: int, window: int, step: int, name: str,
     return te.compute(shape_of(out_length), combine, name=name)
 
 
-def sum_pool(padded: te.Tensor, structure: Structure, dilation: Tuple[int, int] = (1, 1),
-             layout: str = "NCHW") -> te.Tensor:
+def sum_pool(
+    padded: te.Tensor,
+    structure: Structure,
+    dilation: Tuple[int, int] = (1, 1),
+    layout: str = "NCHW",
+) -> te.Tensor:
     """``S``: the sum-pool of an already padded tensor over (channel, height, width).
 
     The channel window stays inside each group; spatial windows are dilated by ``dilation``.
@@ -170,8 +189,9 @@ def sum_pool(padded: te.Tensor, structure: Structure, dilation: Tuple[int, int] 
     """
     channel_axis, height_axis, width_axis = _AXES[_check_layout(layout)]
     depth, window_h, window_w = structure.pool_window
-    pooled = _window_sum(padded, channel_axis, depth, 1, "pool_channel",
-                         structure.group_channels, structure.groups)
+    pooled = _window_sum(
+        padded, channel_axis, depth, 1, "pool_channel", structure.group_channels, structure.groups
+    )
     pooled = _window_sum(pooled, width_axis, window_w, dilation[1], "pool_width")
     return _window_sum(pooled, height_axis, window_h, dilation[0], "pool_height")
 
@@ -247,7 +267,8 @@ def output_channel_block(out_channels: int, groups: int, preferred: int, lanes: 
 
 
 def pack_alpha(alpha: np.ndarray, block: int) -> np.ndarray:
-    """``alpha`` (OIHW, ``(Cout, c/groups, nh, nw)``) packed as ``(Cout/block, nh, nw, c/groups, block)``."""
+    """``alpha`` (OIHW, ``(Cout, c/groups, nh, nw)``) packed as
+    ``(Cout/block, nh, nw, c/groups, block)``."""
     out_channels, channels, height, width = alpha.shape
     if out_channels % block:
         raise ValueError(f"block {block} does not divide {out_channels} output channels")
@@ -271,8 +292,9 @@ def _subsample(data: te.Tensor, stride_h: int, stride_w: int) -> te.Tensor:
     """Every ``stride_h``-th row and ``stride_w``-th column of an NHWC tensor."""
     batch, height, width, channels = data.shape
     shape = (batch, (height - 1) // stride_h + 1, (width - 1) // stride_w + 1, channels)
-    return te.compute(shape, lambda b, y, x, c: data[b, y * stride_h, x * stride_w, c],
-                      name="subsample")
+    return te.compute(
+        shape, lambda b, y, x, c: data[b, y * stride_h, x * stride_w, c], name="subsample"
+    )
 
 
 def _output_size(size: int, kernel: int, stride: int, dilation: int) -> int:
@@ -309,7 +331,11 @@ def structured_conv2d_nhwc(
     stride_h, stride_w = (int(s) for s in strides)
     dilation_h, dilation_w = (int(d) for d in dilation)
     padded = _pad(data, padding, "NHWC")
-    if not structure.is_trivial and structure.kernel_size == (1, 1) and (stride_h, stride_w) != (1, 1):
+    if (
+        not structure.is_trivial
+        and structure.kernel_size == (1, 1)
+        and (stride_h, stride_w) != (1, 1)
+    ):
         # a strided 1x1 conv reads S only on the strided grid: pool the channels only there
         padded = _subsample(padded, stride_h, stride_w)
         stride_h = stride_w = 1
@@ -341,8 +367,7 @@ def structured_conv2d_nhwc(
     )
 
 
-def _pooled_channel(out_channels: int, groups: int, reduced_per_group: int,
-                    block: int) -> Callable:
+def _pooled_channel(out_channels: int, groups: int, reduced_per_group: int, block: int) -> Callable:
     """``(o, r) ↦`` channel of ``S`` that output ``o`` reads as its ``r``-th reduced channel.
 
     Written so that, once the output channel is split by ``block``, the group index is free of
@@ -356,8 +381,9 @@ def _pooled_channel(out_channels: int, groups: int, reduced_per_group: int,
     return lambda o, r: (o // per_group) * reduced_per_group + r
 
 
-def structured_dense(data: te.Tensor, alpha: te.Tensor, structure: Structure,
-                     out_dtype: Optional[str] = None) -> te.Tensor:
+def structured_dense(
+    data: te.Tensor, alpha: te.Tensor, structure: Structure, out_dtype: Optional[str] = None
+) -> te.Tensor:
     """``data @ compose(alpha)ᵀ`` as a sliding channel sum over the last axis, then ``@ alphaᵀ``.
 
     ``data`` is ``(..., in_features)``, ``alpha`` is ``(out_features, reduced_channels)``.

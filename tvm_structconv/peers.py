@@ -23,8 +23,9 @@ class PeerUnavailable(Exception):
     """A peer cannot run this model; the message is the reason shown in its row."""
 
 
-def onnxruntime_runner(onnx_path: str, inputs: Sequence[np.ndarray], threads: int,
-                       structured: bool) -> Callable[[], object]:
+def onnxruntime_runner(
+    onnx_path: str, inputs: Sequence[np.ndarray], threads: int, structured: bool
+) -> Callable[[], object]:
     """onnxruntime on the ONNX model (or its plain-op structured rewrite), ``threads`` threads."""
     import onnx
     import onnxruntime
@@ -42,14 +43,16 @@ def onnxruntime_runner(onnx_path: str, inputs: Sequence[np.ndarray], threads: in
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     feeds = {spec.name: array for spec, array in zip(session.get_inputs(), inputs)}
     return lambda: session.run(None, feeds)
 
 
-def torch_runner(module, inputs: Sequence[np.ndarray], threads: int,
-                 compiled: bool) -> Callable[[], object]:
+def torch_runner(
+    module, inputs: Sequence[np.ndarray], threads: int, compiled: bool
+) -> Callable[[], object]:
     """torch eager (or ``torch.compile`` with Inductor) on ``module``, ``threads`` threads.
 
     ``module`` must already be in inference mode (a built-in model, or the module of a

@@ -84,9 +84,7 @@ class Rule:
         else:
             reduced = max(1, int(per_group * self.channel_fraction))
         if reduced > per_group:
-            raise PlanError(
-                f"rule asks for c={reduced} per group, the layer has only {per_group}"
-            )
+            raise PlanError(f"rule asks for c={reduced} per group, the layer has only {per_group}")
         return Structure(
             in_channels, kernel, reduced * groups, self.reduced_kernel_size or kernel, groups
         )
@@ -109,7 +107,7 @@ class Plan:
     layers: Dict[str, Optional[Tuple[int, Tuple[int, int]]]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> "Plan":
+    def parse(cls, text: str) -> Plan:
         """Parse rule syntax such as ``"3x3:n=2,c=C/2;1x1:c=C/2,min_channels=64"``."""
         rules = [_parse_rule(part.strip()) for part in text.split(";") if part.strip()]
         if not rules:
@@ -126,8 +124,11 @@ class Plan:
             groups = getattr(layer, "groups", 1)
             if isinstance(layer, nn.Conv2d):
                 return Structure(
-                    layer.in_channels, tuple(layer.kernel_size), reduced_channels,
-                    reduced_kernel, groups,
+                    layer.in_channels,
+                    tuple(layer.kernel_size),
+                    reduced_channels,
+                    reduced_kernel,
+                    groups,
                 )
             return Structure(layer.in_features, 1, reduced_channels, reduced_kernel)
         for rule in self.rules:

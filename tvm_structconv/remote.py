@@ -59,8 +59,9 @@ class RemoteDevices:
         Seconds to wait for a free server before giving up on a job.
     """
 
-    def __init__(self, address: str, key: str, session_timeout: int = 600,
-                 request_timeout: float = 120.0) -> None:
+    def __init__(
+        self, address: str, key: str, session_timeout: int = 600, request_timeout: float = 120.0
+    ) -> None:
         self.host, self.port = parse_tracker(address)
         self.address, self.key = address, key
         self.session_timeout = session_timeout
@@ -85,12 +86,16 @@ class RemoteDevices:
             If the tracker is unreachable or no server has the key.
         """
         summary = self._tracker().summary()
-        count = sum(1 for server in summary.get("server_info", [])
-                    if str(server.get("key", "")).split(":", 1)[-1] == self.key)
+        count = sum(
+            1
+            for server in summary.get("server_info", [])
+            if str(server.get("key", "")).split(":", 1)[-1] == self.key
+        )
         if count == 0:
             raise RemoteError(
                 f"no RPC server is registered under key {self.key!r} at {self.address}; start one "
-                f"on the device: python -m tvm.exec.rpc_server --tracker {self.address} --key {self.key}"
+                "on the device: python -m tvm.exec.rpc_server "
+                f"--tracker {self.address} --key {self.key}"
             )
         return count
 
@@ -98,8 +103,12 @@ class RemoteDevices:
         from tvm import relax
 
         tracker = self._tracker()
-        session = tracker.request(self.key, priority=1, session_timeout=self.session_timeout,
-                                  max_retry=max(1, int(self.request_timeout // 5)))
+        session = tracker.request(
+            self.key,
+            priority=1,
+            session_timeout=self.session_timeout,
+            max_retry=max(1, int(self.request_timeout // 5)),
+        )
         session.upload(job.library)
         library = session.load_module(os.path.basename(job.library))
         device = session.cpu()
@@ -108,20 +117,22 @@ class RemoteDevices:
 
         arguments = [tvm.runtime.tensor(array, device) for array in job.inputs]
         vm["main"](*arguments)
-        timer = vm.time_evaluator("main", device, number=1, repeat=job.repeat,
-                                  min_repeat_ms=job.min_repeat_ms)
+        timer = vm.time_evaluator(
+            "main", device, number=1, repeat=job.repeat, min_repeat_ms=job.min_repeat_ms
+        )
         return Latency(tuple(float(s) * 1e3 for s in timer(*arguments).results))
 
     def measure(self, job: RemoteJob, retries: int = 1) -> Tuple[Optional[Latency], str]:
         """Time ``job`` on some server of the key; ``(None, reason)`` if every try failed."""
         reason = ""
-        for attempt in range(retries + 1):
+        for _attempt in range(retries + 1):
             try:
                 return self._measure_once(job), ""
             except RemoteError as error:
                 return None, str(error)
             except Exception as error:  # a lost server surfaces as TVMError/RuntimeError/OSError
-                reason = f"server lost or failed ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+                first_line = str(error).splitlines()[0][:160]
+                reason = f"server lost or failed ({type(error).__name__}: {first_line})"
         return None, reason + (f"; retried {retries}x" if retries else "")
 
     def measure_all(self, jobs: Sequence[RemoteJob]) -> Dict[str, Tuple[Optional[Latency], str]]:
@@ -133,4 +144,3 @@ class RemoteDevices:
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
         return results
-

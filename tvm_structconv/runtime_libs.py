@@ -140,8 +140,19 @@ def _find_wheels(folder: Path, versions: Dict[str, str]) -> Optional[Dict[str, P
 
 def _download_wheels(folder: Path, arch: str, versions: Dict[str, str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--only-binary=:all:", "--platform", WHEEL_PLATFORMS[arch], "--dest", str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--platform",
+        WHEEL_PLATFORMS[arch],
+        "--dest",
+        str(folder),
+    ]
     command += [f"{name}=={version}" for name, version in versions.items()]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -159,11 +170,12 @@ def _from_wheels(staging: Path, wheels: Dict[str, Path]) -> None:
                     continue
                 for prefix, destination in members.items():
                     if info.filename.startswith(prefix):
-                        target = staging / (destination + info.filename[len(prefix):])
+                        target = staging / (destination + info.filename[len(prefix) :])
                         target.parent.mkdir(parents=True, exist_ok=True)
                         with archive.open(info) as source, open(target, "wb") as sink:
                             shutil.copyfileobj(source, sink)
     missing = [name for name in RUNTIME_LIBRARIES if not (staging / "lib" / name).is_file()]
     if missing:
-        raise RuntimeUnavailableError(f"the wheels {sorted(map(str, wheels.values()))} hold no "
-                                      f"{', '.join(missing)}")
+        raise RuntimeUnavailableError(
+            f"the wheels {sorted(map(str, wheels.values()))} hold no {', '.join(missing)}"
+        )

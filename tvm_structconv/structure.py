@@ -259,7 +259,9 @@ class Structure:
         difference = weight - self.project(weight)
         if isinstance(weight, torch.Tensor):
             norm = torch.linalg.vector_norm(weight)
-            return torch.linalg.vector_norm(difference) / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+            return torch.linalg.vector_norm(difference) / norm.clamp_min(
+                torch.finfo(norm.dtype).tiny
+            )
         norm = float(np.linalg.norm(weight))
         return float(np.linalg.norm(difference) / norm) if norm > 0 else 0.0
 
@@ -305,7 +307,9 @@ class Structure:
             expected = expected_shape(shape[0])
             squeeze = False
         else:
-            raise ValueError(f"{name} must be 4-D (or 2-D for a 1x1/Linear layer), got shape {shape}")
+            raise ValueError(
+                f"{name} must be 4-D (or 2-D for a 1x1/Linear layer), got shape {shape}"
+            )
         if shape != expected:
             raise ValueError(f"{name} has shape {shape}, expected {expected} for {self}")
         if self.groups > 1 and shape[0] % self.groups:

@@ -26,15 +26,17 @@ def _host_cores() -> int:
 
 def _x86(cuda_arch: Optional[str]) -> tvm.target.Target:
     return tvm.target.Target(
-        {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-         "num-cores": _host_cores()}
+        {
+            "kind": "llvm",
+            "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+            "num-cores": _host_cores(),
+        }
     )
 
 
 def _aarch64(cuda_arch: Optional[str]) -> tvm.target.Target:
     return tvm.target.Target(
-        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"],
-         "mcpu": "generic"}
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "mcpu": "generic"}
     )
 
 
@@ -83,7 +85,7 @@ def make_target(name: str, cuda_arch: Optional[str] = None) -> tvm.target.Target
 
 
 def target_key(target: tvm.target.Target) -> str:
-    """A folder name that identifies what a tuning log is valid for (``x86-znver4``, ``cuda-sm_80``)."""
+    """A folder name for what a tuning log is valid for (``x86-znver4``, ``cuda-sm_80``)."""
     kind = target.kind.name
     if kind == "cuda":
         return f"cuda-{target.attrs.get('arch', DEFAULT_CUDA_ARCH)}"

@@ -13,8 +13,13 @@ import os
 from contextlib import contextmanager
 from typing import Dict, Iterator, Mapping, Optional, Sequence
 
-__all__ = ["ALL_THREAD_VARIABLES", "TVM_THREADS", "available_cores", "pinned_threads",
-           "thread_environment"]
+__all__ = [
+    "ALL_THREAD_VARIABLES",
+    "TVM_THREADS",
+    "available_cores",
+    "pinned_threads",
+    "thread_environment",
+]
 
 #: TVM's thread-count variable.
 TVM_THREADS = "TVM_NUM_THREADS"
@@ -27,8 +32,11 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def thread_environment(threads: int, variables: Sequence[str] = ALL_THREAD_VARIABLES,
-                       base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def thread_environment(
+    threads: int,
+    variables: Sequence[str] = ALL_THREAD_VARIABLES,
+    base: Optional[Mapping[str, str]] = None,
+) -> Dict[str, str]:
     """``base`` (default: this process's environment) with every one of ``variables`` set to
     ``threads``: the environment of a worker process whose runtimes use that many threads."""
     environment = dict(os.environ if base is None else base)
@@ -37,8 +45,9 @@ def thread_environment(threads: int, variables: Sequence[str] = ALL_THREAD_VARIA
 
 
 @contextmanager
-def pinned_threads(threads: Optional[int] = None,
-                   variables: Sequence[str] = (TVM_THREADS,)) -> Iterator[int]:
+def pinned_threads(
+    threads: Optional[int] = None, variables: Sequence[str] = (TVM_THREADS,)
+) -> Iterator[int]:
     """Set ``variables`` (default: ``TVM_NUM_THREADS`` only) to ``threads`` in this process for
     the block; restore them on exit.
 

@@ -45,13 +45,14 @@ class Latency:
         """99th percentile over the repeats."""
         return float(np.percentile(self.samples_ms, 99))
 
-    def merged(self, other: "Latency") -> "Latency":
+    def merged(self, other: Latency) -> Latency:
         """Both sets of samples together (for interleaved rounds)."""
         return Latency(tuple(self.samples_ms) + tuple(other.samples_ms))
 
 
-def time_callable(run: Callable[[], object], repeat: int = 10, min_repeat_ms: int = 100,
-                  warmup: int = 1) -> Latency:
+def time_callable(
+    run: Callable[[], object], repeat: int = 10, min_repeat_ms: int = 100, warmup: int = 1
+) -> Latency:
     """Time ``run()`` like ``time_evaluator``: each sample is the mean of enough calls to last
     ``min_repeat_ms`` (the count is fixed from the first calls), ``repeat`` samples."""
     for _ in range(max(warmup, 1)):
@@ -68,21 +69,28 @@ def time_callable(run: Callable[[], object], repeat: int = 10, min_repeat_ms: in
     return Latency(tuple(samples))
 
 
-def measure_latency(compiled, inputs: Sequence[np.ndarray], repeat: int = 10,
-                    min_repeat_ms: int = 100, warmup: int = 1) -> Latency:
+def measure_latency(
+    compiled,
+    inputs: Sequence[np.ndarray],
+    repeat: int = 10,
+    min_repeat_ms: int = 100,
+    warmup: int = 1,
+) -> Latency:
     """Time ``main`` of a :class:`~tvm_structconv.build.CompiledModel` in this process."""
     return _time_vm(compiled.load(), compiled.device(), inputs, repeat, min_repeat_ms, warmup)
 
 
-def _time_vm(vm, device, inputs: Sequence[np.ndarray], repeat: int, min_repeat_ms: int,
-             warmup: int) -> Latency:
+def _time_vm(
+    vm, device, inputs: Sequence[np.ndarray], repeat: int, min_repeat_ms: int, warmup: int
+) -> Latency:
     import tvm
 
     arguments = [tvm.runtime.tensor(array, device) for array in inputs]
     for _ in range(warmup):
         vm["main"](*arguments)
-    timer = vm.time_evaluator("main", device, number=1, repeat=repeat,
-                              min_repeat_ms=int(min_repeat_ms))
+    timer = vm.time_evaluator(
+        "main", device, number=1, repeat=repeat, min_repeat_ms=int(min_repeat_ms)
+    )
     return Latency(tuple(float(seconds) * 1e3 for seconds in timer(*arguments).results))
 
 
@@ -144,8 +152,10 @@ def _torch_module(job: Job):
         built = create_structured(**job.builtin)
         if job.variant == "original":
             return built.model
-        layers = {name[: -len(".weight")]: (s.reduced_channels, s.reduced_kernel_size)
-                  for name, s in built.structures.items()}
+        layers = {
+            name[: -len(".weight")]: (s.reduced_channels, s.reduced_kernel_size)
+            for name, s in built.structures.items()
+        }
         return structurize(built.model, Plan(layers=layers), replace=True)[0]
     if job.variant == "structured":
         raise PeerUnavailable("torch runs the structured variant only for built-in models")
@@ -182,15 +192,20 @@ def run_job(job: Job) -> Latency:
         run = torch_runner(_torch_module(job), inputs, job.threads, job.runtime == "inductor")
     else:
         raise PeerUnavailable(f"unknown runtime {job.runtime!r}")
-    return time_callable(run, job.repeat, job.min_repeat_ms, warmup=3 if job.runtime == "inductor" else 1)
+    return time_callable(
+        run, job.repeat, job.min_repeat_ms, warmup=3 if job.runtime == "inductor" else 1
+    )
 
 
 def measure_isolated(job: Job, timeout_s: float = 900.0) -> Tuple[Optional[Latency], str]:
     """Run ``job`` in a fresh worker process; return its latency or ``(None, reason)``."""
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "tvm_structconv.timing"], input=json.dumps(asdict(job)),
-            capture_output=True, text=True, timeout=timeout_s,
+            [sys.executable, "-m", "tvm_structconv.timing"],
+            input=json.dumps(asdict(job)),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
             env=thread_environment(job.threads),
         )
     except subprocess.TimeoutExpired:
@@ -206,7 +221,7 @@ def measure_isolated(job: Job, timeout_s: float = 900.0) -> Tuple[Optional[Laten
 
 
 def _worker() -> int:
-    """Read a :class:`Job` as JSON on stdin, print ``{"samples_ms": [...]}`` or ``{"error": ...}``."""
+    """Read a :class:`Job` as JSON on stdin; print ``{"samples_ms": [...]}`` or ``{"error": …}``."""
     from tvm_structconv.peers import PeerUnavailable
 
     job = Job(**json.loads(sys.stdin.read()))

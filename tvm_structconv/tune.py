@@ -38,8 +38,8 @@ from tvm import relax
 from tvm_structconv.build import fusion_passes, prepare_module
 from tvm_structconv.frontend import ImportedModel
 from tvm_structconv.ops import find_structured_block
-from tvm_structconv.schedules import x86
 from tvm_structconv.remote import parse_tracker
+from tvm_structconv.schedules import x86
 from tvm_structconv.schedules.target_info import target_cores
 from tvm_structconv.targets import make_target
 from tvm_structconv.threads import pinned_threads
@@ -51,8 +51,15 @@ if TYPE_CHECKING:  # MetaSchedule is imported when tuning or applying a database
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ["TaskResult", "TuneError", "TuneResult", "called_functions", "conv_tasks", "fuse",
-           "tune_model"]
+__all__ = [
+    "TaskResult",
+    "TuneError",
+    "TuneResult",
+    "called_functions",
+    "conv_tasks",
+    "fuse",
+    "tune_model",
+]
 
 #: Seconds a candidate may take to build (LocalBuilder's 30 s default is too short on a busy
 #: 2-core machine: a fused conv's LLVM build alone takes several seconds there).
@@ -74,8 +81,11 @@ def called_functions(mod: tvm.IRModule) -> List[str]:
     calls: List[str] = []
 
     def visit(expr) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
-                and expr.op.name == "relax.call_tir":
+        if (
+            isinstance(expr, relax.Call)
+            and isinstance(expr.op, tvm.ir.Op)
+            and expr.op.name == "relax.call_tir"
+        ):
             calls.append(expr.args[0].name_hint)
 
     for _, func in mod.functions.items():
@@ -84,7 +94,7 @@ def called_functions(mod: tvm.IRModule) -> List[str]:
     return calls
 
 
-def conv_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> List["ms.ExtractedTask"]:
+def conv_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> List[ms.ExtractedTask]:
     """The tuning tasks of a prepared module: one per distinct fused function holding a conv.
 
     ``mod`` is the module :func:`~tvm_structconv.build.prepare_module` returns (NHWC); it is taken
@@ -107,8 +117,10 @@ def conv_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> List["ms.Extract
             tasks[key][2] += weight
         else:
             tasks[key] = [gvar.name_hint, task_mod, weight]
-    return [ms.ExtractedTask(name, task_mod, target, [task_mod], weight)
-            for name, task_mod, weight in tasks.values()]
+    return [
+        ms.ExtractedTask(name, task_mod, target, [task_mod], weight)
+        for name, task_mod, weight in tasks.values()
+    ]
 
 
 @dataclass
@@ -166,13 +178,17 @@ class TuneResult:
         for t in self.tasks:
             best = f"{1e3 * t.best_ms:.1f}" if t.best_ms is not None else "n/a"
             lines.append(f"{t.name:<44} {t.weight:>5} {t.trials:>6} {best:>10}")
-        lines.append(f"conv time (best records x calls) {self.estimated_ms():.3f} ms; database "
-                     f"{self.records_before} -> {self.records_after} records in {self.folder}; "
-                     f"{self.seconds:.0f} s")
+        lines.append(
+            f"conv time (best records x calls) {self.estimated_ms():.3f} ms; database "
+            f"{self.records_before} -> {self.records_after} records in {self.folder}; "
+            f"{self.seconds:.0f} s"
+        )
         return "\n".join(lines)
 
 
-def build_without_intrinsics(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
+def build_without_intrinsics(
+    mod: tvm.IRModule, target: tvm.target.Target, _params
+) -> tvm.runtime.Module:
     """MetaSchedule's ``default_build`` without its import of TVM's tensor intrinsics.
 
     That import costs about 25 s in every builder process, and LocalBuilder starts fresh
@@ -185,7 +201,7 @@ def build_without_intrinsics(mod: tvm.IRModule, target: tvm.target.Target, _para
     return build(mod, target=target)
 
 
-def _search_space() -> "ms.space_generator.SpaceGenerator":
+def _search_space() -> ms.space_generator.SpaceGenerator:
     """Post-order application of the custom rule alone, with CPU postprocessors and mutators.
 
     Every task holds the conv block whose ``schedule_rule`` names the hand schedule, which
@@ -196,9 +212,11 @@ def _search_space() -> "ms.space_generator.SpaceGenerator":
 
     return ms.space_generator.PostOrderApply(
         sch_rules=[ms.schedule_rule.ApplyCustomRule()],
-        postprocs=[ms.postproc.DisallowDynamicLoop(),
-                   ms.postproc.RewriteParallelVectorizeUnroll(),
-                   ms.postproc.RewriteReductionBlock()],
+        postprocs=[
+            ms.postproc.DisallowDynamicLoop(),
+            ms.postproc.RewriteParallelVectorizeUnroll(),
+            ms.postproc.RewriteReductionBlock(),
+        ],
         mutator_probs={ms.mutator.MutateTileSize(): 1.0},
     )
 
@@ -215,8 +233,9 @@ def _progress_callback(total: int, show: bool):
             self.bar = tqdm(total=total, desc="tuning", unit="trial", disable=not show)
             self.trials: Dict[int, int] = {}
 
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
-                  runner_results) -> None:
+        def apply(
+            self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
+        ) -> None:
             self.trials[task_id] = self.trials.get(task_id, 0) + len(measure_candidates)
             errors = [b.error_msg for b in builder_results if b.error_msg]
             errors += [r.error_msg for r in runner_results if r.error_msg]
@@ -230,7 +249,7 @@ def _progress_callback(total: int, show: bool):
     return Progress()
 
 
-def _in_process_runner(evaluator: "ms.runner.EvaluatorConfig") -> "ms.runner.Runner":
+def _in_process_runner(evaluator: ms.runner.EvaluatorConfig) -> ms.runner.Runner:
     """A runner that times each built candidate in this process, one after the other.
 
     MetaSchedule's ``LocalRunner`` times in a worker process while this one waits in a
@@ -264,7 +283,8 @@ def _in_process_runner(evaluator: "ms.runner.EvaluatorConfig") -> "ms.runner.Run
                 try:
                     module = tvm.runtime.load_module(str(runner_input.artifact_path))
                     args = alloc_argument_common(
-                        fill, tvm.cpu(), [a.as_json() for a in runner_input.args_info], 1)
+                        fill, tvm.cpu(), [a.as_json() for a in runner_input.args_info], 1
+                    )
                     costs = run_evaluator_common(module, tvm.cpu(), evaluator, args)
                     futures.append(Done(ms.runner.RunnerResult(costs, None)))
                 except Exception as error:  # noqa: BLE001 - a failed candidate, reported
@@ -274,8 +294,9 @@ def _in_process_runner(evaluator: "ms.runner.EvaluatorConfig") -> "ms.runner.Run
     return InProcess()
 
 
-def _runner(target: tvm.target.Target, rpc_tracker: Optional[str], device_key: Optional[str],
-            timeout: float) -> "ms.runner.Runner":
+def _runner(
+    target: tvm.target.Target, rpc_tracker: Optional[str], device_key: Optional[str], timeout: float
+) -> ms.runner.Runner:
     """``RPCRunner`` on the tracker's servers, else ``LocalRunner`` (which needs this host)."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -284,14 +305,20 @@ def _runner(target: tvm.target.Target, rpc_tracker: Optional[str], device_key: O
         if not device_key:
             raise TuneError("--rpc-tracker needs --device-key (the key the servers registered)")
         host, port = parse_tracker(rpc_tracker)
-        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device_key,
-                                     session_timeout_sec=int(timeout))
+        config = ms.runner.RPCConfig(
+            tracker_host=host,
+            tracker_port=port,
+            tracker_key=device_key,
+            session_timeout_sec=int(timeout),
+        )
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
     try:
         check_runnable(target)
     except DeviceError as error:
-        raise TuneError(f"cannot time {target.kind.name} candidates here ({error}); "
-                        "give the RPC tracker of a device with --rpc-tracker") from None
+        raise TuneError(
+            f"cannot time {target.kind.name} candidates here ({error}); "
+            "give the RPC tracker of a device with --rpc-tracker"
+        ) from None
     return _in_process_runner(evaluator)
 
 
@@ -349,14 +376,17 @@ def tune_model(
     if isinstance(target, str):
         target = make_target(target)
     if target.kind.name != "llvm":
-        raise TuneError(f"tuning is implemented for CPU (llvm) targets, not {target.kind.name}: "
-                        "CUDA builds use the hand schedule of schedules/cuda.py")
+        raise TuneError(
+            f"tuning is implemented for CPU (llvm) targets, not {target.kind.name}: "
+            "CUDA builds use the hand schedule of schedules/cuda.py"
+        )
     if trials < 1:
         raise TuneError(f"--trials must be positive, got {trials}")
     # before any work: a target this host cannot time without a tracker fails at once
     runner = _runner(target, rpc_tracker, device_key, timeout)
-    mod = prepare_module(imported, structured, layout="NHWC",
-                         block_size=x86.block_size_for(target)).mod
+    mod = prepare_module(
+        imported, structured, layout="NHWC", block_size=x86.block_size_for(target)
+    ).mod
     tasks = conv_tasks(mod, target)
     if not tasks:
         raise TuneError("the model has no conv to tune")
@@ -364,9 +394,15 @@ def tune_model(
     database = open_database(folder)
     before = len(database)
     contexts = [
-        ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=_search_space(),
-                       search_strategy="evolutionary", task_name=task.task_name,
-                       num_threads=target_cores(target), rand_state=-1 if seed is None else seed)
+        ms.TuneContext(
+            mod=task.dispatched[0],
+            target=target,
+            space_generator=_search_space(),
+            search_strategy="evolutionary",
+            task_name=task.task_name,
+            num_threads=target_cores(target),
+            rand_state=-1 if seed is None else seed,
+        )
         for task in tasks
     ]
     callback = _progress_callback(trials, progress)
@@ -381,13 +417,15 @@ def tune_model(
                 work_dir=str(folder / "logs"),
                 max_trials_global=trials,
                 num_trials_per_iter=min(trials_per_iter, trials),
-                builder=ms.builder.LocalBuilder(f_build=build_without_intrinsics,
-                                                timeout_sec=BUILD_TIMEOUT),
+                builder=ms.builder.LocalBuilder(
+                    f_build=build_without_intrinsics, timeout_sec=BUILD_TIMEOUT
+                ),
                 runner=runner,
                 database=database,
                 cost_model=ms.cost_model.XGBModel(num_warmup_samples=0),
-                measure_callbacks=(ms.measure_callback.MeasureCallback.create("default")
-                                   + [callback]),
+                measure_callbacks=(
+                    ms.measure_callback.MeasureCallback.create("default") + [callback]
+                ),
             )
     finally:
         callback.bar.close()
@@ -395,8 +433,13 @@ def tune_model(
     for index, task in enumerate(tasks):
         best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
         runs = best[0].run_secs if best else None
-        result.tasks.append(TaskResult(
-            task.task_name, task.weight, callback.trials.get(index, 0),
-            1e3 * sum(float(r) for r in runs) / len(runs) if runs else None))
+        result.tasks.append(
+            TaskResult(
+                task.task_name,
+                task.weight,
+                callback.trials.get(index, 0),
+                1e3 * sum(float(r) for r in runs) / len(runs) if runs else None,
+            )
+        )
     result.seconds = time.perf_counter() - started
     return result

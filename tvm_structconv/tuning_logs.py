@@ -20,8 +20,16 @@ from tvm_structconv.targets import target_key
 if TYPE_CHECKING:  # importing MetaSchedule is left to the functions that need it
     from tvm.s_tir import meta_schedule as ms
 
-__all__ = ["LOGS_ENV", "DATABASE_FILES", "TuningLogError", "has_database", "load_database",
-           "logs_dir", "logs_root", "open_database"]
+__all__ = [
+    "LOGS_ENV",
+    "DATABASE_FILES",
+    "TuningLogError",
+    "has_database",
+    "load_database",
+    "logs_dir",
+    "logs_root",
+    "open_database",
+]
 
 #: Environment variable naming the folder that holds one tuning-log folder per target.
 LOGS_ENV = "STRUCTCONV_TUNING_LOGS"
@@ -55,7 +63,7 @@ def has_database(folder: Union[str, os.PathLike]) -> bool:
     return all((Path(folder) / name).is_file() for name in DATABASE_FILES)
 
 
-def open_database(folder: Union[str, os.PathLike]) -> "ms.Database":
+def open_database(folder: Union[str, os.PathLike]) -> ms.Database:
     """The MetaSchedule JSON database in ``folder`` (created empty when missing).
 
     Raises
@@ -80,7 +88,7 @@ def open_database(folder: Union[str, os.PathLike]) -> "ms.Database":
         ) from None
 
 
-def load_database(folder: Union[str, os.PathLike]) -> Optional["ms.Database"]:
+def load_database(folder: Union[str, os.PathLike]) -> Optional[ms.Database]:
     """The database in ``folder`` when there is one, else ``None``.
 
     Loaded once per process and kept while its files are unchanged (parsing a model's
@@ -88,11 +96,13 @@ def load_database(folder: Union[str, os.PathLike]) -> Optional["ms.Database"]:
     """
     if not has_database(folder):
         return None
-    key = (str(Path(folder).resolve()),
-           *(os.stat(Path(folder) / name).st_mtime_ns for name in DATABASE_FILES))
+    key = (
+        str(Path(folder).resolve()),
+        *(os.stat(Path(folder) / name).st_mtime_ns for name in DATABASE_FILES),
+    )
     if key not in _LOADED:
         _LOADED[key] = open_database(folder)
     return _LOADED[key]
 
 
-_LOADED: Dict[tuple, "ms.Database"] = {}
+_LOADED: Dict[tuple, ms.Database] = {}

@@ -84,28 +84,31 @@ class Family:
     plan: str = DEFAULT_PLAN
 
 
-FAMILIES: Dict[str, Family] = {family.name: family for family in (
-    Family("resnet50", "torchvision", "resnet50"),
-    Family("resnext50", "torchvision", "resnext50_32x4d"),
-    Family("wide_resnet50", "torchvision", "wide_resnet50_2"),
-    Family("vgg11_bn", "torchvision", "vgg11_bn", min_size=224),  # adaptive pool to 7x7
-    Family("densenet121", "torchvision", "densenet121"),
-    Family("googlenet", "torchvision", "googlenet"),
-    Family("inception_v3", "torchvision", "inception_v3", min_size=75),
-    Family("squeezenet1_1", "torchvision", "squeezenet1_1"),
-    Family("shufflenet_v2", "torchvision", "shufflenet_v2_x1_0"),
-    Family("mobilenet_v2", "torchvision", "mobilenet_v2"),
-    Family("mobilenet_v3_large", "torchvision", "mobilenet_v3_large"),
-    Family("mobilenet_v3_small", "torchvision", "mobilenet_v3_small"),
-    Family("mnasnet", "torchvision", "mnasnet1_0"),
-    Family("efficientnet_b0", "torchvision", "efficientnet_b0"),
-    Family("regnet_x", "torchvision", "regnet_x_400mf"),
-    Family("regnet_y", "torchvision", "regnet_y_400mf"),
-    Family("convnext_tiny", "torchvision", "convnext_tiny", plan="4x4:n=2,c=C;linear:c=C/2"),
-    Family("ghostnet", "timm", "ghostnet_100"),
-    Family("mixnet", "timm", "mixnet_s"),
-    Family("repvgg", "timm", "repvgg_a0"),
-)}
+FAMILIES: Dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("resnet50", "torchvision", "resnet50"),
+        Family("resnext50", "torchvision", "resnext50_32x4d"),
+        Family("wide_resnet50", "torchvision", "wide_resnet50_2"),
+        Family("vgg11_bn", "torchvision", "vgg11_bn", min_size=224),  # adaptive pool to 7x7
+        Family("densenet121", "torchvision", "densenet121"),
+        Family("googlenet", "torchvision", "googlenet"),
+        Family("inception_v3", "torchvision", "inception_v3", min_size=75),
+        Family("squeezenet1_1", "torchvision", "squeezenet1_1"),
+        Family("shufflenet_v2", "torchvision", "shufflenet_v2_x1_0"),
+        Family("mobilenet_v2", "torchvision", "mobilenet_v2"),
+        Family("mobilenet_v3_large", "torchvision", "mobilenet_v3_large"),
+        Family("mobilenet_v3_small", "torchvision", "mobilenet_v3_small"),
+        Family("mnasnet", "torchvision", "mnasnet1_0"),
+        Family("efficientnet_b0", "torchvision", "efficientnet_b0"),
+        Family("regnet_x", "torchvision", "regnet_x_400mf"),
+        Family("regnet_y", "torchvision", "regnet_y_400mf"),
+        Family("convnext_tiny", "torchvision", "convnext_tiny", plan="4x4:n=2,c=C;linear:c=C/2"),
+        Family("ghostnet", "timm", "ghostnet_100"),
+        Family("mixnet", "timm", "mixnet_s"),
+        Family("repvgg", "timm", "repvgg_a0"),
+    )
+}
 
 
 def import_torchvision():
@@ -121,10 +124,12 @@ def import_torchvision():
     except RuntimeError as error:
         if "torchvision::nms" not in str(error):
             raise
-        torch.library.define("torchvision::nms",
-                             "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        torch.library.define("torchvision::qnms",
-                             "(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor")
+        torch.library.define(
+            "torchvision::nms", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+        )
+        torch.library.define(
+            "torchvision::qnms", "(Tensor qdets, Tensor qscores, float iou_threshold) -> Tensor"
+        )
         import torchvision
     return torchvision
 
@@ -141,8 +146,11 @@ def create(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     if family.library == "torchvision":
         builder = getattr(import_torchvision().models, family.arch)
-        extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet",
-                                                                         "inception_v3") else {}
+        extra = (
+            {"aux_logits": False, "init_weights": True}
+            if name in ("googlenet", "inception_v3")
+            else {}
+        )
         model = builder(weights=None, **extra)
     else:
         import_torchvision()  # timm imports torchvision
@@ -158,7 +166,10 @@ def _randomize_normalization(model: nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            if (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and module.running_mean is not None
+            ):
                 shape = module.running_mean.shape
                 module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
                 module.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
@@ -167,8 +178,14 @@ def _randomize_normalization(model: nn.Module, seed: int) -> None:
                     module.bias.copy_(0.1 * torch.randn(shape, generator=generator))
 
 
-def export_model(model: nn.Module, example_input: torch.Tensor, manifest: Manifest,
-                 folder: Path, stem: str, exporter: str) -> Path:
+def export_model(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    manifest: Manifest,
+    folder: Path,
+    stem: str,
+    exporter: str,
+) -> Path:
     """Export ``model`` with ``manifest`` through ``exporter`` into ``folder``; the file's path."""
     from tvm_structconv.export import export
 
@@ -259,10 +276,17 @@ Build = Tuple[str, bool]
 DEFAULT_BUILDS: Tuple[Build, ...] = (("x86", False), ("x86", True), ("aarch64", True))
 
 
-def check(name: str, exporter: str = "torchscript", builds: Sequence[Build] = DEFAULT_BUILDS,
-          image_size: Sequence[int] = (64, 64), batch: int = 1, plan: Optional[str] = None,
-          workdir: Optional[os.PathLike] = None, link: bool = False,
-          seed: int = 0) -> List[ZooResult]:
+def check(
+    name: str,
+    exporter: str = "torchscript",
+    builds: Sequence[Build] = DEFAULT_BUILDS,
+    image_size: Sequence[int] = (64, 64),
+    batch: int = 1,
+    plan: Optional[str] = None,
+    workdir: Optional[os.PathLike] = None,
+    link: bool = False,
+    seed: int = 0,
+) -> List[ZooResult]:
     """Build, ``structurize``, export and import one family once; compile and check each build.
 
     The model is structured with ``plan`` before export whenever a build asks for the rewrite;
@@ -299,7 +323,9 @@ def check(name: str, exporter: str = "torchscript", builds: Sequence[Build] = DE
 
     height, width = (int(s) for s in image_size)
     shape = (batch, 3, height, width)
-    results = [ZooResult(name, exporter, target, structured, shape) for target, structured in builds]
+    results = [
+        ZooResult(name, exporter, target, structured, shape) for target, structured in builds
+    ]
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(workdir) if workdir is not None else Path(scratch)
         stage, seconds = "export", {}
@@ -310,8 +336,9 @@ def check(name: str, exporter: str = "torchscript", builds: Sequence[Build] = DE
             if any(structured for _, structured in builds):
                 model, manifest = structurize(model, Plan.parse(plan or FAMILIES[name].plan))
             example = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-            path = export_model(model, example, manifest, folder, f"{name}-{batch}x{height}x{width}",
-                                exporter)
+            path = export_model(
+                model, example, manifest, folder, f"{name}-{batch}x{height}x{width}", exporter
+            )
             seconds["export"] = time.perf_counter() - start
             stage = "import"
             start = time.perf_counter()
@@ -331,8 +358,13 @@ def check(name: str, exporter: str = "torchscript", builds: Sequence[Build] = DE
     return results
 
 
-def _compile_and_run(result: ZooResult, imported, inputs: List[np.ndarray],
-                     expected: List[np.ndarray], library: Optional[Path]) -> None:
+def _compile_and_run(
+    result: ZooResult,
+    imported,
+    inputs: List[np.ndarray],
+    expected: List[np.ndarray],
+    library: Optional[Path],
+) -> None:
     """Compile ``imported`` as ``result`` says, run it where it can run, and fill ``result``.
 
     ``expected`` caches the oracle's outputs across the builds of one export.
@@ -345,8 +377,9 @@ def _compile_and_run(result: ZooResult, imported, inputs: List[np.ndarray],
     try:
         result.stage = "compile"
         start = time.perf_counter()
-        compiled = compile_model(imported, make_target(result.target),
-                                 structured=result.structured, tuning_logs=False)
+        compiled = compile_model(
+            imported, make_target(result.target), structured=result.structured, tuning_logs=False
+        )
         if library is not None:
             compiled.export(library)
         result.seconds["compile"] = time.perf_counter() - start
@@ -378,18 +411,25 @@ def _record_rewrite(result: ZooResult, report) -> None:
 
 def coverage_table(results: List[ZooResult]) -> str:
     """A Markdown table: one row per family × export path × variant × target."""
-    rows = ["| family | export | variant | target | input | result | max rel error | "
-            "layers rewritten | conv MACs before → after | compile s | skipped (reason: count) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| family | export | variant | target | input | result | max rel error | "
+        "layers rewritten | conv MACs before → after | compile s | skipped (reason: count) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         status = "ok" if r.ok else f"fails in {r.stage}: {r.error}"
         error = f"{r.max_rel_error:.1e}" if r.max_rel_error is not None else "-"
         rewritten = f"{r.rewritten}/{r.layers}" if r.structured else "-"
-        macs = (f"{r.macs_before / 1e6:.0f}M → {r.macs_after / 1e6:.0f}M" if r.structured
-                and r.layers else "-")
+        macs = (
+            f"{r.macs_before / 1e6:.0f}M → {r.macs_after / 1e6:.0f}M"
+            if r.structured and r.layers
+            else "-"
+        )
         compile_s = f"{r.seconds['compile']:.1f}" if "compile" in r.seconds else "-"
         skipped = "; ".join(f"{reason}: {count}" for reason, count in sorted(r.skipped.items()))
-        rows.append(f"| {r.family} | {r.exporter} | {'structured' if r.structured else 'original'}"
-                    f" | {r.target} | {'x'.join(map(str, r.input_shape))} | {status} | {error} | "
-                    f"{rewritten} | {macs} | {compile_s} | {skipped or '-'} |")
+        rows.append(
+            f"| {r.family} | {r.exporter} | {'structured' if r.structured else 'original'}"
+            f" | {r.target} | {'x'.join(map(str, r.input_shape))} | {status} | {error} | "
+            f"{rewritten} | {macs} | {compile_s} | {skipped or '-'} |"
+        )
     return "\n".join(rows)

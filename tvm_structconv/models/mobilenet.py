@@ -39,8 +39,13 @@ def conv_bn_relu6(
     """Conv (no bias, "same" padding), BatchNorm, ReLU6: torchvision's ``Conv2dNormActivation``."""
     return nn.Sequential(
         nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride,
-            padding=(kernel_size - 1) // 2, groups=groups, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            groups=groups,
+            bias=False,
         ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU6(inplace=True),

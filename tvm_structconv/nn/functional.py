@@ -96,9 +96,7 @@ def structured_conv2d(
         )
     padded = F.pad(x, _padding_lrtb(padding))
     pooled = sum_pool(padded, structure, dilation)
-    return F.conv2d(
-        pooled, alpha, bias, stride=stride, dilation=dilation, groups=structure.groups
-    )
+    return F.conv2d(pooled, alpha, bias, stride=stride, dilation=dilation, groups=structure.groups)
 
 
 def structured_linear(
@@ -115,9 +113,7 @@ def structured_linear(
     if structure.kernel_size != (1, 1) or structure.groups != 1:
         raise ValueError(f"a linear layer needs a 1x1 structure with groups=1, got {structure}")
     if x.shape[-1] != structure.in_channels:
-        raise ValueError(
-            f"input has {x.shape[-1]} features, expected {structure.in_channels}"
-        )
+        raise ValueError(f"input has {x.shape[-1]} features, expected {structure.in_channels}")
     if tuple(alpha.shape) != (alpha.shape[0], structure.reduced_channels):
         raise ValueError(
             f"alpha has shape {tuple(alpha.shape)}, expected "

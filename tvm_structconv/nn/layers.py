@@ -132,14 +132,19 @@ class StructuredConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Sum-pool the zero-padded input, then convolve with ``alpha``."""
         return structured_conv2d(
-            x, self.alpha, self._structure, self.bias,
-            stride=self.stride, padding=self._padding_lrtb, dilation=self.dilation,
+            x,
+            self.alpha,
+            self._structure,
+            self.bias,
+            stride=self.stride,
+            padding=self._padding_lrtb,
+            dilation=self.dilation,
         )
 
     @classmethod
     def from_conv(
         cls, conv: nn.Conv2d, reduced_channels: int, reduced_kernel_size: IntPair
-    ) -> "StructuredConv2d":
+    ) -> StructuredConv2d:
         """The structured layer closest to ``conv``: ``alpha = A⁺ · conv.weight``, same bias.
 
         Exact (same output) when ``conv.weight`` is structured; otherwise the layer computes
@@ -151,10 +156,19 @@ class StructuredConv2d(nn.Module):
             If ``conv`` pads with a non-zero mode or the structure does not fit it.
         """
         layer = cls(
-            conv.in_channels, conv.out_channels, tuple(conv.kernel_size), reduced_channels,
-            reduced_kernel_size, stride=tuple(conv.stride), padding=_conv_padding(conv),
-            dilation=tuple(conv.dilation), groups=conv.groups, bias=conv.bias is not None,
-            padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+            conv.in_channels,
+            conv.out_channels,
+            tuple(conv.kernel_size),
+            reduced_channels,
+            reduced_kernel_size,
+            stride=tuple(conv.stride),
+            padding=_conv_padding(conv),
+            dilation=tuple(conv.dilation),
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
         )
         with torch.no_grad():
             layer.alpha.copy_(layer.structure.decompose(conv.weight.detach()))
@@ -165,9 +179,16 @@ class StructuredConv2d(nn.Module):
     def to_conv(self) -> nn.Conv2d:
         """An ordinary ``nn.Conv2d`` with the composed kernel ``W = A · alpha`` (same output)."""
         conv = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-            padding=self.padding, dilation=self.dilation, groups=self.groups,
-            bias=self.bias is not None, device=self.alpha.device, dtype=self.alpha.dtype,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+            device=self.alpha.device,
+            dtype=self.alpha.dtype,
         )
         with torch.no_grad():
             conv.weight.copy_(self._structure.compose(self.alpha.detach()))
@@ -197,9 +218,7 @@ class StructuredConv2d(nn.Module):
         if self.padding == "same":
             if self.stride != (1, 1):
                 raise ValueError("padding='same' is not supported for strided convolutions")
-            (total_h, total_w) = (
-                d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)
-            )
+            (total_h, total_w) = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
             return (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
         if isinstance(self.padding, str):
             raise ValueError(
@@ -268,11 +287,15 @@ class StructuredLinear(nn.Module):
         return structured_linear(x, self.alpha, self._structure, self.bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, reduced_features: int) -> "StructuredLinear":
+    def from_linear(cls, linear: nn.Linear, reduced_features: int) -> StructuredLinear:
         """The structured layer closest to ``linear``: ``alpha = A⁺ · linear.weight``, same bias."""
         layer = cls(
-            linear.in_features, linear.out_features, reduced_features,
-            bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype,
+            linear.in_features,
+            linear.out_features,
+            reduced_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
         )
         with torch.no_grad():
             layer.alpha.copy_(layer.structure.decompose(linear.weight.detach()))
@@ -283,8 +306,11 @@ class StructuredLinear(nn.Module):
     def to_linear(self) -> nn.Linear:
         """An ordinary ``nn.Linear`` with the composed weight ``W = A · alpha`` (same output)."""
         linear = nn.Linear(
-            self.in_features, self.out_features, bias=self.bias is not None,
-            device=self.alpha.device, dtype=self.alpha.dtype,
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.alpha.device,
+            dtype=self.alpha.dtype,
         )
         with torch.no_grad():
             linear.weight.copy_(self._structure.compose(self.alpha.detach()))

@@ -14,9 +14,10 @@ wins (dlight's ``ApplyDefaultSchedule``; a rule answers ``None`` for a function 
    function it cannot schedule declines it): inlined where possible, outer loops parallel.
 
 Every function a rule scheduled gets ``tirx.is_scheduled``; so every PrimFunc of an LLVM build
-is scheduled, and a function no template knows is slow at worst, never a failed build. For a CUDA target only the functions holding the fused conv are
-scheduled (:class:`~tvm_structconv.schedules.cuda.StructuredConv2dCUDA`: shared-memory tiles);
-dlight's default GPU rules then schedule the rest. Other target kinds are returned unchanged.
+is scheduled, and a function no template knows is slow at worst, never a failed build. For a
+CUDA target only the functions holding the fused conv are scheduled
+(:class:`~tvm_structconv.schedules.cuda.StructuredConv2dCUDA`: shared-memory tiles); dlight's
+default GPU rules then schedule the rest. Other target kinds are returned unchanged.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ class ApplySchedules:
             rules = dlight.ApplyDefaultSchedule(cuda.StructuredConv2dCUDA())
         elif kind == "llvm":
             rules = dlight.ApplyDefaultSchedule(
-                arm.StructuredConv2dNEONRule(), x86.StructuredConv2dRule(),
-                cpu.ChannelReduction(), cpu.Injective(), cpu.Fallback()
+                arm.StructuredConv2dNEONRule(),
+                x86.StructuredConv2dRule(),
+                cpu.ChannelReduction(),
+                cpu.Injective(),
+                cpu.Fallback(),
             )
         else:
             return mod

@@ -31,8 +31,11 @@ def _has(func: tvm.tirx.PrimFunc, attribute: str) -> bool:
 
 def tuned_functions(mod: tvm.IRModule) -> List[str]:
     """Names of the PrimFuncs of ``mod`` that :class:`ApplyTuningDatabase` scheduled, sorted."""
-    return sorted(gvar.name_hint for gvar, func in mod.functions_items()
-                  if isinstance(func, tvm.tirx.PrimFunc) and _has(func, TUNED))
+    return sorted(
+        gvar.name_hint
+        for gvar, func in mod.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc) and _has(func, TUNED)
+    )
 
 
 @tvm.transform.module_pass(opt_level=0, name="ApplyTuningDatabase")
@@ -45,18 +48,25 @@ class ApplyTuningDatabase:
         A MetaSchedule database (:func:`tvm_structconv.tune.load_database`).
     """
 
-    def __init__(self, database: "ms.Database") -> None:
+    def __init__(self, database: ms.Database) -> None:
         self.database = database
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """``mod`` with the database's schedules applied."""
-        before = {gvar.name_hint for gvar, func in mod.functions_items()
-                  if isinstance(func, tvm.tirx.PrimFunc) and _has(func, IS_SCHEDULED)}
+        before = {
+            gvar.name_hint
+            for gvar, func in mod.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc) and _has(func, IS_SCHEDULED)
+        }
         with self.database:
             applied = relax.transform.MetaScheduleApplyDatabase()(mod)
-        tuned = {gvar: func.with_attr(TUNED, True) for gvar, func in applied.functions_items()
-                 if isinstance(func, tvm.tirx.PrimFunc) and _has(func, IS_SCHEDULED)
-                 and gvar.name_hint not in before}
+        tuned = {
+            gvar: func.with_attr(TUNED, True)
+            for gvar, func in applied.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc)
+            and _has(func, IS_SCHEDULED)
+            and gvar.name_hint not in before
+        }
         if not tuned:
             return applied
         result = applied.clone()  # never update a module another pass may still hold

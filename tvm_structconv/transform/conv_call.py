@@ -92,8 +92,9 @@ class Conv2dCall:
         return int(self.out_shape[2] if self.layout == "NHWC" else self.out_shape[3])
 
 
-def read_conv2d(call: relax.Call,
-                lookup: Callable[[relax.Var], Optional[relax.Expr]]) -> Union[Conv2dCall, str]:
+def read_conv2d(
+    call: relax.Call, lookup: Callable[[relax.Var], Optional[relax.Expr]]
+) -> Union[Conv2dCall, str]:
     """The conv ``call`` as a :class:`Conv2dCall`, or the reason it is not one we handle.
 
     Parameters
@@ -115,8 +116,9 @@ def read_conv2d(call: relax.Call,
     if not isinstance(weight, tvm.ir.Constant):
         return "weight is not a constant"
     shapes = (call.ty.shape, getattr(data.ty, "shape", None))
-    if any(shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape)
-           for shape in shapes):
+    if any(
+        shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape) for shape in shapes
+    ):
         return "input or output shape is not static"
     array = weight.value.numpy()
     if axes is not None:
@@ -142,8 +144,9 @@ def read_conv2d(call: relax.Call,
     )
 
 
-def _bound_value(expr: relax.Expr,
-                 lookup: Callable[[relax.Var], Optional[relax.Expr]]) -> relax.Expr:
+def _bound_value(
+    expr: relax.Expr, lookup: Callable[[relax.Var], Optional[relax.Expr]]
+) -> relax.Expr:
     """The value bound to ``expr`` if it is a variable bound in the function, else ``expr``."""
     if isinstance(expr, relax.Var):
         value = lookup(expr)
@@ -152,11 +155,21 @@ def _bound_value(expr: relax.Expr,
     return expr
 
 
-def emit_conv2d(builder: relax.BlockBuilder, conv: Conv2dCall, alpha: np.ndarray,
-                structure: Structure, block_size: BlockSize = default_block_size) -> relax.Expr:
+def emit_conv2d(
+    builder: relax.BlockBuilder,
+    conv: Conv2dCall,
+    alpha: np.ndarray,
+    structure: Structure,
+    block_size: BlockSize = default_block_size,
+) -> relax.Expr:
     """``call_te`` of the fused op computing ``conv`` from ``alpha`` (OIHW) and ``structure``."""
-    settings = dict(structure=structure, strides=list(conv.strides), padding=list(conv.padding),
-                    dilation=list(conv.dilation), out_dtype=conv.out_dtype)
+    settings = dict(
+        structure=structure,
+        strides=list(conv.strides),
+        padding=list(conv.padding),
+        dilation=list(conv.dilation),
+        out_dtype=conv.out_dtype,
+    )
     if conv.layout == "NCHW":
         compute = functools.partial(ops.structured_conv2d, **settings)
         weight = alpha
@@ -164,5 +177,6 @@ def emit_conv2d(builder: relax.BlockBuilder, conv: Conv2dCall, alpha: np.ndarray
         block = block_size(alpha.shape[0], structure.groups, conv.out_width)
         compute = functools.partial(ops.structured_conv2d_nhwc, **settings)
         weight = ops.pack_alpha(alpha, block)
-    return builder.call_te(compute, conv.data, relax.const(weight),
-                           primfunc_name_hint="structured_conv2d")
+    return builder.call_te(
+        compute, conv.data, relax.const(weight), primfunc_name_hint="structured_conv2d"
+    )

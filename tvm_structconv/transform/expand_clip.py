@@ -27,7 +27,7 @@ _CLIP = is_op("relax.clip")(wildcard(), wildcard(), wildcard())
 
 @tvm.transform.module_pass(opt_level=0, name="ExpandClip")
 class ExpandClip:
-    """Replace every ``clip`` of a float16/32/64 tensor with constant bounds by ``minimum(maximum(…))``.
+    """Every ``clip`` of a float16/32/64 tensor with constant bounds as ``minimum(maximum(…))``.
 
     A module without such a ``clip`` is returned unchanged.
     """

@@ -87,8 +87,9 @@ def fold_batchnorm(
     """
     report = BatchNormFoldReport(weight_names=dict(names or {}))
     folder = _BatchNormFolder(mod, report)
-    return rewrite_relax_functions(mod, folder, lambda: len(report.folded),
-                                   folder.fold_function), report
+    return rewrite_relax_functions(
+        mod, folder, lambda: len(report.folded), folder.fold_function
+    ), report
 
 
 @tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
@@ -183,9 +184,11 @@ def _channel_bias(bias: relax.Expr, channels: int) -> np.ndarray | None:
     """The values of a constant (or reshaped constant) bias of shape ``(1, C, 1, 1)`` or
     ``(C, 1, 1)`` with ``C = channels``, or ``None`` for any other bias."""
     shape = bias.ty.shape
-    dims = None if shape is None else [
-        int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in shape.values
-    ]
+    dims = (
+        None
+        if shape is None
+        else [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in shape.values]
+    )
     if dims not in ([1, channels, 1, 1], [channels, 1, 1]):
         return None
     constant = bias if isinstance(bias, tvm.ir.Constant) else bias.args[0]

@@ -57,9 +57,11 @@ class OrdinaryConvReport:
         reasons: dict = {}
         for conv, reason in self.skipped:
             reasons.setdefault(reason, []).append(conv)
-        return [f"{len(convs)} conv{'s' if len(convs) > 1 else ''} left to TVM's own conv2d "
-                f"({reason}): {', '.join(convs[:3])}{' ...' if len(convs) > 3 else ''}"
-                for reason, convs in reasons.items()]
+        return [
+            f"{len(convs)} conv{'s' if len(convs) > 1 else ''} left to TVM's own conv2d "
+            f"({reason}): {', '.join(convs[:3])}{' ...' if len(convs) > 3 else ''}"
+            for reason, convs in reasons.items()
+        ]
 
 
 def rewrite_ordinary_conv(
@@ -118,8 +120,13 @@ class _OrdinaryConvMutator(PyExprMutator):
             self.report.skipped.append((_describe(call, len(self.report.skipped) + 1), conv))
             return call
         out_channels, per_group, height, width = conv.kernel.shape
-        structure = Structure(per_group * conv.groups, (height, width), per_group * conv.groups,
-                              (height, width), conv.groups)
+        structure = Structure(
+            per_group * conv.groups,
+            (height, width),
+            per_group * conv.groups,
+            (height, width),
+            conv.groups,
+        )
         self.report.rewritten.append(conv.kernel.shape)
         return emit_conv2d(self.builder_, conv, conv.kernel, structure, self.block_size)
 

@@ -153,24 +153,34 @@ class RewriteReport:
 
     def format(self) -> str:
         """A human-readable table: one line per layer, then the totals."""
-        lines = [f"{'layer':<40} {'kind':<7} {'C/N -> c/n':<26} {'MACs before':>13} "
-                 f"{'MACs after':>13}  status"]
+        lines = [
+            f"{'layer':<40} {'kind':<7} {'C/N -> c/n':<26} {'MACs before':>13} "
+            f"{'MACs after':>13}  status"
+        ]
         for layer in self.layers:
             if layer.structure is not None:
                 s = layer.structure
-                change = (f"{s.in_channels}/{s.kernel_size[0]}x{s.kernel_size[1]} -> "
-                          f"{s.reduced_channels}/{s.reduced_kernel_size[0]}x"
-                          f"{s.reduced_kernel_size[1]}")
+                change = (
+                    f"{s.in_channels}/{s.kernel_size[0]}x{s.kernel_size[1]} -> "
+                    f"{s.reduced_channels}/{s.reduced_kernel_size[0]}x"
+                    f"{s.reduced_kernel_size[1]}"
+                )
             else:
                 change = "-"
-            status = f"rewritten ({layer.reason})" if layer.rewritten else f"skipped: {layer.reason}"
-            lines.append(f"{layer.name:<40} {layer.kind:<7} {change:<26} "
-                         f"{layer.macs_before:>13,} {layer.macs_after:>13,}  {status}")
+            status = (
+                f"rewritten ({layer.reason})" if layer.rewritten else f"skipped: {layer.reason}"
+            )
+            lines.append(
+                f"{layer.name:<40} {layer.kind:<7} {change:<26} "
+                f"{layer.macs_before:>13,} {layer.macs_after:>13,}  {status}"
+            )
         for name in self.unmatched:
             lines.append(f"{name:<40} manifest entry matched no weight of the model")
         ratio = self.macs_before / self.macs_after if self.macs_after else float("nan")
-        lines.append(f"{len(self.rewritten)} of {len(self.layers)} layers rewritten; "
-                     f"conv/linear MACs {self.macs_before:,} -> {self.macs_after:,} ({ratio:.2f}x)")
+        lines.append(
+            f"{len(self.rewritten)} of {len(self.layers)} layers rewritten; "
+            f"conv/linear MACs {self.macs_before:,} -> {self.macs_after:,} ({ratio:.2f}x)"
+        )
         return "\n".join(lines)
 
 
@@ -217,8 +227,9 @@ def rewrite_structured_conv(
     ManifestError
         If a manifest entry does not fit its weight's shape.
     """
-    rewriter = _StructuredConvMutator(mod, manifest, weight_names or {}, tol, match_by_value,
-                                      block_size)
+    rewriter = _StructuredConvMutator(
+        mod, manifest, weight_names or {}, tol, match_by_value, block_size
+    )
     rewritten = rewrite_relax_functions(mod, rewriter, lambda: len(rewriter.report.rewritten))
     seen = {layer.name for layer in rewriter.report.layers}
     rewriter.report.unmatched = sorted(set(manifest.layers) - seen)
@@ -249,15 +260,22 @@ class RewriteStructuredConv:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """``mod`` with every structured layer rewritten."""
-        return rewrite_structured_conv(mod, self.manifest, self.weight_names, self.tol,
-                                       self.match_by_value, self.block_size)[0]
+        return rewrite_structured_conv(
+            mod, self.manifest, self.weight_names, self.tol, self.match_by_value, self.block_size
+        )[0]
 
 
 @mutator
 class _StructuredConvMutator(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, manifest: Manifest,
-                 weight_names: Mapping[tvm.ir.Constant, str], tol: Optional[float],
-                 match_by_value: bool, block_size: BlockSize) -> None:
+    def __init__(
+        self,
+        mod: tvm.IRModule,
+        manifest: Manifest,
+        weight_names: Mapping[tvm.ir.Constant, str],
+        tol: Optional[float],
+        match_by_value: bool,
+        block_size: BlockSize,
+    ) -> None:
         super().__init__(mod)
         self.manifest = manifest
         self.weight_names = weight_names
@@ -271,16 +289,22 @@ class _StructuredConvMutator(PyExprMutator):
         call = self.visit_expr_post_order(call)
         if CONV2D.match(call):
             return self._conv2d(call)
-        var2val = {arg: self.lookup_binding(arg) for arg in call.args[1:2]
-                   if isinstance(arg, relax.Var) and self.lookup_binding(arg) is not None}
+        var2val = {
+            arg: self.lookup_binding(arg)
+            for arg in call.args[1:2]
+            if isinstance(arg, relax.Var) and self.lookup_binding(arg) is not None
+        }
         if LINEAR.match(call, var2val):
             return self._linear(call, var2val)
         if LINEAR_TRANSPOSED.match(call):
             weight = call.args[1]
             kernel = weight.value.numpy()
             if kernel.ndim != 2:
-                self._skip("linear", self._name(weight, "matmul", kernel.shape),
-                           f"matmul with a {kernel.ndim}-D constant, not a Linear layer")
+                self._skip(
+                    "linear",
+                    self._name(weight, "matmul", kernel.shape),
+                    f"matmul with a {kernel.ndim}-D constant, not a Linear layer",
+                )
                 return call
             return self._linear_on(call, weight, kernel.T)
         return call
@@ -298,8 +322,17 @@ class _StructuredConvMutator(PyExprMutator):
             self._skip("conv2d", name, reason, conv.macs, kernel.size)
             return call
         alpha, residual = self._checked_alpha(name, kernel, structure)
-        self._record("conv2d", name, reason, structure, residual, conv.macs,
-                     alpha.size * conv.pixels, kernel.size, alpha.size)
+        self._record(
+            "conv2d",
+            name,
+            reason,
+            structure,
+            residual,
+            conv.macs,
+            alpha.size * conv.pixels,
+            kernel.size,
+            alpha.size,
+        )
         return emit_conv2d(self.builder_, conv, alpha, structure, self.block_size)
 
     def _linear(self, call: relax.Call, var2val: Dict[relax.Var, relax.Expr]) -> relax.Expr:
@@ -309,14 +342,18 @@ class _StructuredConvMutator(PyExprMutator):
         axes = transpose.attrs.axes
         kernel = weight.value.numpy()
         if kernel.ndim != 2 or (axes is not None and [int(a) for a in axes] != [1, 0]):
-            self._skip("linear", self._name(weight, "linear", kernel.shape),
-                       f"a {kernel.ndim}-D weight under permute_dims, not a Linear layer")
+            self._skip(
+                "linear",
+                self._name(weight, "linear", kernel.shape),
+                f"a {kernel.ndim}-D weight under permute_dims, not a Linear layer",
+            )
             return call
         return self._linear_on(call, weight, kernel)
 
-    def _linear_on(self, call: relax.Call, weight: tvm.ir.Constant,
-                   kernel: np.ndarray) -> relax.Expr:
-        """Rewrite ``call`` (``data @ kernelᵀ``, ``kernel`` of shape ``(out, in)``) if structured."""
+    def _linear_on(
+        self, call: relax.Call, weight: tvm.ir.Constant, kernel: np.ndarray
+    ) -> relax.Expr:
+        """Rewrite ``call`` (``data @ kernelᵀ``, ``kernel`` shaped ``(out, in)``) if structured."""
         data = call.args[0]
         name = self._name(weight, "linear", kernel.shape)
         out_shape = [int(d) for d in call.ty.shape]
@@ -327,12 +364,23 @@ class _StructuredConvMutator(PyExprMutator):
             self._skip("linear", name, reason, original_macs, kernel.size)
             return call
         alpha, residual = self._checked_alpha(name, kernel, structure)
-        compute = functools.partial(ops.structured_dense, structure=structure,
-                                    out_dtype=call.ty.dtype)
-        self._record("linear", name, reason, structure, residual, original_macs,
-                     alpha.size * rows, kernel.size, alpha.size)
-        return self.builder_.call_te(compute, data, relax.const(alpha),
-                                     primfunc_name_hint="structured_dense")
+        compute = functools.partial(
+            ops.structured_dense, structure=structure, out_dtype=call.ty.dtype
+        )
+        self._record(
+            "linear",
+            name,
+            reason,
+            structure,
+            residual,
+            original_macs,
+            alpha.size * rows,
+            kernel.size,
+            alpha.size,
+        )
+        return self.builder_.call_te(
+            compute, data, relax.const(alpha), primfunc_name_hint="structured_dense"
+        )
 
     # ------------------------------------------------------------------ helpers
     def _name(self, weight: tvm.ir.Constant, kind: str, shape: Tuple[int, ...]) -> str:
@@ -355,7 +403,9 @@ class _StructuredConvMutator(PyExprMutator):
     def _tolerance(self, kernel: np.ndarray) -> float:
         return self.tol if self.tol is not None else default_tolerance(kernel.dtype)
 
-    def _structure(self, name: str, kernel: np.ndarray, groups: int) -> Tuple[Optional[Structure], str]:
+    def _structure(
+        self, name: str, kernel: np.ndarray, groups: int
+    ) -> Tuple[Optional[Structure], str]:
         """The structure to use for this weight and where it came from, or why there is none."""
         spec = self.manifest.layers.get(name)
         if spec is not None:
@@ -376,8 +426,9 @@ class _StructuredConvMutator(PyExprMutator):
             return None, "no recorded structure and none detected"
         return None, "no recorded structure"
 
-    def _checked_alpha(self, name: str, kernel: np.ndarray,
-                       structure: Structure) -> Tuple[np.ndarray, float]:
+    def _checked_alpha(
+        self, name: str, kernel: np.ndarray, structure: Structure
+    ) -> Tuple[np.ndarray, float]:
         """``alpha`` in the weight's dtype and the residual; refuses a weight off its structure."""
         tolerance = self._tolerance(kernel)
         exact = kernel.astype(np.float64)
@@ -394,7 +445,29 @@ class _StructuredConvMutator(PyExprMutator):
             LayerReport(name, kind, False, reason, None, None, macs, macs, params, params)
         )
 
-    def _record(self, kind: str, name: str, reason: str, structure: Structure, residual: float,
-                macs_before: int, macs_after: int, params_before: int, params_after: int) -> None:
-        self.report.layers.append(LayerReport(name, kind, True, reason, structure, residual,
-                                              macs_before, macs_after, params_before, params_after))
+    def _record(
+        self,
+        kind: str,
+        name: str,
+        reason: str,
+        structure: Structure,
+        residual: float,
+        macs_before: int,
+        macs_after: int,
+        params_before: int,
+        params_after: int,
+    ) -> None:
+        self.report.layers.append(
+            LayerReport(
+                name,
+                kind,
+                True,
+                reason,
+                structure,
+                residual,
+                macs_before,
+                macs_after,
+                params_before,
+                params_after,
+            )
+        )
