@@ -1,13 +1,14 @@
-"""FoldBatchNorm: IR vs TVMScript, chains it must leave alone, numerics vs torch and ORT."""
+"""FoldBatchNorm: IR vs TVMScript, chains it must leave alone, the folded constants vs torch.
+
+The folded models compiled and run against torch and onnxruntime are in
+``tests/integration/test_batchnorm_folding_numerics.py``.
+"""
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import tvm
 from hypothesis import given
@@ -16,17 +17,11 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
+from relax_modules import bn_params, calls
 from tvm_structconv.transform import FoldBatchNorm, fold_batchnorm
 
 EPS = 1e-5
 CHANNELS = 4
-
-
-def _bn_params(channels: int, seed: int) -> list[np.ndarray]:
-    """Non-trivial gamma, beta, moving mean and moving variance."""
-    rng = np.random.default_rng(seed)
-    gamma, beta, mean = (rng.uniform(-2, 2, channels).astype("float32") for _ in range(3))
-    return [gamma, beta, mean, rng.uniform(0.2, 2, channels).astype("float32")]
 
 
 def _folded(weight, gamma, beta, mean, var, bias=0.0):
@@ -38,20 +33,10 @@ def _folded(weight, gamma, beta, mean, var, bias=0.0):
     return new_weight.astype("float32"), shift.reshape(1, -1, 1, 1).astype("float32")
 
 
-def _calls(mod: tvm.IRModule, op_name: str) -> list[relax.Call]:
-    """Every call of ``op_name`` in ``main``."""
-    found = []
-    relax.analysis.post_order_visit(
-        mod["main"],
-        lambda e: found.append(e) if isinstance(e, relax.Call) and e.op.name == op_name else None,
-    )
-    return found
-
-
 # ------------------------------------------------------------------------- IR vs TVMScript
 def test_conv_bn_folds_into_conv_add():
     weight = np.random.default_rng(0).standard_normal((CHANNELS, 3, 3, 3)).astype("float32")
-    gamma, beta, mean, var = _bn_params(CHANNELS, 1)
+    gamma, beta, mean, var = bn_params(CHANNELS, 1)
     new_weight, new_bias = _folded(weight, gamma, beta, mean, var)
 
     @I.ir_module
@@ -86,7 +71,7 @@ def test_conv_bias_bn_as_torch_export_makes_it_folds():
     rng = np.random.default_rng(2)
     weight = rng.standard_normal((CHANNELS, 3, 3, 3)).astype("float32")
     conv_bias = rng.standard_normal(CHANNELS).astype("float32")
-    gamma, beta, mean, var = _bn_params(CHANNELS, 3)
+    gamma, beta, mean, var = bn_params(CHANNELS, 3)
     new_weight, new_bias = _folded(weight, gamma, beta, mean, var, bias=conv_bias)
 
     @I.ir_module
@@ -145,7 +130,7 @@ def _chain(
         params = [x, w]
     else:
         w, params = relax.const(weight), [x]
-    stats = [relax.const(t) for t in _bn_params(CHANNELS, 7)]
+    stats = [relax.const(t) for t in bn_params(CHANNELS, 7)]
     with bb.function("main", params):
         with bb.dataflow():
             conv = bb.emit(relax.op.nn.conv2d(x, w, groups=groups))
@@ -175,7 +160,7 @@ def test_every_bias_form_folds_to_the_same_module(bias_form, bias_first):
     rng = np.random.default_rng(4)
     weight = rng.standard_normal((CHANNELS, 2, 3, 3)).astype("float32")
     bias = rng.standard_normal(CHANNELS).astype("float32")
-    new_weight, new_bias = _folded(weight, *_bn_params(CHANNELS, 7), bias=bias)
+    new_weight, new_bias = _folded(weight, *bn_params(CHANNELS, 7), bias=bias)
 
     @I.ir_module
     class Expected:
@@ -215,7 +200,7 @@ def test_left_alone(kwargs):
 
 
 def test_bias_that_is_not_per_channel_is_left_alone():
-    gamma, beta, mean, var = _bn_params(CHANNELS, 0)
+    gamma, beta, mean, var = bn_params(CHANNELS, 0)
     full_bias = np.ones((1, CHANNELS, 4, 4), "float32")
 
     @I.ir_module
@@ -236,7 +221,7 @@ def test_bias_that_is_not_per_channel_is_left_alone():
 
 @pytest.mark.parametrize("axis", [3, 1])  # the channel axis; the height axis (also of size 4)
 def test_nhwc_conv_is_left_alone(axis):
-    gamma, beta, mean, var = _bn_params(CHANNELS, 0)
+    gamma, beta, mean, var = bn_params(CHANNELS, 0)
     hwio = _WEIGHT.transpose(2, 3, 1, 0).copy()
 
     @I.ir_module
@@ -259,7 +244,7 @@ def test_names_follow_the_folded_weight():
     before, weight = _chain(_WEIGHT, _BIAS)
     names = {weight: "layer1.conv.weight"}
     after, report = fold_batchnorm(before, names)
-    (conv,) = _calls(after, "relax.nn.conv2d")
+    (conv,) = calls(after, "relax.nn.conv2d")
     new_weight = conv.args[1]
     assert not new_weight.same_as(weight)
     assert report.weight_names[new_weight] == "layer1.conv.weight"
@@ -284,14 +269,14 @@ def test_folded_conv_computes_the_batch_norm(groups, bias_form, bias_first, cent
     bias = rng.standard_normal(CHANNELS).astype("float32") if bias_form else None
     before, _ = _chain(weight, bias, bias_form, bias_first, groups, epsilon, center, scale)
     after = FoldBatchNorm()(before)
-    assert not _calls(after, "relax.nn.batch_norm")
-    (conv,) = _calls(after, "relax.nn.conv2d")
-    (add,) = _calls(after, "relax.add")
+    assert not calls(after, "relax.nn.batch_norm")
+    (conv,) = calls(after, "relax.nn.conv2d")
+    (add,) = calls(after, "relax.add")
     new_weight, new_bias = (torch.from_numpy(c.value.numpy()).double()
                             for c in (conv.args[1], add.args[1]))
 
     x = torch.from_numpy(rng.standard_normal((1, 2 * groups, 6, 6)))
-    gamma, beta, mean, var = (torch.from_numpy(t).double() for t in _bn_params(CHANNELS, 7))
+    gamma, beta, mean, var = (torch.from_numpy(t).double() for t in bn_params(CHANNELS, 7))
     reference = F.conv2d(x, torch.from_numpy(weight).double(), groups=groups)
     if bias is not None:
         reference = reference + torch.from_numpy(bias).double()[:, None, None]
@@ -299,90 +284,3 @@ def test_folded_conv_computes_the_batch_norm(groups, bias_form, bias_first, cent
                              beta if center else None, eps=epsilon)
     folded = F.conv2d(x, new_weight, groups=groups) + new_bias
     torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-5)
-
-
-# ------------------------------------------------------------------------- real frontends
-def _bn(channels: int, seed: int) -> nn.BatchNorm2d:
-    bn = nn.BatchNorm2d(channels)
-    with torch.no_grad():
-        for tensor, value in zip(
-            (bn.weight, bn.bias, bn.running_mean, bn.running_var), _bn_params(channels, seed)
-        ):
-            tensor.copy_(torch.from_numpy(value))
-    return bn
-
-
-MODELS = {
-    "conv-bn": lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), _bn(8, 0)),
-    "conv-bias-bn": lambda: nn.Sequential(nn.Conv2d(3, 8, 3), _bn(8, 1)),
-    "grouped-stride2-relu": lambda: nn.Sequential(
-        nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2), _bn(8, 2), nn.ReLU()),
-    "depthwise-relu-conv-bn": lambda: nn.Sequential(
-        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), _bn(4, 3), nn.ReLU(),
-        nn.Conv2d(4, 8, 1), _bn(8, 4)),
-}
-
-
-def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
-    ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
-    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
-    return (out if isinstance(out, tvm.runtime.Tensor) else out[0]).numpy()
-
-
-def _bind(mod: tvm.IRModule, name_of) -> tuple[tvm.IRModule, dict[relax.Expr, str]]:
-    """Bind the detached parameters of ``main`` as constants; ``{constant: name_of(var name)}``."""
-    mod, params = relax.frontend.detach_params(mod)
-    main = mod["main"]
-    num_inputs = int(main.attrs["num_input"])
-    constants = {var: relax.const(value.numpy())
-                 for var, value in zip(main.params[num_inputs:], params["main"])}
-    names = {constant: name_of(var.name) for var, constant in constants.items()}
-    return relax.transform.BindParams("main", constants)(mod), names
-
-
-@pytest.mark.parametrize("model_name", list(MODELS))
-def test_torch_models_match_after_folding(model_name):
-    torch.manual_seed(0)
-    model = MODELS[model_name]().eval()
-    x = torch.randn(1, model[0].in_channels, 8, 8)
-    from tvm.relax.frontend.torch import from_exported_program
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(model, (x,))
-        mod = from_exported_program(program, keep_params_as_input=True)
-    state_names = dict(program.graph_signature.inputs_to_parameters)
-    mod, names = _bind(mod, lambda var_name: state_names[var_name])
-
-    folded, report = fold_batchnorm(mod, names)
-    assert not _calls(folded, "relax.nn.batch_norm")
-    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    assert report.folded == [f"{name}.weight" for name in convs]
-    assert ([report.weight_names[conv.args[1]] for conv in _calls(folded, "relax.nn.conv2d")]
-            == report.folded)
-    expected = model(x).detach().numpy()
-    np.testing.assert_allclose(_run(folded, x.numpy()), expected, rtol=1e-4, atol=1e-4)
-
-
-def test_onnx_model_matches_onnxruntime_after_folding(tmp_path):
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    from tvm.relax.frontend.onnx import from_onnx
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), _bn(8, 5), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, stride=2, bias=False), _bn(8, 6)).eval()
-    x = torch.randn(1, 3, 10, 10)
-    path = str(tmp_path / "model.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), path, dynamo=False, do_constant_folding=False)
-        mod = from_onnx(onnx.load(path), keep_params_in_input=True)  # warns: input.1 -> input_1
-    mod, names = _bind(mod, str)
-
-    folded, report = fold_batchnorm(mod, names)
-    assert not _calls(folded, "relax.nn.batch_norm")
-    assert report.folded == ["0.weight", "3.weight"]
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (expected,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    np.testing.assert_allclose(_run(folded, x.numpy()), expected, rtol=1e-4, atol=1e-4)

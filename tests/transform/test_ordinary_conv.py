@@ -1,28 +1,20 @@
-"""RewriteOrdinaryConv: every constant-weight conv becomes the fused op with the trivial structure."""
+"""RewriteOrdinaryConv: every constant-weight conv becomes the fused op with the trivial structure.
+
+IR against an expected module (NCHW, and NHWC after ConvertLayout) and what it leaves alone; the
+rewritten NHWC conv compiled and run against torch is in
+``tests/integration/test_ordinary_conv_numerics.py``.
+"""
 
 import functools
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 import tvm
 from tvm import relax
 
+from relax_modules import conv2d_module as module
 from tvm_structconv import ops
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform import RewriteOrdinaryConv, rewrite_ordinary_conv
-
-TARGET = tvm.target.Target({"kind": "llvm"})
-
-
-def module(x_shape, weight, **attrs):
-    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            out = builder.emit_output(builder.emit(relax.op.nn.conv2d(x, weight, **attrs)))
-        builder.emit_func_output(out)
-    return builder.get()
 
 
 def test_nchw_conv_becomes_the_trivial_structured_op():
@@ -47,19 +39,33 @@ def test_nchw_conv_becomes_the_trivial_structured_op():
     tvm.ir.assert_structural_equal(RewriteOrdinaryConv()(before), expected, map_free_vars=True)
 
 
-def test_nhwc_conv_after_convert_layout_is_packed_and_exact():
-    rng = np.random.default_rng(1)
-    weight = rng.standard_normal((8, 3, 3, 2)).astype("float32")
-    x = rng.standard_normal((1, 3, 9, 7)).astype("float32")
-    mod = module(x.shape, relax.const(weight), strides=2, padding=(1, 0, 2, 1), dilation=1)
-    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
-    rewritten = RewriteOrdinaryConv(lambda out_channels, groups, width: 4)(mod)
-    text = rewritten.script()
-    assert "R.nn.conv2d" not in text and "structured_conv2d" in text
-    executable = tvm.compile(rewritten, target=TARGET)
-    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    expected = F.conv2d(F.pad(torch.from_numpy(x), (0, 1, 1, 2)), torch.from_numpy(weight), stride=2)
-    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
+def test_nhwc_conv_after_convert_layout_matches_expected_module():
+    """The OHWI weight under ``permute_dims`` is read back as OIHW and packed in blocks of 4
+    output channels; the layout transposes ConvertLayout put around the conv stay."""
+    weight = np.random.default_rng(1).standard_normal((8, 3, 3, 2)).astype("float32")
+    before = module((1, 3, 9, 7), relax.const(weight), strides=2, padding=(1, 0, 2, 1), dilation=1)
+    before = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(before)
+    actual, report = rewrite_ordinary_conv(before, lambda out_channels, groups, width: 4)
+
+    x = relax.Var("x", relax.TensorType((1, 3, 9, 7), "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            nhwc = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+            compute = functools.partial(ops.structured_conv2d_nhwc,
+                                        structure=Structure(3, (3, 2), 3, (3, 2)),
+                                        strides=[2, 2], padding=[1, 0, 2, 1], dilation=[1, 1],
+                                        out_dtype="float32")
+            conv = builder.emit(builder.call_te(compute, nhwc,
+                                                relax.const(ops.pack_alpha(weight, 4)),
+                                                primfunc_name_hint="structured_conv2d"))
+            out = builder.emit_output(relax.op.permute_dims(conv, [0, 3, 1, 2]))
+        builder.emit_func_output(out)
+    expected = builder.get()
+    tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
+    assert report.rewritten == [(8, 3, 3, 2)] and report.skipped == []
+    tvm.ir.assert_structural_equal(RewriteOrdinaryConv(lambda *_: 4)(before), expected,
+                                   map_free_vars=True)  # the pass form
 
 
 def test_conv_with_a_computed_weight_is_left_alone():

@@ -1,0 +1,50 @@
+"""Small Relax modules and helpers that both test layers use (``tests/transform``, ``tests/integration``).
+
+The IR tests compare a pass's output on these modules with an expected module; the numeric
+tests compile the same modules and run them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+
+def conv2d_module(x_shape, weight: relax.Expr, **attrs) -> tvm.IRModule:
+    """``main(x) = conv2d(x, weight, **attrs)`` (float32 ``x`` of ``x_shape``) in one dataflow block."""
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(builder.emit(relax.op.nn.conv2d(x, weight, **attrs)))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def clip_module(dtype: str = "float32") -> tvm.IRModule:
+    """``main(x) = clip(x, 0, 6)`` (ReLU6) for ``x`` of shape ``(1, 4, 3, 3)`` and ``dtype``."""
+    x = relax.Var("x", relax.TensorType((1, 4, 3, 3), dtype))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(builder.emit(relax.op.clip(x, 0.0, 6.0)))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def bn_params(channels: int, seed: int) -> list[np.ndarray]:
+    """Non-trivial BatchNorm gamma, beta, moving mean and moving variance (float32)."""
+    rng = np.random.default_rng(seed)
+    gamma, beta, mean = (rng.uniform(-2, 2, channels).astype("float32") for _ in range(3))
+    return [gamma, beta, mean, rng.uniform(0.2, 2, channels).astype("float32")]
+
+
+def calls(mod: tvm.IRModule, op_name: str) -> list[relax.Call]:
+    """Every call of ``op_name`` in ``main``, in post order."""
+    found = []
+    relax.analysis.post_order_visit(
+        mod["main"],
+        lambda e: found.append(e) if isinstance(e, relax.Call) and e.op.name == op_name else None,
+    )
+    return found
