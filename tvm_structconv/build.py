@@ -208,7 +208,7 @@ def prepare_module(
     layout
         ``"NCHW"`` keeps the model's layout; ``"NHWC"`` plans activations in NHWC first, so
         every conv becomes the NHWC fused op with a packed kernel (what the CPU schedules are
-        written for).
+        written for), and so does every Linear layer (a 1×1 conv: a packed, tiled GEMM).
     block_size
         Output-channel block of packed NHWC kernels, per layer (the target's choice).
 
@@ -229,7 +229,8 @@ def prepare_module(
         raise ValueError(f"layout must be NCHW or NHWC, got {layout!r}")
     mod, fold = fold_batchnorm(imported.mod, imported.weight_names)
     names = fold.weight_names
-    if layout == "NHWC":
+    nhwc = layout == "NHWC"
+    if nhwc:
         # ConvertLayout keeps each weight constant (under permute_dims): names stay valid
         mod = relax.transform.ConvertLayout(NHWC_LAYOUTS)(ExpandClip()(mod))
     notes: List[str] = []
@@ -250,9 +251,15 @@ def prepare_module(
             )
             match_by_value = True
         mod, report = rewrite_structured_conv(
-            mod, manifest, names, tol=tol, match_by_value=match_by_value, block_size=block_size
+            mod,
+            manifest,
+            names,
+            tol=tol,
+            match_by_value=match_by_value,
+            block_size=block_size,
+            linear_as_conv=nhwc,
         )
-    mod, ordinary = rewrite_ordinary_conv(mod, block_size)
+    mod, ordinary = rewrite_ordinary_conv(mod, block_size, linear_as_conv=nhwc)
     notes.extend(ordinary.summary())
     return PreparedModule(mod, report, fold.folded, notes)
 

@@ -59,4 +59,5 @@ class ApplySchedules:
         else:
             return mod
         with self.target:
-            return rules(mod)
+            # dlight's pass writes the scheduled functions into the module it is given
+            return rules(mod.clone())

@@ -30,7 +30,18 @@ from tvm import relax
 from tvm_structconv import ops
 from tvm_structconv.structure import Structure
 
-__all__ = ["BlockSize", "Conv2dCall", "default_block_size", "emit_conv2d", "read_conv2d"]
+__all__ = [
+    "BlockSize",
+    "Conv2dCall",
+    "LinearCall",
+    "bound_value",
+    "default_block_size",
+    "emit_conv2d",
+    "emit_linear",
+    "read_conv2d",
+    "read_linear",
+    "static_shape",
+]
 
 #: ``(out_channels, groups, out_width) -> block``: the output-channel block ``alpha`` is packed
 #: with for an NHWC conv (a target's schedule decides it; see ``schedules/x86.py``).
@@ -108,11 +119,11 @@ def read_conv2d(
     data, weight = call.args
     attrs = call.attrs
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
-    weight = _bound_value(weight, lookup)
+    weight = bound_value(weight, lookup)
     axes = None
     if isinstance(weight, relax.Call) and weight.op.same_as(tvm.ir.Op.get("relax.permute_dims")):
         axes = weight.attrs.axes
-        weight = _bound_value(weight.args[0], lookup)
+        weight = bound_value(weight.args[0], lookup)
     if not isinstance(weight, tvm.ir.Constant):
         return "weight is not a constant"
     shapes = (call.ty.shape, getattr(data.ty, "shape", None))
@@ -144,7 +155,7 @@ def read_conv2d(
     )
 
 
-def _bound_value(
+def bound_value(
     expr: relax.Expr, lookup: Callable[[relax.Var], Optional[relax.Expr]]
 ) -> relax.Expr:
     """The value bound to ``expr`` if it is a variable bound in the function, else ``expr``."""
@@ -180,3 +191,140 @@ def emit_conv2d(
     return builder.call_te(
         compute, conv.data, relax.const(weight), primfunc_name_hint="structured_conv2d"
     )
+
+
+@dataclass(frozen=True)
+class LinearCall:
+    """A Relax ``matmul(x, Wᵀ)`` of a Linear layer: ``W`` a 2-D constant, ``x`` any rank.
+
+    Attributes
+    ----------
+    data
+        The input expression ``x`` (``(..., in_features)``).
+    constant
+        The weight constant: ``W`` under ``permute_dims``, or ``Wᵀ`` as the dynamo ONNX exporter
+        stores it.
+    kernel
+        The weight as a numpy array ``(out_features, in_features)``.
+    out_dtype
+        The output dtype.
+    out_shape
+        The output shape (static, or ``None``).
+    """
+
+    data: relax.Expr
+    constant: tvm.ir.Constant
+    kernel: np.ndarray
+    out_dtype: str
+    out_shape: Optional[Tuple[int, ...]]
+
+    @property
+    def rows(self) -> int:
+        """Rows the weight multiplies (every axis of the output but the last); 0 if not static."""
+        return int(np.prod(self.out_shape[:-1])) if self.out_shape is not None else 0
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the layer as it is."""
+        return int(self.kernel.size) * self.rows
+
+
+def static_shape(expr: relax.Expr) -> Optional[Tuple[int, ...]]:
+    """The shape of ``expr``'s tensor type as integers, or ``None`` when any dim is symbolic."""
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def read_linear(
+    call: relax.Call, lookup: Callable[[relax.Var], Optional[relax.Expr]]
+) -> Union[LinearCall, str, None]:
+    """The ``matmul`` ``call`` as a :class:`LinearCall`, a reason, or ``None``.
+
+    ``None`` when the second operand is not a constant (or ``permute_dims`` of one): not a
+    layer. A reason when it is a constant but not a Linear layer's weight (not 2-D, or permuted
+    other than ``[1, 0]``).
+    """
+    if not call.op.same_as(tvm.ir.Op.get("relax.matmul")):
+        return None
+    data, weight = call.args
+    weight = bound_value(weight, lookup)
+    transposed = isinstance(weight, relax.Call) and weight.op.same_as(
+        tvm.ir.Op.get("relax.permute_dims")
+    )
+    if transposed:
+        axes = weight.attrs.axes
+        weight = bound_value(weight.args[0], lookup)
+    if not isinstance(weight, tvm.ir.Constant):
+        return None
+    array = weight.value.numpy()
+    if array.ndim != 2:
+        return f"matmul with a {array.ndim}-D constant, not a Linear layer"
+    if transposed and axes is not None and [int(a) for a in axes] != [1, 0]:
+        return "a weight permuted other than [1, 0], not a Linear layer"
+    kernel = array if transposed else array.T
+    return LinearCall(
+        data=data,
+        constant=weight,
+        kernel=np.ascontiguousarray(kernel),
+        out_dtype=str(call.ty.dtype),
+        out_shape=static_shape(call),
+    )
+
+
+def _rows_as_image(rows: int) -> Tuple[int, int]:
+    """``(height, width)`` with ``height · width = rows``: the widest row of at most 32 pixels."""
+    width = max(d for d in range(1, min(rows, 32) + 1) if rows % d == 0)
+    return rows // width, width
+
+
+def emit_linear(
+    builder: relax.BlockBuilder,
+    linear: LinearCall,
+    alpha: np.ndarray,
+    structure: Structure,
+    as_conv: bool,
+    block_size: BlockSize = default_block_size,
+) -> relax.Expr:
+    """The fused op computing ``linear`` from ``alpha`` (``(out, c)``) and ``structure``.
+
+    With ``as_conv`` (CPU builds) a 1×1 NHWC conv, its kernel packed like any conv's: a 4-D
+    input ``(N, H, W, C)`` (a Linear layer on channels-last activations, as in ConvNeXt) as it
+    is, any other reshaped to ``(1, h, w, C)`` with ``h · w`` its rows, and the result reshaped
+    back. Else :func:`tvm_structconv.ops.structured_dense` on the input as it is.
+    ``as_conv`` needs a static input shape.
+    """
+    if not as_conv:
+        compute = functools.partial(
+            ops.structured_dense, structure=structure, out_dtype=linear.out_dtype
+        )
+        return builder.call_te(
+            compute, linear.data, relax.const(alpha), primfunc_name_hint="structured_dense"
+        )
+    in_shape = static_shape(linear.data)
+    assert in_shape is not None and linear.out_shape is not None, "as_conv needs static shapes"
+    if len(in_shape) == 4:
+        image = in_shape
+    else:
+        image = (1, *_rows_as_image(linear.rows), in_shape[-1])
+    data = linear.data
+    if image != in_shape:
+        data = builder.emit(relax.op.reshape(data, image))
+    out_image = (*image[:3], alpha.shape[0])
+    conv = Conv2dCall(
+        data=data,
+        constant=linear.constant,
+        kernel=linear.kernel[:, :, None, None],
+        layout="NHWC",
+        strides=(1, 1),
+        padding=(0, 0, 0, 0),
+        dilation=(1, 1),
+        groups=1,
+        out_dtype=linear.out_dtype,
+        out_shape=out_image,
+    )
+    out = emit_conv2d(builder, conv, alpha[:, :, None, None], structure, block_size)
+    if out_image != linear.out_shape:
+        out = relax.op.reshape(builder.emit(out), linear.out_shape)
+    return out

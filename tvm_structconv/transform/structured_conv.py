@@ -7,12 +7,14 @@ Matches, in each Relax function:
   ``relax.transform.ConvertLayout`` leaves; see :mod:`~tvm_structconv.transform.conv_call`);
 * ``relax.matmul(x, relax.permute_dims(W, [1, 0]))`` with ``W`` a 2-D constant (a Linear layer
   as both the torch and the ONNX frontends import it), or ``relax.matmul(x, Wᵀ)`` with the
-  transposed weight a 2-D constant (torch's dynamo ONNX exporter stores it so, renamed).
+  transposed weight a 2-D constant (torch's dynamo ONNX exporter stores it so, renamed); see
+  :func:`~tvm_structconv.transform.conv_call.read_linear`.
 
 For a layer whose weight has a recorded structure it checks the residual, decomposes
 ``alpha = A⁺W`` and replaces the call with ``call_tir`` of the TE compute
 :func:`tvm_structconv.ops.structured_conv2d` (``structured_conv2d_nhwc`` with ``alpha`` packed
-for an NHWC conv; ``structured_dense`` for a linear layer). Every other conv or
+for an NHWC conv; for a linear layer the NHWC op with a 1×1 kernel when ``linear_as_conv``,
+else ``structured_dense``). Every other conv or
 linear layer is left as it is and reported with the reason. A weight that does not satisfy
 its recorded structure raises :class:`StructureMismatchError`: never wrong code, never a
 silent skip.
@@ -20,25 +22,28 @@ silent skip.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax
-from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from tvm_structconv import ops
 from tvm_structconv.manifest import Manifest, ManifestError, detect
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform.conv_call import (
     BlockSize,
+    LinearCall,
+    bound_value,
     default_block_size,
     emit_conv2d,
+    emit_linear,
     read_conv2d,
+    read_linear,
+    static_shape,
 )
 from tvm_structconv.transform.relax_functions import rewrite_relax_functions
 
@@ -52,9 +57,6 @@ __all__ = [
 ]
 
 CONV2D = is_op("relax.nn.conv2d")(wildcard(), wildcard())
-LINEAR = is_op("relax.matmul")(wildcard(), is_op("relax.permute_dims")(is_const()))
-#: A Linear layer whose weight the exporter stored transposed (torch's dynamo ONNX exporter).
-LINEAR_TRANSPOSED = is_op("relax.matmul")(wildcard(), is_const())
 
 
 class StructureMismatchError(ValueError):
@@ -191,6 +193,7 @@ def rewrite_structured_conv(
     tol: Optional[float] = None,
     match_by_value: bool = False,
     block_size: BlockSize = default_block_size,
+    linear_as_conv: bool = False,
 ) -> Tuple[tvm.IRModule, RewriteReport]:
     """Rewrite every conv / linear layer of ``mod`` that has a structure; say what was done.
 
@@ -212,6 +215,9 @@ def rewrite_structured_conv(
     block_size
         For NHWC convs: the output-channel block ``alpha`` is packed with, per layer
         (:data:`~tvm_structconv.transform.conv_call.BlockSize`; the target's schedule decides).
+    linear_as_conv
+        Emit structured Linear layers as the NHWC fused op with a 1×1 kernel (what the CPU
+        schedules tile; needs static shapes) instead of ``structured_dense``.
 
     Returns
     -------
@@ -228,7 +234,7 @@ def rewrite_structured_conv(
         If a manifest entry does not fit its weight's shape.
     """
     rewriter = _StructuredConvMutator(
-        mod, manifest, weight_names or {}, tol, match_by_value, block_size
+        mod, manifest, weight_names or {}, tol, match_by_value, block_size, linear_as_conv
     )
     rewritten = rewrite_relax_functions(mod, rewriter, lambda: len(rewriter.report.rewritten))
     seen = {layer.name for layer in rewriter.report.layers}
@@ -251,17 +257,25 @@ class RewriteStructuredConv:
         tol: Optional[float] = None,
         match_by_value: bool = False,
         block_size: BlockSize = default_block_size,
+        linear_as_conv: bool = False,
     ) -> None:
         self.manifest = manifest
         self.weight_names = weight_names
         self.tol = tol
         self.match_by_value = match_by_value
         self.block_size = block_size
+        self.linear_as_conv = linear_as_conv
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """``mod`` with every structured layer rewritten."""
         return rewrite_structured_conv(
-            mod, self.manifest, self.weight_names, self.tol, self.match_by_value, self.block_size
+            mod,
+            self.manifest,
+            self.weight_names,
+            self.tol,
+            self.match_by_value,
+            self.block_size,
+            self.linear_as_conv,
         )[0]
 
 
@@ -275,6 +289,7 @@ class _StructuredConvMutator(PyExprMutator):
         tol: Optional[float],
         match_by_value: bool,
         block_size: BlockSize,
+        linear_as_conv: bool,
     ) -> None:
         super().__init__(mod)
         self.manifest = manifest
@@ -282,6 +297,7 @@ class _StructuredConvMutator(PyExprMutator):
         self.tol = tol
         self.match_by_value = match_by_value
         self.block_size = block_size
+        self.linear_as_conv = linear_as_conv
         self.report = RewriteReport()
         self.unnamed = 0
 
@@ -289,24 +305,15 @@ class _StructuredConvMutator(PyExprMutator):
         call = self.visit_expr_post_order(call)
         if CONV2D.match(call):
             return self._conv2d(call)
-        var2val = {
-            arg: self.lookup_binding(arg)
-            for arg in call.args[1:2]
-            if isinstance(arg, relax.Var) and self.lookup_binding(arg) is not None
-        }
-        if LINEAR.match(call, var2val):
-            return self._linear(call, var2val)
-        if LINEAR_TRANSPOSED.match(call):
-            weight = call.args[1]
-            kernel = weight.value.numpy()
-            if kernel.ndim != 2:
-                self._skip(
-                    "linear",
-                    self._name(weight, "matmul", kernel.shape),
-                    f"matmul with a {kernel.ndim}-D constant, not a Linear layer",
-                )
-                return call
-            return self._linear_on(call, weight, kernel.T)
+        linear = read_linear(call, self.lookup_binding)
+        if isinstance(linear, str):
+            weight = bound_value(call.args[1], self.lookup_binding)
+            weight = weight.args[0] if isinstance(weight, relax.Call) else weight
+            shape = tuple(weight.value.shape) if isinstance(weight, tvm.ir.Constant) else ()
+            self._skip("linear", self._name(weight, "matmul", shape), linear)
+            return call
+        if linear is not None:
+            return self._linear(call, linear)
         return call
 
     # ------------------------------------------------------------------ layers
@@ -335,51 +342,33 @@ class _StructuredConvMutator(PyExprMutator):
         )
         return emit_conv2d(self.builder_, conv, alpha, structure, self.block_size)
 
-    def _linear(self, call: relax.Call, var2val: Dict[relax.Var, relax.Expr]) -> relax.Expr:
-        data, transposed = call.args
-        transpose = var2val.get(transposed, transposed)
-        weight = transpose.args[0]
-        axes = transpose.attrs.axes
-        kernel = weight.value.numpy()
-        if kernel.ndim != 2 or (axes is not None and [int(a) for a in axes] != [1, 0]):
-            self._skip(
-                "linear",
-                self._name(weight, "linear", kernel.shape),
-                f"a {kernel.ndim}-D weight under permute_dims, not a Linear layer",
-            )
-            return call
-        return self._linear_on(call, weight, kernel)
-
-    def _linear_on(
-        self, call: relax.Call, weight: tvm.ir.Constant, kernel: np.ndarray
-    ) -> relax.Expr:
-        """Rewrite ``call`` (``data @ kernelᵀ``, ``kernel`` shaped ``(out, in)``) if structured."""
-        data = call.args[0]
-        name = self._name(weight, "linear", kernel.shape)
-        out_shape = [int(d) for d in call.ty.shape]
-        rows = int(np.prod(out_shape[:-1]))
-        original_macs = int(np.prod(kernel.shape)) * rows
+    def _linear(self, call: relax.Call, linear: LinearCall) -> relax.Expr:
+        """Rewrite the Linear layer ``call`` if it has a structure."""
+        kernel = linear.kernel
+        name = self._name(linear.constant, "linear", kernel.shape)
         structure, reason = self._structure(name, kernel, 1)
         if structure is None:
-            self._skip("linear", name, reason, original_macs, kernel.size)
+            self._skip("linear", name, reason, linear.macs, kernel.size)
+            return call
+        if linear.out_shape is None or (self.linear_as_conv and static_shape(linear.data) is None):
+            self._skip(
+                "linear", name, "input or output shape is not static", linear.macs, kernel.size
+            )
             return call
         alpha, residual = self._checked_alpha(name, kernel, structure)
-        compute = functools.partial(
-            ops.structured_dense, structure=structure, out_dtype=call.ty.dtype
-        )
         self._record(
             "linear",
             name,
             reason,
             structure,
             residual,
-            original_macs,
-            alpha.size * rows,
+            linear.macs,
+            alpha.size * linear.rows,
             kernel.size,
             alpha.size,
         )
-        return self.builder_.call_te(
-            compute, data, relax.const(alpha), primfunc_name_hint="structured_dense"
+        return emit_linear(
+            self.builder_, linear, alpha, structure, self.linear_as_conv, self.block_size
         )
 
     # ------------------------------------------------------------------ helpers
