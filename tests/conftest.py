@@ -20,8 +20,10 @@ import pytest  # noqa: E402
 #: What the ``needs_cross`` tests run: the aarch64 cross compiler and the user-mode emulator.
 CROSS_TOOLS = ("aarch64-linux-gnu-g++", "qemu-aarch64-static")
 #: The one command that installs them (Debian / Ubuntu, as root).
-CROSS_INSTALL = ("apt-get update && apt-get install -y gcc-aarch64-linux-gnu "
-                 "g++-aarch64-linux-gnu qemu-user-static")
+CROSS_INSTALL = (
+    "apt-get update && apt-get install -y gcc-aarch64-linux-gnu "
+    "g++-aarch64-linux-gnu qemu-user-static"
+)
 
 
 def _in_ci() -> bool:
@@ -65,8 +67,9 @@ def exported_small_net(tmp_path_factory):
 
     A dict with the paths ``"onnx"``, ``"pt2"``, their ``"folder"`` and the input ``"x"``.
     """
-    from small_nets import structured_net
     from tvm_structconv.export import export
+
+    from small_nets import structured_net
 
     folder = tmp_path_factory.mktemp("small_net")
     model, x, manifest = structured_net()

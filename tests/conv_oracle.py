@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 import tvm
 
-HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-                          "num-cores": 2})
+HOST = tvm.target.Target(
+    {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
+)
 
 
 def oracle(x, alpha, structure, stride, padding, dilation, bias=None):
-    """NHWC result of torch's conv2d with the composed kernel (padding: top, left, bottom, right)."""
+    """NHWC result of torch's conv2d with the composed kernel (padding: top, left, bottom,
+    right)."""
     top, left, bottom, right = padding
     padded = F.pad(torch.from_numpy(x).double(), (left, right, top, bottom))
     weight = structure.compose(torch.from_numpy(alpha).double())

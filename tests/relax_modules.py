@@ -1,4 +1,4 @@
-"""Small Relax modules and helpers that both test layers use (``tests/transform``, ``tests/integration``).
+"""Small Relax modules and helpers both test layers use (tests/transform, tests/integration).
 
 The IR tests compare a pass's output on these modules with an expected module; the numeric
 tests compile the same modules and run them.
@@ -12,7 +12,7 @@ from tvm import relax
 
 
 def conv2d_module(x_shape, weight: relax.Expr, **attrs) -> tvm.IRModule:
-    """``main(x) = conv2d(x, weight, **attrs)`` (float32 ``x`` of ``x_shape``) in one dataflow block."""
+    """``main(x) = conv2d(x, weight, **attrs)``, float32 ``x`` of ``x_shape``."""
     x = relax.Var("x", relax.TensorType(x_shape, "float32"))
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):

@@ -19,8 +19,12 @@ def free_port() -> int:
 
 
 def start(arguments) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *arguments], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", *arguments],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -42,11 +46,23 @@ def wait_for_servers(devices: RemoteDevices, count: int, timeout: float = 60.0) 
 
 
 @contextlib.contextmanager
-def rpc_cluster(key: str, count: int) -> Iterator[Tuple[int, subprocess.Popen, List[subprocess.Popen]]]:
+def rpc_cluster(
+    key: str, count: int
+) -> Iterator[Tuple[int, subprocess.Popen, List[subprocess.Popen]]]:
     """A tracker and ``count`` servers under ``key``: yields (tracker port, tracker, servers)."""
     port = free_port()
-    tracker = start(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                     "--port-end", str(port + 1), "--silent"])
+    tracker = start(
+        [
+            "tvm.exec.rpc_tracker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-end",
+            str(port + 1),
+            "--silent",
+        ]
+    )
     servers: List[subprocess.Popen] = []
     try:
         deadline = time.time() + 30
@@ -58,9 +74,23 @@ def rpc_cluster(key: str, count: int) -> Iterator[Tuple[int, subprocess.Popen, L
                 time.sleep(0.2)
         for _ in range(count):
             server_port = free_port()
-            servers.append(start(["tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
-                                  "--key", key, "--host", "127.0.0.1", "--port",
-                                  str(server_port), "--port-end", str(server_port + 1)]))
+            servers.append(
+                start(
+                    [
+                        "tvm.exec.rpc_server",
+                        "--tracker",
+                        f"127.0.0.1:{port}",
+                        "--key",
+                        key,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(server_port),
+                        "--port-end",
+                        str(server_port + 1),
+                    ]
+                )
+            )
         devices = RemoteDevices(f"127.0.0.1:{port}", key, session_timeout=60, request_timeout=30)
         wait_for_servers(devices, count)
         yield port, tracker, servers

@@ -14,8 +14,14 @@ from tvm_structconv.structure import Structure
 def structured_net(seed: int = 0) -> Tuple[nn.Module, torch.Tensor, Manifest]:
     """The net in eval mode with exactly structured conv weights, an input and its manifest."""
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, stride=2), nn.Flatten(), nn.Linear(72, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2),
+        nn.Flatten(),
+        nn.Linear(72, 5),
+    ).eval()
     structures = {"0.weight": Structure(4, 3, 2, 2), "3.weight": Structure(8, 3, 8, 2)}
     with torch.no_grad():
         model[1].running_var.uniform_(0.5, 1.5)

@@ -13,8 +13,16 @@ from tvm_structconv.targets import TargetError
 @pytest.mark.slow
 def test_bench_measures_tvm_and_peers(exported_small_net, tmp_path):
     onnx_path = str(exported_small_net["onnx"])
-    report = run_benchmark(onnx_path, targets=["x86"], peers=["onnxruntime", "torch"],
-                           threads=1, repeat=3, min_repeat_ms=5, rounds=2, workdir=str(tmp_path))
+    report = run_benchmark(
+        onnx_path,
+        targets=["x86"],
+        peers=["onnxruntime", "torch"],
+        threads=1,
+        repeat=3,
+        min_repeat_ms=5,
+        rounds=2,
+        workdir=str(tmp_path),
+    )
     ours = report.row("x86", "tvm", "structured")
     baseline = report.row("x86", "tvm", "original")
     assert ours.latency is not None and baseline.latency is not None
@@ -31,8 +39,16 @@ def test_bench_measures_tvm_and_peers(exported_small_net, tmp_path):
 
 @pytest.mark.needs_cross
 def test_bench_builds_for_aarch64_are_timed_on_their_device(exported_small_net, tmp_path):
-    report = run_benchmark(str(exported_small_net["onnx"]), targets=["aarch64"], peers=[],
-                           threads=1, repeat=3, min_repeat_ms=5, rounds=1, workdir=str(tmp_path))
+    report = run_benchmark(
+        str(exported_small_net["onnx"]),
+        targets=["aarch64"],
+        peers=[],
+        threads=1,
+        repeat=3,
+        min_repeat_ms=5,
+        rounds=1,
+        workdir=str(tmp_path),
+    )
     for variant in ("original", "structured"):
         arm = report.row("aarch64", "tvm", variant)
         assert arm.latency is None and "use --rpc-tracker" in arm.note
@@ -42,9 +58,26 @@ def test_bench_builds_for_aarch64_are_timed_on_their_device(exported_small_net, 
 
 def test_bench_command_writes_json_and_plot(exported_small_net, tmp_path, capsys):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
-    status = main(["bench", str(exported_small_net["pt2"]), "--peers", "torch", "--repeat", "2",
-                   "--rounds", "1", "--threads", "1", "--json", str(out_json), "--plot", str(out_png),
-                   "--workdir", str(tmp_path / "work")])
+    status = main(
+        [
+            "bench",
+            str(exported_small_net["pt2"]),
+            "--peers",
+            "torch",
+            "--repeat",
+            "2",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     assert status == 0
     data = json.loads(out_json.read_text())
     rows = {(r["target"], r["runtime"], r["variant"]): r for r in data["rows"]}
@@ -59,6 +92,17 @@ def test_bad_targets_and_peers(exported_small_net, capsys):
         run_benchmark(str(exported_small_net["onnx"]), peers=["tflite"])
     with pytest.raises(TargetError, match="unknown target 'tpu'"):
         run_benchmark(str(exported_small_net["onnx"]), targets=["tpu"])
-    assert main(["bench", str(exported_small_net["onnx"]), "--rpc-tracker", "127.0.0.1:1",
-                 "--device-key", "x"]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                str(exported_small_net["onnx"]),
+                "--rpc-tracker",
+                "127.0.0.1:1",
+                "--device-key",
+                "x",
+            ]
+        )
+        == 2
+    )
     assert "cannot reach the RPC tracker" in capsys.readouterr().err

@@ -13,8 +13,9 @@ from tvm_structconv.manifest import Manifest
 from tvm_structconv.schedules import x86
 from tvm_structconv.structure import Structure
 
-HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-                          "num-cores": 2})
+HOST = tvm.target.Target(
+    {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
+)
 
 
 class TinyNet(nn.Module):
@@ -22,9 +23,13 @@ class TinyNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        )
         self.pool = nn.MaxPool2d(3, 2, 1)
-        self.conv1 = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        )
         self.conv2 = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
         self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1, groups=16), nn.ReLU6())
         self.pointwise = nn.Conv2d(16, 32, 1)
@@ -51,7 +56,9 @@ def tiny():
                 module.running_var.uniform_(0.5, 1.5)
         for name, parameter in model.named_parameters():
             if name in STRUCTURES:
-                parameter.copy_(torch.from_numpy(STRUCTURES[name].project(parameter.double().numpy())))
+                parameter.copy_(
+                    torch.from_numpy(STRUCTURES[name].project(parameter.double().numpy()))
+                )
     x = torch.randn(1, 3, 32, 32)
     return model, x, load_model(model, x, Manifest.from_structures(STRUCTURES))
 
@@ -69,17 +76,20 @@ def test_scheduled_builds_match_torch(tiny, structured):
 def test_unscheduled_build_still_matches(tiny):
     model, x, imported = tiny
     compiled = compile_model(imported, HOST, structured=True, schedules=False)
-    np.testing.assert_allclose(compiled.run(x.numpy())[0], model(x).detach().numpy(),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        compiled.run(x.numpy())[0], model(x).detach().numpy(), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_epilogues_fuse_and_every_kernel_is_scheduled(tiny):
     _, _, imported = tiny
-    mod = prepare_module(imported, structured=True, layout="NHWC",
-                         block_size=x86.block_size_for(HOST)).mod
+    mod = prepare_module(
+        imported, structured=True, layout="NHWC", block_size=x86.block_size_for(HOST)
+    ).mod
     lowered = scheduled_pipeline(HOST)(mod)
-    kernels = {gv.name_hint: f for gv, f in lowered.functions_items()
-               if isinstance(f, tvm.tirx.PrimFunc)}
+    kernels = {
+        gv.name_hint: f for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    }
     assert all(f.attrs.get("tirx.is_scheduled") for f in kernels.values()), sorted(kernels)
     convs = sorted(name for name in kernels if ops.SCHEDULE_RULE in name)
     assert len(convs) == 6  # five convs and the classifier (a Linear layer as a 1x1 conv)
@@ -97,5 +107,6 @@ def test_flatten_after_a_conv_reads_nchw_order():
 
     model, x, manifest = structured_net()
     compiled = compile_model(load_model(model, x, manifest), HOST)
-    np.testing.assert_allclose(compiled.run(x.numpy())[0], model(x).detach().numpy(),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        compiled.run(x.numpy())[0], model(x).detach().numpy(), rtol=1e-4, atol=1e-5
+    )

@@ -34,7 +34,9 @@ def test_compile_writes_a_loadable_library(exported, tmp_path, capsys):
     assert "2 of 3 layers rewritten" in out and "manifest: ONNX metadata" in out
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
-    session = onnxruntime.InferenceSession(str(folder / "net.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(folder / "net.onnx"), providers=["CPUExecutionProvider"]
+    )
     expected = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
@@ -45,15 +47,26 @@ def test_verify_compares_both_builds_with_the_oracle(exported, capsys, name, ora
     assert main(["verify", str(folder / name)]) == 0
     out = capsys.readouterr().out
     assert f"original   vs {oracle}" in out and f"structured vs {oracle}" in out
-    assert "(2 layers rewritten)" in out and out.rstrip().endswith(f"within 1.0e-03")
+    assert "(2 layers rewritten)" in out and out.rstrip().endswith("within 1.0e-03")
 
 
 def test_detect_finds_structures_without_a_manifest(exported, tmp_path, capsys):
     folder, _ = exported
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"format": "structconv/1", "layers": {}}))
-    assert main(["compile", str(folder / "net.pt2"), "--manifest", str(empty), "-o",
-                 str(tmp_path / "a.so")]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                str(folder / "net.pt2"),
+                "--manifest",
+                str(empty),
+                "-o",
+                str(tmp_path / "a.so"),
+            ]
+        )
+        == 0
+    )
     assert "0 of 3 layers rewritten" in capsys.readouterr().out
     assert main(["compile", str(folder / "net.pt2"), "--detect", "-o", str(tmp_path / "b.so")]) == 0
     assert "rewritten (matched by value)" in capsys.readouterr().out
@@ -63,9 +76,18 @@ def test_detect_finds_structures_without_a_manifest(exported, tmp_path, capsys):
     "arguments, message",
     [
         (["compile", "missing.onnx", "-o", "x.so"], "model file not found: missing.onnx"),
-        (["compile", "{folder}/net.onnx", "--target", "tpu", "-o", "x.so"], "unknown target 'tpu'; known targets: aarch64, cuda, x86"),
-        (["verify", "{folder}/net.pt2", "--manifest", "{folder}/wrong.json"], "layer '0.weight': weights do not satisfy"),
-        (["verify", "{folder}/net.pt2", "--manifest", "{folder}/broken.json"], "broken.json: not valid JSON"),
+        (
+            ["compile", "{folder}/net.onnx", "--target", "tpu", "-o", "x.so"],
+            "unknown target 'tpu'; known targets: aarch64, cuda, x86",
+        ),
+        (
+            ["verify", "{folder}/net.pt2", "--manifest", "{folder}/wrong.json"],
+            "layer '0.weight': weights do not satisfy",
+        ),
+        (
+            ["verify", "{folder}/net.pt2", "--manifest", "{folder}/broken.json"],
+            "broken.json: not valid JSON",
+        ),
         (["verify", "{folder}/net.txt"], "unknown model kind '.txt'"),
     ],
 )
@@ -82,33 +104,57 @@ def test_user_errors_are_one_line_and_exit_2(exported, capsys, arguments, messag
 
 
 def test_demo_runs_small(tmp_path, capsys):
-    status = main(["demo", "--image-size", "32", "--repeat", "2", "--rounds", "1",
-                   "--workdir", str(tmp_path)])
+    status = main(
+        ["demo", "--image-size", "32", "--repeat", "2", "--rounds", "1", "--workdir", str(tmp_path)]
+    )
     out = capsys.readouterr().out
     assert status == 0, out
     assert "16 of 21 conv/linear layers rewritten (16 through the .pt2 frontend)" in out
     assert "speedup" in out and "checked against onnxruntime" in out
     # the committed log (tuning_logs/x86-znver4) applies on a znver4 host, else hand schedules
-    assert ("structured: tuned schedules for" in out
-            or "structured: hand schedules (the tuning log of this CPU" in out)
-    assert (tmp_path / "resnet18.onnx").is_file() and (tmp_path / "resnet18.manifest.json").is_file()
+    assert (
+        "structured: tuned schedules for" in out
+        or "structured: hand schedules (the tuning log of this CPU" in out
+    )
+    assert (tmp_path / "resnet18.onnx").is_file() and (
+        tmp_path / "resnet18.manifest.json"
+    ).is_file()
 
 
 @pytest.mark.slow
 def test_tune_then_compile_applies_the_log(exported, tmp_path, capsys):
     folder, x = exported
     logs = tmp_path / "logs"
-    assert main(["tune", str(folder / "net.onnx"), "--trials", "4", "--trials-per-iter", "4",
-                 "--tuning-logs", str(logs), "--seed", "0"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                str(folder / "net.onnx"),
+                "--trials",
+                "4",
+                "--trials-per-iter",
+                "4",
+                "--tuning-logs",
+                str(logs),
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "structured:" in out and "database 0 -> 4 records" in out
     library = tmp_path / "net.so"
-    assert main(["compile", str(folder / "net.onnx"), "-o", str(library),
-                 "--tuning-logs", str(logs)]) == 0
+    assert (
+        main(["compile", str(folder / "net.onnx"), "-o", str(library), "--tuning-logs", str(logs)])
+        == 0
+    )
     assert f"tuning log {logs}: tuned schedules for" in capsys.readouterr().out
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
-    session = onnxruntime.InferenceSession(str(folder / "net.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(folder / "net.onnx"), providers=["CPUExecutionProvider"]
+    )
     expected = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert main(["compile", str(folder / "net.onnx"), "-o", str(library), "--no-logs"]) == 0
@@ -122,8 +168,16 @@ def test_a_corrupted_tuning_database_is_one_line(exported_small_net, tmp_path, c
     logs.mkdir()
     (logs / "database_workload.json").write_text('["not a workload"\n')
     (logs / "database_tuning_record.json").write_text("{{{\n")
-    status = main(["compile", str(exported_small_net["onnx"]), "--tuning-logs", str(logs),
-                   "-o", str(tmp_path / "net.so")])
+    status = main(
+        [
+            "compile",
+            str(exported_small_net["onnx"]),
+            "--tuning-logs",
+            str(logs),
+            "-o",
+            str(tmp_path / "net.so"),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1, err
     assert err.startswith(f"structconv: error: the tuning database in {logs} cannot be read (")
@@ -134,5 +188,14 @@ def test_debug_shows_the_traceback(exported_small_net, tmp_path):
     from tvm_structconv.targets import TargetError
 
     with pytest.raises(TargetError, match="unknown target 'tpu'"):
-        main(["--debug", "compile", str(exported_small_net["onnx"]), "--target", "tpu",
-              "-o", str(tmp_path / "x.so")])
+        main(
+            [
+                "--debug",
+                "compile",
+                str(exported_small_net["onnx"]),
+                "--target",
+                "tpu",
+                "-o",
+                str(tmp_path / "x.so"),
+            ]
+        )

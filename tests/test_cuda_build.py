@@ -5,7 +5,6 @@ generated CUDA C++ compiles with nvcc. nvcc is required (CUDA toolkit on PATH or
 
 import pytest
 
-from small_nets import export_net, structured_net
 from tvm_structconv.build import compile_model
 from tvm_structconv.cli import main
 from tvm_structconv.cuda_source import compile_with_nvcc, cuda_source, find_nvcc
@@ -13,6 +12,8 @@ from tvm_structconv.frontend import load_model
 from tvm_structconv.structure import Structure
 from tvm_structconv.targets import make_target
 from tvm_structconv.toolchain import ToolchainError
+
+from small_nets import export_net, structured_net
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,21 @@ def test_structured_model_compiles_for_cuda_and_nvcc_accepts_it(imported, nvcc, 
 
 def test_cli_compiles_for_cuda(tmp_path, capsys):
     library = tmp_path / "net.so"
-    assert main(["compile", str(export_net(tmp_path)), "--target", "cuda", "--cuda-arch", "sm_90",
-                 "-o", str(library)]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                str(export_net(tmp_path)),
+                "--target",
+                "cuda",
+                "--cuda-arch",
+                "sm_90",
+                "-o",
+                str(library),
+            ]
+        )
+        == 0
+    )
     assert library.stat().st_size > 0
     assert '"arch":"sm_90"' in capsys.readouterr().out
 
@@ -57,22 +71,40 @@ def test_a_cpu_build_has_no_cuda_source(imported):
 
 
 def test_a_bad_cuda_arch_is_a_user_error(tmp_path, capsys):
-    assert main(["compile", str(export_net(tmp_path)), "--target", "cuda", "--cuda-arch", "80",
-                 "-o", str(tmp_path / "x.so")]) == 2
+    assert (
+        main(
+            [
+                "compile",
+                str(export_net(tmp_path)),
+                "--target",
+                "cuda",
+                "--cuda-arch",
+                "80",
+                "-o",
+                str(tmp_path / "x.so"),
+            ]
+        )
+        == 2
+    )
     assert "CUDA arch must look like sm_80" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("structure, out_channels, size, stride", [
-    (Structure(64, 3, 64, 2), 64, 56, 1),
-    (Structure(128, 3, 128, 2), 256, 28, 2),
-    (Structure(512, 3, 512, 2), 512, 7, 1),
-    (Structure(3, 7, 3, 7), 64, 224, 2),  # the stem: a big alpha tile, small chunks
-    (Structure(32, 3, 32, 2, groups=32), 32, 28, 1),  # depthwise
-    (Structure(32, 1, 16, 1), 64, 14, 1),  # 1x1, c = C/2: a channel window
-])
-def test_the_template_schedules_conv_layers_within_shared_memory(structure, out_channels, size,
-                                                                  stride):
+@pytest.mark.parametrize(
+    "structure, out_channels, size, stride",
+    [
+        (Structure(64, 3, 64, 2), 64, 56, 1),
+        (Structure(128, 3, 128, 2), 256, 28, 2),
+        (Structure(512, 3, 512, 2), 512, 7, 1),
+        (Structure(3, 7, 3, 7), 64, 224, 2),  # the stem: a big alpha tile, small chunks
+        (Structure(32, 3, 32, 2, groups=32), 32, 28, 1),  # depthwise
+        (Structure(32, 1, 16, 1), 64, 14, 1),  # 1x1, c = C/2: a channel window
+    ],
+)
+def test_the_template_schedules_conv_layers_within_shared_memory(
+    structure, out_channels, size, stride
+):
     from tvm import s_tir, te
+
     from tvm_structconv import ops
     from tvm_structconv.schedules import cuda
 
@@ -88,7 +120,7 @@ def test_the_template_schedules_conv_layers_within_shared_memory(structure, out_
     assert 'thread="blockIdx.x"' in text and 'thread="threadIdx.x"' in text
     assert "pool" not in text or 'scope="shared"' in text  # S is never a global buffer
     for name in ("pool_height", "pool_width", "pool_channel"):
-        assert f'{name} = T.sblock_alloc_buffer' not in text  # no global intermediate
+        assert f"{name} = T.sblock_alloc_buffer" not in text  # no global intermediate
 
 
 def test_tiling_rule_fills_blocks_with_threads():
@@ -106,6 +138,7 @@ def test_the_template_is_metaschedules_custom_rule_for_cuda():
     test shows the lookup). Called directly: a CUDA TuneContext costs 25 s to create."""
     import tvm
     from tvm import s_tir, te
+
     from tvm_structconv import ops
 
     rule = tvm.get_global_func(f"s_tir.meta_schedule.cuda.{ops.SCHEDULE_RULE}")

@@ -8,7 +8,6 @@ import pytest
 import torch
 import tvm
 
-from small_nets import export_net, structured_net
 from tvm_structconv.build import compile_model
 from tvm_structconv.cli import main
 from tvm_structconv.deploy import deploy, run_bundle
@@ -16,6 +15,8 @@ from tvm_structconv.frontend import load_model
 from tvm_structconv.runtime_libs import host_arch
 from tvm_structconv.targets import make_target
 from tvm_structconv.toolchain import DeviceError, ToolchainError, emulator
+
+from small_nets import export_net, structured_net
 
 pytestmark = pytest.mark.skipif(host_arch() != "x86_64", reason="these tests assume an x86-64 host")
 
@@ -45,14 +46,22 @@ def test_x86_bundle_runs_natively_and_matches_torch(net, x86_bundle, tmp_path):
     _, _, expected = net
     bundle = x86_bundle
     assert bundle.runner is not None and bundle.runner.is_file(), bundle.build_hint
-    for name in ("model.so", "model.json", "structconv_run.cc", "Makefile",
-                 "lib/libtvm_runtime.so", "lib/libtvm_ffi.so", "sample/input0.bin",
-                 "sample/expected.bin"):
+    for name in (
+        "model.so",
+        "model.json",
+        "structconv_run.cc",
+        "Makefile",
+        "lib/libtvm_runtime.so",
+        "lib/libtvm_ffi.so",
+        "sample/input0.bin",
+        "sample/expected.bin",
+    ):
         assert (bundle.folder / name).is_file(), name
 
     output = tmp_path / "out.bin"
-    done = run_bundle(bundle.folder, output=output, expect=bundle.folder / "sample/expected.bin",
-                      repeat=5)
+    done = run_bundle(
+        bundle.folder, output=output, expect=bundle.folder / "sample/expected.bin", repeat=5
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK" in done.stdout and "latency: median" in done.stdout and "over 5 runs" in done.stdout
     got = np.fromfile(output, dtype=np.float32).reshape(expected.shape)
@@ -67,8 +76,9 @@ def test_model_json_describes_the_bundle(net, tmp_path):
     meta = json.loads((bundle.folder / "model.json").read_text())
     assert meta["format"] == "structconv-bundle/1" and meta["library"] == "model.so"
     assert meta["arch"] == "x86_64" and meta["target"]["kind"] == "llvm"
-    assert meta["inputs"] == [{"name": imported.inputs[0].name, "shape": [1, 4, 8, 8],
-                               "dtype": "float32"}]
+    assert meta["inputs"] == [
+        {"name": imported.inputs[0].name, "shape": [1, 4, 8, 8], "dtype": "float32"}
+    ]
     assert meta["outputs"] == [{"name": "output0", "shape": [1, 5], "dtype": "float32"}]
     layers = {layer["name"]: layer for layer in meta["rewrite"]["layers"]}
     assert meta["rewrite"]["rewritten"] == 2
@@ -91,8 +101,11 @@ def test_runner_rejects_an_input_of_the_wrong_size(x86_bundle, tmp_path):
 def test_an_aarch64_build_cannot_run_here(net):
     imported, x, _ = net
     compiled = compile_model(imported, "aarch64", schedules=False)
-    with pytest.raises(DeviceError, match="an aarch64 library cannot run on this x86_64 host; "
-                       "use `structconv deploy` and run it on the board or under qemu"):
+    with pytest.raises(
+        DeviceError,
+        match="an aarch64 library cannot run on this x86_64 host; "
+        "use `structconv deploy` and run it on the board or under qemu",
+    ):
         compiled.run(x)
 
 
@@ -120,8 +133,9 @@ def test_deploy_is_for_cpu_targets(onnx_model, tmp_path, capsys):
 
 def test_missing_cross_compiler_names_the_packages(onnx_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no aarch64-linux-gnu-g++ there
-    assert main(["compile", str(onnx_model), "--target", "aarch64", "-o",
-                 str(tmp_path / "m.so")]) == 2
+    assert (
+        main(["compile", str(onnx_model), "--target", "aarch64", "-o", str(tmp_path / "m.so")]) == 2
+    )
     err = capsys.readouterr().err
     assert "aarch64-linux-gnu-g++, which is not installed" in err
     assert "apt-get install -y gcc-aarch64-linux-gnu g++-aarch64-linux-gnu" in err
@@ -133,8 +147,11 @@ def test_missing_qemu_names_the_package(tmp_path, monkeypatch):
     (bundle / "model.json").write_text(json.dumps({"arch": "aarch64"}))
     (bundle / "structconv_run").write_bytes(b"")
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ToolchainError, match="qemu-aarch64-static, which is not installed; "
-                       "install it with `apt-get install -y qemu-user-static`"):
+    with pytest.raises(
+        ToolchainError,
+        match="qemu-aarch64-static, which is not installed; "
+        "install it with `apt-get install -y qemu-user-static`",
+    ):
         run_bundle(bundle)
     assert emulator(host_arch()) == []
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from small_nets import export_net, structured_net
 from tvm_structconv.build import compile_model
 from tvm_structconv.cli import main
 from tvm_structconv.deploy import deploy, run_bundle
 from tvm_structconv.frontend import load_model
 from tvm_structconv.runtime_libs import runtime_root
+
+from small_nets import export_net, structured_net
 
 ELF_MACHINE_AARCH64 = 183
 
@@ -44,8 +45,11 @@ def test_aarch64_bundle_matches_torch_under_qemu(tmp_path):
     compiled = compile_model(imported, "aarch64", schedules=False)
     bundle = deploy(compiled, imported, tmp_path / "bundle", [x.numpy()], [expected])
     assert bundle.runner is not None, bundle.build_hint
-    for binary in (bundle.folder / "model.so", bundle.runner,
-                   bundle.folder / "lib" / "libtvm_runtime.so"):
+    for binary in (
+        bundle.folder / "model.so",
+        bundle.runner,
+        bundle.folder / "lib" / "libtvm_runtime.so",
+    ):
         assert _elf_machine(binary) == ELF_MACHINE_AARCH64, binary
 
     output = tmp_path / "out.bin"
@@ -60,8 +64,19 @@ def test_cli_deploy_check_under_qemu(tmp_path, capsys):
     """The shipped build (hand schedules included) through the command line, against onnxruntime."""
     model_path = export_net(tmp_path)
     bundle = tmp_path / "bundle"
-    status = main(["deploy", str(model_path), "--target", "aarch64", "-o", str(bundle),
-                   "--check", "--repeat", "1"])
+    status = main(
+        [
+            "deploy",
+            str(model_path),
+            "--target",
+            "aarch64",
+            "-o",
+            str(bundle),
+            "--check",
+            "--repeat",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0, out
     assert "2 of 3 layers rewritten" in out and "OK: max error" in out
@@ -88,8 +103,9 @@ def test_without_the_aarch64_runtime_the_bundle_keeps_the_sources(tmp_path, monk
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     model, x, manifest = structured_net()
     imported = load_model(model, x, manifest)
-    bundle = deploy(compile_model(imported, "aarch64", schedules=False), imported,
-                    tmp_path / "bundle")
+    bundle = deploy(
+        compile_model(imported, "aarch64", schedules=False), imported, tmp_path / "bundle"
+    )
     assert bundle.runner is None
     assert "cannot download the aarch64 TVM runtime wheels" in bundle.build_hint
     assert "make TVM_ROOT=" in bundle.build_hint

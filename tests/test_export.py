@@ -18,9 +18,15 @@ PLAN = Plan.parse("3x3:c=C/2,n=2;linear:c=C/2")
 def _structured_model():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 5),
     )
     with torch.no_grad():
         for index in (1, 4):
@@ -82,8 +88,10 @@ def test_pt2_with_sidecar_manifest(tmp_path):
 def test_manifest_must_fit_the_model(tmp_path):
     model, _ = _structured_model()
     wrong = Manifest.from_dict(
-        {"format": "structconv/1",
-         "layers": {"7.weight": {"reduced_channels": 2, "reduced_kernel_size": [2, 2]}}}
+        {
+            "format": "structconv/1",
+            "layers": {"7.weight": {"reduced_channels": 2, "reduced_kernel_size": [2, 2]}},
+        }
     )
     with pytest.raises(ManifestError, match="7.weight"):
         export(model, tmp_path / "model.onnx", torch.randn(1, 3, 8, 8), wrong)

@@ -9,7 +9,6 @@ import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import structures
 from tvm_structconv.manifest import (
     FORMAT,
     LayerSpec,
@@ -18,6 +17,8 @@ from tvm_structconv.manifest import (
     detect,
 )
 from tvm_structconv.structure import Structure
+
+from strategies import structures
 
 
 def small_model() -> nn.Module:
@@ -52,7 +53,8 @@ def test_json_round_trip(tmp_path):
 
 def test_onnx_metadata_round_trip(tmp_path):
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_node("Relu", ["x"], ["y"])],
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
@@ -81,17 +83,44 @@ VALID = {"reduced_channels": 4, "reduced_kernel_size": [2, 2]}
     "data, message",
     [
         ([], "a manifest must be a JSON object, got list"),
-        ({"format": "structconv/2", "layers": {}}, "'format' must be 'structconv/1', got 'structconv/2'"),
+        (
+            {"format": "structconv/2", "layers": {}},
+            "'format' must be 'structconv/1', got 'structconv/2'",
+        ),
         ({"format": FORMAT, "layers": {}, "extra": 1}, "unknown top-level key 'extra'"),
         ({"format": FORMAT, "layers": []}, "'layers' must be an object"),
-        ({"format": FORMAT, "layers": {"a.weight": 3}}, "layers['a.weight'] must be an object, got int"),
-        ({"format": FORMAT, "layers": {"a.weight": {**VALID, "n": 2}}}, "layers['a.weight'] has unknown key 'n'"),
-        ({"format": FORMAT, "layers": {"a.weight": {"reduced_channels": 4}}}, "layers['a.weight'] is missing 'reduced_kernel_size'"),
-        ({"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_channels": "4"}}}, "layers['a.weight'].reduced_channels must be a positive int, got '4'"),
-        ({"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_channels": True}}}, "reduced_channels must be a positive int, got True"),
-        ({"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_channels": 0}}}, "reduced_channels must be a positive int, got 0"),
-        ({"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_kernel_size": [2, 2, 2]}}}, "reduced_kernel_size must be a positive int or [nh, nw], got [2, 2, 2]"),
-        ({"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_kernel_size": [2, 0]}}}, "reduced_kernel_size must be a positive int or [nh, nw]"),
+        (
+            {"format": FORMAT, "layers": {"a.weight": 3}},
+            "layers['a.weight'] must be an object, got int",
+        ),
+        (
+            {"format": FORMAT, "layers": {"a.weight": {**VALID, "n": 2}}},
+            "layers['a.weight'] has unknown key 'n'",
+        ),
+        (
+            {"format": FORMAT, "layers": {"a.weight": {"reduced_channels": 4}}},
+            "layers['a.weight'] is missing 'reduced_kernel_size'",
+        ),
+        (
+            {"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_channels": "4"}}},
+            "layers['a.weight'].reduced_channels must be a positive int, got '4'",
+        ),
+        (
+            {"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_channels": True}}},
+            "reduced_channels must be a positive int, got True",
+        ),
+        (
+            {"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_channels": 0}}},
+            "reduced_channels must be a positive int, got 0",
+        ),
+        (
+            {"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_kernel_size": [2, 2, 2]}}},
+            "reduced_kernel_size must be a positive int or [nh, nw], got [2, 2, 2]",
+        ),
+        (
+            {"format": FORMAT, "layers": {"a.weight": {**VALID, "reduced_kernel_size": [2, 0]}}},
+            "reduced_kernel_size must be a positive int or [nh, nw]",
+        ),
         ({"format": FORMAT, "layers": {"": VALID}}, "layer key '' must be a non-empty string"),
     ],
 )
@@ -112,20 +141,41 @@ def test_invalid_json_and_missing_file(tmp_path):
 
 
 def test_integer_kernel_size_is_accepted():
-    manifest = Manifest.from_dict({"format": FORMAT, "layers": {"a.weight": {"reduced_channels": 2, "reduced_kernel_size": 2}}})
+    manifest = Manifest.from_dict(
+        {
+            "format": FORMAT,
+            "layers": {"a.weight": {"reduced_channels": 2, "reduced_kernel_size": 2}},
+        }
+    )
     assert manifest.layers["a.weight"].reduced_kernel_size == (2, 2)
 
 
 @pytest.mark.parametrize(
     "layers, message",
     [
-        ({"9.weight": LayerSpec(4, (2, 2))}, "'9.weight' is not the weight of a Conv2d or Linear layer"),
-        ({"1.weight": LayerSpec(4, (2, 2))}, "'1.weight' is not the weight of a Conv2d or Linear layer"),
-        ({"0.bias": LayerSpec(4, (2, 2))}, "'0.bias' is not the weight of a Conv2d or Linear layer"),
-        ({"0.weight": LayerSpec(9, (2, 2))}, "'0.weight' does not fit its weight of shape (16, 8, 3, 3): reduced_channels=9 is larger"),
+        (
+            {"9.weight": LayerSpec(4, (2, 2))},
+            "'9.weight' is not the weight of a Conv2d or Linear layer",
+        ),
+        (
+            {"1.weight": LayerSpec(4, (2, 2))},
+            "'1.weight' is not the weight of a Conv2d or Linear layer",
+        ),
+        (
+            {"0.bias": LayerSpec(4, (2, 2))},
+            "'0.bias' is not the weight of a Conv2d or Linear layer",
+        ),
+        (
+            {"0.weight": LayerSpec(9, (2, 2))},
+            "'0.weight' does not fit its weight of shape (16, 8, 3, 3): "
+            "reduced_channels=9 is larger",
+        ),
         ({"0.weight": LayerSpec(4, (4, 2))}, "'0.weight' does not fit its weight"),
         ({"2.weight": LayerSpec(6, (2, 2))}, "reduced_channels=6 is not divisible by groups=4"),
-        ({"4.weight": LayerSpec(4, (2, 2))}, "'4.weight' does not fit its weight of shape (10, 16)"),
+        (
+            {"4.weight": LayerSpec(4, (2, 2))},
+            "'4.weight' does not fit its weight of shape (10, 16)",
+        ),
     ],
 )
 def test_manifest_that_does_not_fit_the_model(layers, message):
@@ -148,7 +198,9 @@ def test_structures_for_shapes():
 def test_detect_finds_the_recorded_structure(structure, seed):
     out_channels = 12 * structure.groups  # at least c outputs, so the rank bound is tight
     rng = np.random.default_rng(seed)
-    weight = structure.compose(rng.standard_normal(structure.alpha_shape(out_channels))).astype(np.float32)
+    weight = structure.compose(rng.standard_normal(structure.alpha_shape(out_channels))).astype(
+        np.float32
+    )
     found = detect(weight, tol=1e-4, groups=structure.groups)
     if structure.is_trivial:
         assert found is None
@@ -157,8 +209,9 @@ def test_detect_finds_the_recorded_structure(structure, seed):
 
 
 @given(structures(max_channels=24, max_kernel=3), st.integers(1, 3), st.integers(0, 2**31 - 1))
-def test_detect_finds_a_structure_with_fewer_outputs_than_reduced_channels(structure, outputs,
-                                                                           seed):
+def test_detect_finds_a_structure_with_fewer_outputs_than_reduced_channels(
+    structure, outputs, seed
+):
     # a Linear 4C -> C with c = 2C: the weight's rank over channels is below c and says nothing
     rng = np.random.default_rng(seed)
     alpha = rng.standard_normal(structure.alpha_shape(outputs * structure.groups))
@@ -194,6 +247,8 @@ def test_detect_respects_tolerance():
     structure = Structure(16, 3, 8, 2)
     rng = np.random.default_rng(6)
     weight = structure.compose(rng.standard_normal(structure.alpha_shape(16)))
-    noisy = weight + 1e-3 * np.linalg.norm(weight) / np.sqrt(weight.size) * rng.standard_normal(weight.shape)
+    noisy = weight + 1e-3 * np.linalg.norm(weight) / np.sqrt(weight.size) * rng.standard_normal(
+        weight.shape
+    )
     assert detect(noisy, tol=1e-5) is None
     assert detect(noisy, tol=1e-2) == structure

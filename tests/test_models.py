@@ -23,41 +23,53 @@ from tvm_structconv.structure import Structure
 # Facts about torchvision's architectures, the independent oracle: parameters for 1000 classes,
 # state_dict length, and a sample of state_dict keys with their shapes.
 TORCHVISION = {
-    "resnet18": (11_689_512, 122, {
-        "conv1.weight": (64, 3, 7, 7),
-        "bn1.running_mean": (64,),
-        "layer1.0.conv1.weight": (64, 64, 3, 3),
-        "layer2.0.conv1.weight": (128, 64, 3, 3),
-        "layer2.0.downsample.0.weight": (128, 64, 1, 1),
-        "layer2.0.downsample.1.running_var": (128,),
-        "layer4.1.bn2.num_batches_tracked": (),
-        "fc.weight": (1000, 512),
-        "fc.bias": (1000,),
-    }),
-    "resnet50": (25_557_032, 320, {
-        "layer1.0.conv1.weight": (64, 64, 1, 1),
-        "layer1.0.conv2.weight": (64, 64, 3, 3),
-        "layer1.0.conv3.weight": (256, 64, 1, 1),
-        "layer1.0.downsample.0.weight": (256, 64, 1, 1),
-        "layer2.0.conv2.weight": (128, 128, 3, 3),
-        "layer3.5.bn3.running_var": (1024,),
-        "layer4.2.conv3.weight": (2048, 512, 1, 1),
-        "fc.weight": (1000, 2048),
-    }),
-    "mobilenet_v2": (3_504_872, 314, {
-        "features.0.0.weight": (32, 3, 3, 3),
-        "features.0.1.running_var": (32,),
-        "features.1.conv.0.0.weight": (32, 1, 3, 3),
-        "features.1.conv.1.weight": (16, 32, 1, 1),
-        "features.1.conv.2.weight": (16,),
-        "features.2.conv.0.0.weight": (96, 16, 1, 1),
-        "features.2.conv.1.0.weight": (96, 1, 3, 3),
-        "features.2.conv.2.weight": (24, 96, 1, 1),
-        "features.2.conv.3.running_mean": (24,),
-        "features.17.conv.2.weight": (320, 960, 1, 1),
-        "features.18.0.weight": (1280, 320, 1, 1),
-        "classifier.1.weight": (1000, 1280),
-    }),
+    "resnet18": (
+        11_689_512,
+        122,
+        {
+            "conv1.weight": (64, 3, 7, 7),
+            "bn1.running_mean": (64,),
+            "layer1.0.conv1.weight": (64, 64, 3, 3),
+            "layer2.0.conv1.weight": (128, 64, 3, 3),
+            "layer2.0.downsample.0.weight": (128, 64, 1, 1),
+            "layer2.0.downsample.1.running_var": (128,),
+            "layer4.1.bn2.num_batches_tracked": (),
+            "fc.weight": (1000, 512),
+            "fc.bias": (1000,),
+        },
+    ),
+    "resnet50": (
+        25_557_032,
+        320,
+        {
+            "layer1.0.conv1.weight": (64, 64, 1, 1),
+            "layer1.0.conv2.weight": (64, 64, 3, 3),
+            "layer1.0.conv3.weight": (256, 64, 1, 1),
+            "layer1.0.downsample.0.weight": (256, 64, 1, 1),
+            "layer2.0.conv2.weight": (128, 128, 3, 3),
+            "layer3.5.bn3.running_var": (1024,),
+            "layer4.2.conv3.weight": (2048, 512, 1, 1),
+            "fc.weight": (1000, 2048),
+        },
+    ),
+    "mobilenet_v2": (
+        3_504_872,
+        314,
+        {
+            "features.0.0.weight": (32, 3, 3, 3),
+            "features.0.1.running_var": (32,),
+            "features.1.conv.0.0.weight": (32, 1, 3, 3),
+            "features.1.conv.1.weight": (16, 32, 1, 1),
+            "features.1.conv.2.weight": (16,),
+            "features.2.conv.0.0.weight": (96, 16, 1, 1),
+            "features.2.conv.1.0.weight": (96, 1, 3, 3),
+            "features.2.conv.2.weight": (24, 96, 1, 1),
+            "features.2.conv.3.running_mean": (24,),
+            "features.17.conv.2.weight": (320, 960, 1, 1),
+            "features.18.0.weight": (1280, 320, 1, 1),
+            "classifier.1.weight": (1000, 1280),
+        },
+    ),
 }
 
 # Plans reaching every kind of layer: strided, 1x1, depthwise (grouped) convs and Linear.
@@ -67,12 +79,12 @@ WIDE_PLAN = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_model(name: str) -> nn.Module:
     return create_model(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def structured(name: str, plan: str = DEFAULT_PLAN, image_size: int = 64) -> StructuredModel:
     return create_structured(name, plan, image_size=image_size, num_classes=10)
 
@@ -169,8 +181,13 @@ class FunctionalOracle(nn.Module):
         if isinstance(self.layer, nn.Linear):
             return structured_linear(x, self.alpha, self.structure, self.layer.bias)
         return structured_conv2d(
-            x, self.alpha, self.structure, self.layer.bias,
-            stride=self.layer.stride, padding=self.layer.padding, dilation=self.layer.dilation,
+            x,
+            self.alpha,
+            self.structure,
+            self.layer.bias,
+            stride=self.layer.stride,
+            padding=self.layer.padding,
+            dilation=self.layer.dilation,
         )
 
 
@@ -243,10 +260,10 @@ def test_same_seed_same_model_other_seed_differs():
     assert torch.equal(first.example_input, second.example_input)
     other_state = other.model.state_dict()
     for key in (
-        "features.0.0.weight",           # structured
-        "features.1.conv.0.0.weight",    # structured depthwise
+        "features.0.0.weight",  # structured
+        "features.1.conv.0.0.weight",  # structured depthwise
         "features.2.conv.3.running_var",
-        "classifier.1.weight",           # structured linear
+        "classifier.1.weight",  # structured linear
     ):
         assert not torch.equal(first_state[key], other_state[key]), key
     assert not torch.equal(first.example_input, other.example_input)

@@ -39,9 +39,16 @@ def _export(path, dynamic_axes):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ChunkNet().eval(), (torch.randn(1, 8, 8, 8),), path, dynamo=False,
-                          input_names=["x"], output_names=["y"], dynamic_axes=dynamic_axes,
-                          do_constant_folding=False)
+        torch.onnx.export(
+            ChunkNet().eval(),
+            (torch.randn(1, 8, 8, 8),),
+            path,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=False,
+        )
     return path
 
 
@@ -52,8 +59,9 @@ def symbolic_batch(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def symbolic_all(tmp_path_factory):
-    return _export(tmp_path_factory.mktemp("onnx") / "all.onnx",
-                   {"x": {0: "batch", 2: "height", 3: "width"}})
+    return _export(
+        tmp_path_factory.mktemp("onnx") / "all.onnx", {"x": {0: "batch", 2: "height", 3: "width"}}
+    )
 
 
 def _onnxruntime(path, x):
@@ -73,8 +81,9 @@ def test_shape_arithmetic_is_folded_away(symbolic_batch):
 def test_a_symbolic_batch_binds_to_one_with_a_note(symbolic_batch):
     imported = load_model(symbolic_batch)
     assert [spec.shape for spec in imported.inputs] == [(1, 8, 8, 8)]
-    assert imported.notes == ["input 'x': symbolic batch 'batch' bound to 1 "
-                              "(--input-shape x:Nx8x8x8 for another)"]
+    assert imported.notes == [
+        "input 'x': symbolic batch 'batch' bound to 1 (--input-shape x:Nx8x8x8 for another)"
+    ]
     x = np.random.default_rng(0).standard_normal((1, 8, 8, 8)).astype("float32")
     got = compile_model(imported, "x86", structured=False, tuning_logs=False).run(x)
     assert max_errors(got, _onnxruntime(symbolic_batch, x))[1] < 1e-5
@@ -91,23 +100,35 @@ def test_given_shapes_compile_exactly(symbolic_all, batch, height, width):
     assert max_errors(got, _onnxruntime(symbolic_all, x))[1] < 1e-5
 
 
-@pytest.mark.parametrize("shapes, message", [
-    (None, "input 'x' has symbolic dims [batch, 8, height, width]; give its shape with "
-           "--input-shape x:Nx8xNxN"),
-    ({"y": (1, 8, 8, 8)}, "--input-shape names 'y', which is not an input of the model; "
-                          "its inputs: x"),
-    ({"x": (1, 8, 8)}, "input 'x' has 4 dims [batch, 8, height, width], --input-shape gives 3"),
-    ({"x": (1, 3, 8, 8)}, "input 'x' is [batch, 8, height, width]; --input-shape 1x3x8x8 "
-                          "differs at axis 1"),
-])
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        (
+            None,
+            "input 'x' has symbolic dims [batch, 8, height, width]; give its shape with "
+            "--input-shape x:Nx8xNxN",
+        ),
+        (
+            {"y": (1, 8, 8, 8)},
+            "--input-shape names 'y', which is not an input of the model; its inputs: x",
+        ),
+        ({"x": (1, 8, 8)}, "input 'x' has 4 dims [batch, 8, height, width], --input-shape gives 3"),
+        (
+            {"x": (1, 3, 8, 8)},
+            "input 'x' is [batch, 8, height, width]; --input-shape 1x3x8x8 differs at axis 1",
+        ),
+    ],
+)
 def test_shapes_that_do_not_fit_are_named(symbolic_all, shapes, message):
     with pytest.raises(FrontendError) as error:
         load_model(symbolic_all, input_shapes=shapes)
     assert str(error.value) == f"{symbolic_all}: {message}"
 
 
-@pytest.mark.parametrize("text, parsed", [("x:1x3x224x224", ("x", (1, 3, 224, 224))),
-                                          ("input:0:2X3", ("input:0", (2, 3)))])
+@pytest.mark.parametrize(
+    "text, parsed",
+    [("x:1x3x224x224", ("x", (1, 3, 224, 224))), ("input:0:2X3", ("input:0", (2, 3)))],
+)
 def test_parse_input_shape(text, parsed):
     assert parse_input_shape(text) == parsed
 

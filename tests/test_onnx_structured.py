@@ -13,16 +13,18 @@ from tvm_structconv.onnx_structured import rewrite_structured_onnx
 from tvm_structconv.structure import Structure
 
 STRUCTURES = {
-    "0.weight": Structure(6, 3, 4, 2),                      # channel window 3, 2x2 spatial
+    "0.weight": Structure(6, 3, 4, 2),  # channel window 3, 2x2 spatial
     "1.weight": Structure(12, (3, 5), 6, (2, 3), groups=3),  # grouped with channel window
-    "2.weight": Structure(12, 3, 12, 2, groups=12),        # depthwise, dilated
-    "3.weight": Structure(12, 1, 4, 1),                    # 1x1
-    "6.weight": Structure(16, 1, 8, 1),                    # linear
+    "2.weight": Structure(12, 3, 12, 2, groups=12),  # depthwise, dilated
+    "3.weight": Structure(12, 1, 4, 1),  # 1x1
+    "6.weight": Structure(16, 1, 8, 1),  # linear
 }
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
@@ -30,9 +32,13 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(6, 12, 3, padding=1), nn.Conv2d(12, 12, (3, 5), stride=2, padding=(1, 2), groups=3),
-        nn.Conv2d(12, 12, 3, padding=2, dilation=2, groups=12), nn.Conv2d(12, 16, 1),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+        nn.Conv2d(6, 12, 3, padding=1),
+        nn.Conv2d(12, 12, (3, 5), stride=2, padding=(1, 2), groups=3),
+        nn.Conv2d(12, 12, 3, padding=2, dilation=2, groups=12),
+        nn.Conv2d(12, 16, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
     ).eval()
     with torch.no_grad():
         for name, structure in STRUCTURES.items():

@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tvm import s_tir, te
 
-from strategies import structures
 from tvm_structconv import ops
 from tvm_structconv.structure import Structure
+
+from strategies import structures
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 
@@ -21,13 +22,16 @@ def oracle(x: np.ndarray, alpha: np.ndarray, structure: Structure, stride, paddi
     top, left, bottom, right = padding
     padded = F.pad(torch.from_numpy(x).double(), (left, right, top, bottom))
     weight = structure.compose(torch.from_numpy(alpha).double())
-    return F.conv2d(padded, weight, stride=stride, dilation=dilation,
-                    groups=structure.groups).numpy()
+    return F.conv2d(
+        padded, weight, stride=stride, dilation=dilation, groups=structure.groups
+    ).numpy()
 
 
 def run_te(make, inputs):
     """Build the TE function ``make(*placeholders)`` unscheduled and run it on numpy inputs."""
-    placeholders = [te.placeholder(a.shape, str(a.dtype), name=f"in{i}") for i, a in enumerate(inputs)]
+    placeholders = [
+        te.placeholder(a.shape, str(a.dtype), name=f"in{i}") for i, a in enumerate(inputs)
+    ]
     out = make(*placeholders)
     executable = tvm.compile(te.create_prim_func([*placeholders, out]), target=TARGET).jit()
     result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)))
@@ -58,38 +62,55 @@ CONV_ARGS = (
 
 @settings(max_examples=30)
 @given(*CONV_ARGS)
-def test_nchw_compute_equals_conv_with_composed_kernel(structure, out_per_group, stride, padding,
-                                                       dilation, seed):
+def test_nchw_compute_equals_conv_with_composed_kernel(
+    structure, out_per_group, stride, padding, dilation, seed
+):
     x, alpha, expected = conv_case(structure, out_per_group, stride, padding, dilation, seed)
-    got = run_te(lambda data, a: ops.structured_conv2d(
-        data, a, structure, (stride, stride), padding, (dilation, dilation)), [x, alpha])
+    got = run_te(
+        lambda data, a: ops.structured_conv2d(
+            data, a, structure, (stride, stride), padding, (dilation, dilation)
+        ),
+        [x, alpha],
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 @settings(max_examples=30)
 @given(*CONV_ARGS, st.integers(1, 4))
-def test_nhwc_compute_with_packed_alpha_equals_conv(structure, out_per_group, stride, padding,
-                                                    dilation, seed, preferred):
+def test_nhwc_compute_with_packed_alpha_equals_conv(
+    structure, out_per_group, stride, padding, dilation, seed, preferred
+):
     x, alpha, expected = conv_case(structure, out_per_group, stride, padding, dilation, seed)
     block = ops.output_channel_block(alpha.shape[0], structure.groups, preferred)
     packed = ops.pack_alpha(alpha, block)
-    got = run_te(lambda data, a: ops.structured_conv2d_nhwc(
-        data, a, structure, (stride, stride), padding, (dilation, dilation)),
-        [x.transpose(0, 2, 3, 1).copy(), packed])
+    got = run_te(
+        lambda data, a: ops.structured_conv2d_nhwc(
+            data, a, structure, (stride, stride), padding, (dilation, dilation)
+        ),
+        [x.transpose(0, 2, 3, 1).copy(), packed],
+    )
     np.testing.assert_allclose(got, expected.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("structure", [Structure(64, 1, 32, 1), Structure(48, 1, 6, 1, groups=3),
-                                       Structure(6, (1, 9), 6, (1, 2), groups=2)])
+@pytest.mark.parametrize(
+    "structure",
+    [
+        Structure(64, 1, 32, 1),
+        Structure(48, 1, 6, 1, groups=3),
+        Structure(6, (1, 9), 6, (1, 2), groups=2),
+    ],
+)
 def test_long_windows_are_summed_by_doubling(structure):
     """Channel windows of 33 and 15 (in groups), a width window of 8 dilated by 2."""
     rng = np.random.default_rng(5)
     alpha = rng.standard_normal(structure.alpha_shape(structure.groups * 2)).astype("float32")
     x = rng.standard_normal((1, structure.in_channels, 3, 20)).astype("float32")
-    got = run_te(lambda data, a: ops.structured_conv2d(data, a, structure, dilation=(1, 2)),
-                 [x, alpha])
-    np.testing.assert_allclose(got, oracle(x, alpha, structure, 1, (0, 0, 0, 0), (1, 2)),
-                               rtol=1e-4, atol=1e-4)
+    got = run_te(
+        lambda data, a: ops.structured_conv2d(data, a, structure, dilation=(1, 2)), [x, alpha]
+    )
+    np.testing.assert_allclose(
+        got, oracle(x, alpha, structure, 1, (0, 0, 0, 0), (1, 2)), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_pack_alpha_puts_a_block_of_output_channels_innermost():
@@ -139,8 +160,14 @@ def test_stages_vanish_with_the_trivial_structure_and_the_rule_is_on_the_conv(la
     assert block_names(func) == ["pad", "structured_conv2d"]
     alpha, out = make(Structure(8, 3, 4, 2))
     assert block_names(te.create_prim_func([data, alpha, out])) == [  # D = 5 = 4 + 1, M = 2
-        "pad", "pool_channel_2", "pool_channel_4", "pool_channel", "pool_width", "pool_height",
-        "structured_conv2d"]
+        "pad",
+        "pool_channel_2",
+        "pool_channel_4",
+        "pool_channel",
+        "pool_width",
+        "pool_height",
+        "structured_conv2d",
+    ]
     assert out.op.attrs["schedule_rule"] == ops.SCHEDULE_RULE
 
 

@@ -11,17 +11,19 @@ from tvm_structconv.structure import Structure
 
 def model() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3),              # 0: 3x3, 3 channels
-        nn.Conv2d(16, 32, 3),             # 1: 3x3
+        nn.Conv2d(3, 16, 3),  # 0: 3x3, 3 channels
+        nn.Conv2d(16, 32, 3),  # 1: 3x3
         nn.Conv2d(32, 32, 3, groups=32),  # 2: depthwise
-        nn.Conv2d(32, 64, 1),             # 3: 1x1
-        nn.Conv2d(64, 64, 3, groups=4),   # 4: grouped 3x3
-        nn.Linear(64, 10),                # 5
+        nn.Conv2d(32, 64, 1),  # 3: 1x1
+        nn.Conv2d(64, 64, 3, groups=4),  # 4: grouped 3x3
+        nn.Linear(64, 10),  # 5
     )
 
 
 def test_parse_rules():
-    plan = Plan.parse("3x3:n=2,c=C/2,min_channels=8; 1x1:c=16 ; linear:c=C/4; 5x3:n=3x2,depthwise=yes")
+    plan = Plan.parse(
+        "3x3:n=2,c=C/2,min_channels=8; 1x1:c=16 ; linear:c=C/4; 5x3:n=3x2,depthwise=yes"
+    )
     assert plan.rules == [
         Rule((3, 3), Fraction(1, 2), None, (2, 2), 8, False),
         Rule((1, 1), Fraction(1), 16, None, 1, False),

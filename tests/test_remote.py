@@ -8,9 +8,10 @@ import pytest
 import tvm
 from tvm.script import relax as R
 
-from tvm_structconv.timing import Latency
-from rpc_cluster import rpc_cluster, stop
 from tvm_structconv.remote import RemoteDevices, RemoteError, RemoteJob
+from tvm_structconv.timing import Latency
+
+from rpc_cluster import rpc_cluster, stop
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,9 @@ def test_remote_measurement_runs_on_the_servers(cluster, library):
     devices = RemoteDevices(f"127.0.0.1:{port}", "cpu", session_timeout=60, request_timeout=30)
     assert devices.servers() == 2
     x = np.ones((256, 256), "float32")
-    results = devices.measure_all([RemoteJob(f"job{i}", library, [x], repeat=3, min_repeat_ms=20)
-                                   for i in range(4)])
+    results = devices.measure_all(
+        [RemoteJob(f"job{i}", library, [x], repeat=3, min_repeat_ms=20) for i in range(4)]
+    )
     assert sorted(results) == ["job0", "job1", "job2", "job3"]
     for latency, reason in results.values():
         assert reason == "" and isinstance(latency, Latency) and len(latency.samples_ms) == 3
@@ -77,15 +79,23 @@ def test_a_server_killed_mid_run_costs_only_its_job(cluster, library):
 
 
 def test_bench_sends_tvm_builds_to_the_devices(cluster, tmp_path):
-    from small_nets import export_net
     from tvm_structconv.benchmark import run_benchmark
+
+    from small_nets import export_net
 
     port, _, servers = cluster
     alive = [server for server in servers if server.poll() is None]
     assert alive, "the fixture's servers are gone"
-    report = run_benchmark(str(export_net(tmp_path)), peers=[], repeat=2, min_repeat_ms=5,
-                           rounds=1, rpc_tracker=f"127.0.0.1:{port}", device_key="cpu",
-                           workdir=str(tmp_path / "work"))
+    report = run_benchmark(
+        str(export_net(tmp_path)),
+        peers=[],
+        repeat=2,
+        min_repeat_ms=5,
+        rounds=1,
+        rpc_tracker=f"127.0.0.1:{port}",
+        device_key="cpu",
+        workdir=str(tmp_path / "work"),
+    )
     for variant in ("original", "structured"):
         row = report.row("x86", "tvm", variant)
         assert row.latency is not None and len(row.latency.samples_ms) == 2, row.note

@@ -6,8 +6,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import structures
 from tvm_structconv.structure import Structure, banded_ones
+
+from strategies import structures
 
 
 def dense_matrix(structure: Structure) -> np.ndarray:
@@ -16,12 +17,15 @@ def dense_matrix(structure: Structure) -> np.ndarray:
 
     def band(full, reduced):
         window = full - reduced + 1
-        return np.array([[1.0 if i <= j < i + window else 0.0 for i in range(reduced)]
-                         for j in range(full)])
+        return np.array(
+            [[1.0 if i <= j < i + window else 0.0 for i in range(reduced)] for j in range(full)]
+        )
 
     return np.kron(
-        np.kron(band(structure.group_channels, structure.group_reduced_channels),
-                band(height, reduced_h)),
+        np.kron(
+            band(structure.group_channels, structure.group_reduced_channels),
+            band(height, reduced_h),
+        ),
         band(width, reduced_w),
     )
 
@@ -36,7 +40,8 @@ def test_compose_matches_dense_kronecker_and_box_definition(structure, out_chann
     # the same kernel as a sum of boxes of ones: W[o] = full 3-D conv of alpha[o] with a box
     depth, window_h, window_w = structure.pool_window
     boxes = torch.nn.functional.conv_transpose3d(
-        torch.from_numpy(alpha)[:, None], torch.ones(1, 1, depth, window_h, window_w, dtype=torch.float64)
+        torch.from_numpy(alpha)[:, None],
+        torch.ones(1, 1, depth, window_h, window_w, dtype=torch.float64),
     )[:, 0]
     np.testing.assert_allclose(weight, boxes.numpy(), atol=1e-12)
 
@@ -51,8 +56,12 @@ def test_decompose_inverts_compose_and_projection_is_idempotent(structure, out_c
     projected = structure.project(weight)
     np.testing.assert_allclose(structure.project(projected), projected, atol=1e-10)
     # decompose is the least-squares solution: matches the dense pseudo-inverse
-    dense = np.linalg.lstsq(dense_matrix(structure), weight.reshape(out_channels, -1).T, rcond=None)[0]
-    np.testing.assert_allclose(structure.decompose(weight).reshape(out_channels, -1), dense.T, atol=1e-9)
+    dense = np.linalg.lstsq(
+        dense_matrix(structure), weight.reshape(out_channels, -1).T, rcond=None
+    )[0]
+    np.testing.assert_allclose(
+        structure.decompose(weight).reshape(out_channels, -1), dense.T, atol=1e-9
+    )
 
 
 @given(structures(), st.integers(1, 4), st.integers(0, 2**31 - 1))
@@ -67,7 +76,8 @@ def test_residual_zero_for_structured_and_under_channel_scaling(structure, out_c
 
 
 @pytest.mark.parametrize(
-    "structure", [Structure(16, 3, 8, 2), Structure(8, (3, 5), 4, (2, 3)), Structure(12, 3, 6, 1, groups=3)]
+    "structure",
+    [Structure(16, 3, 8, 2), Structure(8, (3, 5), 4, (2, 3)), Structure(12, 3, 6, 1, groups=3)],
 )
 def test_residual_clearly_positive_for_random_kernels(structure):
     weight = np.random.default_rng(0).standard_normal(structure.weight_shape(12))
@@ -97,7 +107,9 @@ def test_linear_weights_are_two_dimensional():
     alpha = np.random.default_rng(1).standard_normal((3, 4))
     weight = structure.compose(alpha)
     assert weight.shape == (3, 10)
-    np.testing.assert_allclose(weight @ np.ones(10), alpha @ np.full(4, 7.0))  # D = 7 ones per column
+    np.testing.assert_allclose(
+        weight @ np.ones(10), alpha @ np.full(4, 7.0)
+    )  # D = 7 ones per column
     np.testing.assert_allclose(structure.decompose(weight), alpha, atol=1e-12)
 
 
@@ -143,7 +155,9 @@ def test_invalid_parameters_name_the_value(args, message):
 
 def test_wrong_weight_shape_is_refused():
     structure = Structure(8, 3, 4, 2)
-    with pytest.raises(ValueError, match=r"weight has shape \(2, 7, 3, 3\), expected \(2, 8, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"weight has shape \(2, 7, 3, 3\), expected \(2, 8, 3, 3\)"
+    ):
         structure.decompose(np.zeros((2, 7, 3, 3)))
     with pytest.raises(ValueError, match="alpha must be 4-D"):
         structure.compose(np.zeros((2, 4, 2)))

@@ -5,7 +5,6 @@ the database; candidates can be timed on a real RPC server; bad requests are ref
 import numpy as np
 import pytest
 
-from small_nets import structured_net
 from tvm_structconv.build import compile_model
 from tvm_structconv.frontend import load_model
 from tvm_structconv.targets import make_target
@@ -13,6 +12,7 @@ from tvm_structconv.tune import TuneError, conv_tasks, tune_model
 from tvm_structconv.tuning_logs import has_database, logs_dir
 
 from rpc_cluster import rpc_cluster
+from small_nets import structured_net
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,9 @@ def net():
 def tuned(net, tmp_path_factory):
     imported, _, _ = net
     folder = tmp_path_factory.mktemp("logs") / "x86"
-    result = tune_model(imported, "x86", trials=8, folder=folder, trials_per_iter=4,
-                        progress=False, seed=0)
+    result = tune_model(
+        imported, "x86", trials=8, folder=folder, trials_per_iter=4, progress=False, seed=0
+    )
     return folder, result
 
 
@@ -58,8 +59,9 @@ def test_compiling_with_the_database_applies_tuned_schedules_exactly(net, tuned)
 def test_tuning_again_adds_to_the_database(net, tuned):
     imported, _, _ = net
     folder, first = tuned
-    again = tune_model(imported, "x86", trials=2, folder=folder, trials_per_iter=2,
-                       progress=False, seed=1)
+    again = tune_model(
+        imported, "x86", trials=2, folder=folder, trials_per_iter=2, progress=False, seed=1
+    )
     assert again.records_before == first.records_after
     assert again.records_after == first.records_after + 2
     # the best record can only get better when records are added
@@ -69,28 +71,37 @@ def test_tuning_again_adds_to_the_database(net, tuned):
 
 def test_tasks_are_the_fused_convs_weighted_by_calls():
     from tvm_structconv.build import prepare_module
+    from tvm_structconv.frontend import load_model as load
     from tvm_structconv.models import create_structured
     from tvm_structconv.schedules import x86
-    from tvm_structconv.frontend import load_model as load
 
     built = create_structured("resnet18", seed=0)
     target = make_target("x86")
     imported = load(built.model, built.example_input, built.manifest)
     mod = prepare_module(imported, True, layout="NHWC", block_size=x86.block_size_for(target)).mod
     tasks = conv_tasks(mod, target)
-    # 20 convs in ResNet-18; the repeated 3x3 blocks share tasks
-    assert sum(task.weight for task in tasks) == 20
-    assert len(tasks) < 20
-    assert all(task.task_name.startswith("fused_structured_conv2d") for task in tasks)
+    # 20 convs and the classifier (a Linear layer as a 1x1 conv) in ResNet-18; the repeated
+    # 3x3 blocks share tasks
+    assert sum(task.weight for task in tasks) == 21
+    assert len(tasks) < 21
+    assert all("structured_conv2d" in task.task_name for task in tasks)
 
 
 @pytest.mark.slow
 def test_candidates_are_timed_on_an_rpc_server(net, tmp_path):
     imported, _, _ = net
     with rpc_cluster("tune-cpu", 1) as (port, _, _):
-        result = tune_model(imported, "x86", trials=2, folder=tmp_path, trials_per_iter=2,
-                            rpc_tracker=f"127.0.0.1:{port}", device_key="tune-cpu",
-                            progress=False, seed=0)
+        result = tune_model(
+            imported,
+            "x86",
+            trials=2,
+            folder=tmp_path,
+            trials_per_iter=2,
+            rpc_tracker=f"127.0.0.1:{port}",
+            device_key="tune-cpu",
+            progress=False,
+            seed=0,
+        )
     timed = [task for task in result.tasks if task.trials]
     assert timed and all(task.best_ms is not None for task in timed)
     assert result.records_after == 2

@@ -8,8 +8,13 @@ from tvm_structconv.zoo import DEFAULT_BUILDS, Build, ZooResult, check
 RTOL = 1e-4
 
 
-def assert_family(name: str, exporter: str = "torchscript", size=(32, 32), batch: int = 1,
-                  builds: Sequence[Build] = DEFAULT_BUILDS) -> list:
+def assert_family(
+    name: str,
+    exporter: str = "torchscript",
+    size=(32, 32),
+    batch: int = 1,
+    builds: Sequence[Build] = DEFAULT_BUILDS,
+) -> list:
     """Check one family's builds: every one compiles; x86 builds match the oracle within RTOL;
     structured builds rewrite exactly the layers the manifest records, and nothing else."""
     results = check(name, exporter, builds, image_size=size, batch=batch)
@@ -20,18 +25,24 @@ def assert_family(name: str, exporter: str = "torchscript", size=(32, 32), batch
 
 
 def _assert_result(result: ZooResult) -> None:
-    label = (f"{result.family} via {result.exporter}, "
-             f"{'structured' if result.structured else 'original'} for {result.target}")
+    label = (
+        f"{result.family} via {result.exporter}, "
+        f"{'structured' if result.structured else 'original'} for {result.target}"
+    )
     assert result.ok, f"{label}: fails in {result.stage}: {result.error}"
     if result.target == "x86":
         assert result.max_rel_error is not None and result.max_rel_error < RTOL, (
-            f"{label}: max relative error {result.max_rel_error:.2e}")
+            f"{label}: max relative error {result.max_rel_error:.2e}"
+        )
     if result.structured:
         assert result.recorded > 0, f"{label}: the plan structured no layer"
         assert result.rewritten == result.recorded, (
-            f"{label}: {result.rewritten} of {result.recorded} recorded layers rewritten")
+            f"{label}: {result.rewritten} of {result.recorded} recorded layers rewritten"
+        )
         assert result.macs_after < result.macs_before
         # every layer left alone is one the manifest does not name (nor, where an exporter
         # renamed weights, one whose value has a structure)
-        assert set(result.skipped) <= {"no recorded structure",
-                                       "no recorded structure and none detected"}, result.skipped
+        assert set(result.skipped) <= {
+            "no recorded structure",
+            "no recorded structure and none detected",
+        }, result.skipped

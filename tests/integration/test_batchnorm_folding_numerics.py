@@ -12,8 +12,9 @@ import torch.nn as nn
 import tvm
 from tvm import relax
 
-from relax_modules import bn_params, calls
 from tvm_structconv.transform import fold_batchnorm
+
+from relax_modules import bn_params, calls
 
 
 def _bn(channels: int, seed: int) -> nn.BatchNorm2d:
@@ -30,10 +31,15 @@ MODELS = {
     "conv-bn": lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), _bn(8, 0)),
     "conv-bias-bn": lambda: nn.Sequential(nn.Conv2d(3, 8, 3), _bn(8, 1)),
     "grouped-stride2-relu": lambda: nn.Sequential(
-        nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2), _bn(8, 2), nn.ReLU()),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2), _bn(8, 2), nn.ReLU()
+    ),
     "depthwise-relu-conv-bn": lambda: nn.Sequential(
-        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), _bn(4, 3), nn.ReLU(),
-        nn.Conv2d(4, 8, 1), _bn(8, 4)),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+        _bn(4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 1),
+        _bn(8, 4),
+    ),
 }
 
 
@@ -48,8 +54,10 @@ def _bind(mod: tvm.IRModule, name_of) -> tuple[tvm.IRModule, dict[relax.Expr, st
     mod, params = relax.frontend.detach_params(mod)
     main = mod["main"]
     num_inputs = int(main.attrs["num_input"])
-    constants = {var: relax.const(value.numpy())
-                 for var, value in zip(main.params[num_inputs:], params["main"])}
+    constants = {
+        var: relax.const(value.numpy())
+        for var, value in zip(main.params[num_inputs:], params["main"])
+    }
     names = {constant: name_of(var.name) for var, constant in constants.items()}
     return relax.transform.BindParams("main", constants)(mod), names
 
@@ -72,8 +80,9 @@ def test_torch_models_match_after_folding(model_name):
     assert not calls(folded, "relax.nn.batch_norm")
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     assert report.folded == [f"{name}.weight" for name in convs]
-    assert ([report.weight_names[conv.args[1]] for conv in calls(folded, "relax.nn.conv2d")]
-            == report.folded)
+    assert [
+        report.weight_names[conv.args[1]] for conv in calls(folded, "relax.nn.conv2d")
+    ] == report.folded
     expected = model(x).detach().numpy()
     np.testing.assert_allclose(_run(folded, x.numpy()), expected, rtol=1e-4, atol=1e-4)
 
@@ -84,8 +93,13 @@ def test_onnx_model_matches_onnxruntime_after_folding(tmp_path):
     from tvm.relax.frontend.onnx import from_onnx
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), _bn(8, 5), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, stride=2, bias=False), _bn(8, 6)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        _bn(8, 5),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, bias=False),
+        _bn(8, 6),
+    ).eval()
     x = torch.randn(1, 3, 10, 10)
     path = str(tmp_path / "model.onnx")
     with warnings.catch_warnings():

@@ -20,7 +20,9 @@ CASES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, plan, expected_rewrites", CASES)
-def test_structured_builtin_model_matches_torch_and_onnxruntime(tmp_path, name, plan, expected_rewrites):
+def test_structured_builtin_model_matches_torch_and_onnxruntime(
+    tmp_path, name, plan, expected_rewrites
+):
     built = create_structured(name, plan=plan, image_size=32, num_classes=10)
     x = built.example_input
     reference = built.model(x).detach().numpy()
@@ -29,11 +31,15 @@ def test_structured_builtin_model_matches_torch_and_onnxruntime(tmp_path, name, 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     expected_onnx = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     scale = np.abs(reference).max()
-    for imported, expected in ((load_model(built.model, x, built.manifest), reference),
-                               (load_model(onnx_path), expected_onnx)):
+    for imported, expected in (
+        (load_model(built.model, x, built.manifest), reference),
+        (load_model(onnx_path), expected_onnx),
+    ):
         compiled = compile_model(imported, TARGET)
         rewritten = {layer.name for layer in compiled.report.rewritten}
         assert rewritten == set(built.structures), compiled.report.format()
         if expected_rewrites is not None:
             assert len(rewritten) == expected_rewrites
-        np.testing.assert_allclose(compiled.run(x.numpy())[0], expected, rtol=1e-3, atol=1e-4 * scale)
+        np.testing.assert_allclose(
+            compiled.run(x.numpy())[0], expected, rtol=1e-3, atol=1e-4 * scale
+        )

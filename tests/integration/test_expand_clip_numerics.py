@@ -5,8 +5,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from relax_modules import clip_module
 from tvm_structconv.transform import ExpandClip
+
+from relax_modules import clip_module
 
 
 def test_values_are_those_of_clip_and_nhwc_planning_passes_through():

@@ -61,7 +61,8 @@ def test_every_linear_layer_is_a_scheduled_conv():
     target = make_target("x86")
     model = Mlp(16, 48, 10).eval()
     imported = load_model(model, torch.randn(1, 4, 4, 16), Manifest({}))
-    prepared = prepare_module(imported, structured=False, layout="NHWC",
-                              block_size=x86.block_size_for(target))
+    prepared = prepare_module(
+        imported, structured=False, layout="NHWC", block_size=x86.block_size_for(target)
+    )
     text = prepared.mod.script()
     assert "R.matmul" not in text and text.count("structured_conv2d") >= 2

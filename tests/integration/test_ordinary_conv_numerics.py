@@ -7,8 +7,9 @@ import torch.nn.functional as F
 import tvm
 from tvm import relax
 
-from relax_modules import conv2d_module as module
 from tvm_structconv.transform import RewriteOrdinaryConv
+
+from relax_modules import conv2d_module as module
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 
@@ -24,5 +25,7 @@ def test_nhwc_conv_after_convert_layout_is_packed_and_exact():
     assert "R.nn.conv2d" not in text and "structured_conv2d" in text
     executable = tvm.compile(rewritten, target=TARGET)
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    expected = F.conv2d(F.pad(torch.from_numpy(x), (0, 1, 1, 2)), torch.from_numpy(weight), stride=2)
+    expected = F.conv2d(
+        F.pad(torch.from_numpy(x), (0, 1, 1, 2)), torch.from_numpy(weight), stride=2
+    )
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)

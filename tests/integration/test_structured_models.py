@@ -13,11 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tvm import relax
 
-from strategies import structures
 from tvm_structconv.build import compile_model, prepare_module
 from tvm_structconv.frontend import load_model
 from tvm_structconv.manifest import LayerSpec, Manifest, ManifestError
 from tvm_structconv.structure import Structure
+
+from strategies import structures
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 
@@ -44,7 +45,7 @@ def randomize_batchnorm(model: nn.Module, seed: int) -> None:
 
 
 class SmallNet(nn.Module):
-    """Every kind of layer the pass handles: grouped, depthwise, strided, dilated, 1x1, BN, Linear."""
+    """Every layer kind the pass handles: grouped, depthwise, strided, dilated, 1x1, BN, Linear."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -143,7 +144,9 @@ def test_asymmetric_padding_from_onnx(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     structure = Structure(4, 3, 2, 2)
-    weight = structure.compose(np.random.default_rng(2).standard_normal((5, 2, 2, 2))).astype("float32")
+    weight = structure.compose(np.random.default_rng(2).standard_normal((5, 2, 2, 2))).astype(
+        "float32"
+    )
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "conv.weight"], ["y"], pads=[0, 2, 1, 0], strides=[2, 1])],
         "asym",
@@ -156,26 +159,42 @@ def test_asymmetric_padding_from_onnx(tmp_path):
     path = tmp_path / "asym.onnx"
     onnx.save(proto, path)
     x = np.random.default_rng(3).standard_normal((1, 4, 8, 7)).astype("float32")
-    expected = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     compiled = compile_model(load_model(path), TARGET)
     assert len(compiled.report.rewritten) == 1
     np.testing.assert_allclose(compiled.run(x)[0], expected, rtol=1e-4, atol=1e-5)
 
 
-@given(structures(max_channels=4, max_kernel=3), st.integers(1, 2), st.integers(0, 2),
-       st.integers(1, 2), st.integers(0, 2**31 - 1))
+@given(
+    structures(max_channels=4, max_kernel=3),
+    st.integers(1, 2),
+    st.integers(0, 2),
+    st.integers(1, 2),
+    st.integers(0, 2**31 - 1),
+)
 def test_rewritten_conv_equals_torch_over_random_shapes(structure, stride, padding, dilation, seed):
     generator = torch.Generator().manual_seed(seed)
     out_channels = 2 * structure.groups
-    conv = nn.Conv2d(structure.in_channels, out_channels, structure.kernel_size, stride, padding,
-                     dilation, structure.groups)
+    conv = nn.Conv2d(
+        structure.in_channels,
+        out_channels,
+        structure.kernel_size,
+        stride,
+        padding,
+        dilation,
+        structure.groups,
+    )
     structured_copy(conv, {"weight": structure})
     x = torch.randn((1, structure.in_channels, 7, 8), generator=generator)
     imported = load_model(nn.Sequential(conv), x, Manifest({"0.weight": LayerSpec.of(structure)}))
     prepared = prepare_module(imported)
     assert len(prepared.report.rewritten) == (0 if structure.is_trivial else 1)
     executable = tvm.compile(prepared.mod, target=TARGET)
-    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))[
+        0
+    ].numpy()
     np.testing.assert_allclose(got, conv(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 

@@ -2,13 +2,15 @@
 checked against onnxruntime, aarch64 structured compiled. Small inputs keep CI fast."""
 
 import pytest
+
 from zoo_checks import assert_family
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnext50", "wide_resnet50", "densenet121",
-                                  "googlenet", "squeezenet1_1"])
+@pytest.mark.parametrize(
+    "name", ["resnet50", "resnext50", "wide_resnet50", "densenet121", "googlenet", "squeezenet1_1"]
+)
 def test_family_compiles_exactly(name):
     assert_family(name)
 

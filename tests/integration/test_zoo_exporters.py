@@ -8,16 +8,26 @@ with Linear layers on NHWC activations, concatenations, an adaptive pool.
 """
 
 import pytest
+
 from zoo_checks import assert_family
 
 pytestmark = pytest.mark.slow
 
-FAMILIES = ["shufflenet_v2", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny",
-            "densenet121", "regnet_y"]
+FAMILIES = [
+    "shufflenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "densenet121",
+    "regnet_y",
+]
 
 
-CASES = [pytest.param(exporter, name, id=f"{exporter}-{name}")
-         for exporter in ("dynamo", "pt2") for name in FAMILIES]
+CASES = [
+    pytest.param(exporter, name, id=f"{exporter}-{name}")
+    for exporter in ("dynamo", "pt2")
+    for name in FAMILIES
+]
 
 
 @pytest.mark.parametrize("exporter, name", CASES)

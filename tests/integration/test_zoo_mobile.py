@@ -3,13 +3,23 @@ convs) through TorchScript ONNX: x86 original and structured checked against onn
 aarch64 structured compiled."""
 
 import pytest
+
 from zoo_checks import assert_family
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", ["shufflenet_v2", "mobilenet_v2", "mobilenet_v3_large",
-                                  "mobilenet_v3_small", "mnasnet", "efficientnet_b0"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "shufflenet_v2",
+        "mobilenet_v2",
+        "mobilenet_v3_large",
+        "mobilenet_v3_small",
+        "mnasnet",
+        "efficientnet_b0",
+    ],
+)
 def test_family_compiles_exactly(name):
     assert_family(name)
 

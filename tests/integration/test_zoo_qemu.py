@@ -18,10 +18,22 @@ def test_structured_family_matches_onnxruntime_under_qemu(name, tmp_path, capsys
 
     model, manifest = structurize(create(name), Plan.parse(FAMILIES[name].plan))
     assert isinstance(manifest, Manifest) and manifest.layers
-    path = export_model(model, torch.randn(1, 3, 32, 32), manifest, tmp_path, name,
-                        "torchscript")
-    status = main(["deploy", str(path), "--target", "aarch64", "-o", str(tmp_path / "bundle"),
-                   "--check", "--repeat", "1", "--rtol", "1e-4"])
+    path = export_model(model, torch.randn(1, 3, 32, 32), manifest, tmp_path, name, "torchscript")
+    status = main(
+        [
+            "deploy",
+            str(path),
+            "--target",
+            "aarch64",
+            "-o",
+            str(tmp_path / "bundle"),
+            "--check",
+            "--repeat",
+            "1",
+            "--rtol",
+            "1e-4",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0, out
     assert "under qemu-aarch64-static" in out and "OK: max error" in out

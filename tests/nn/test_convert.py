@@ -16,8 +16,11 @@ class _Net(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.block = nn.Sequential(
-            nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
-            nn.ReLU(), nn.Conv2d(8, 8, 1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 1),
         )
         self.head = nn.Linear(8 * 3 * 3, 4)
 
@@ -45,7 +48,8 @@ def _input() -> torch.Tensor:
 def test_manifest_names_every_planned_weight():
     _, manifest = structurize(_net(), PLAN)
     assert dict(manifest.layers) == {
-        f"{name}.weight": LayerSpec(channels, kernel) for name, (channels, kernel) in PLANNED.items()
+        f"{name}.weight": LayerSpec(channels, kernel)
+        for name, (channels, kernel) in PLANNED.items()
     }
 
 
@@ -57,9 +61,7 @@ def test_planned_weights_become_exactly_structured_and_others_stay():
     for name, structure in structures.items():
         assert original[name].ne(structured.state_dict()[name]).any()
         assert structure.residual(structured.state_dict()[name]) < 1e-12
-        torch.testing.assert_close(
-            structured.state_dict()[name], structure.project(original[name])
-        )
+        torch.testing.assert_close(structured.state_dict()[name], structure.project(original[name]))
     for name, value in structured.state_dict().items():
         if name not in structures:
             torch.testing.assert_close(value, original[name], rtol=0, atol=0)

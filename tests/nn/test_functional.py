@@ -1,4 +1,4 @@
-"""structured_conv2d / structured_linear against torch's conv2d / linear with the composed kernel."""
+"""structured_conv2d / structured_linear against torch's conv2d / linear, composed kernel."""
 
 import pytest
 import torch
@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import structures
 from tvm_structconv.nn.functional import structured_conv2d, structured_linear, sum_pool
 from tvm_structconv.structure import Structure
+
+from strategies import structures
 
 
 @given(
@@ -24,14 +25,21 @@ def test_structured_conv_equals_conv_with_composed_kernel(
 ):
     generator = torch.Generator().manual_seed(seed)
     out_channels = out_per_group * structure.groups
-    alpha = torch.randn(structure.alpha_shape(out_channels), generator=generator, dtype=torch.float64)
+    alpha = torch.randn(
+        structure.alpha_shape(out_channels), generator=generator, dtype=torch.float64
+    )
     bias = torch.randn(out_channels, generator=generator, dtype=torch.float64)
     (height, width) = structure.kernel_size
     size = (dilation * (height - 1) + 4, dilation * (width - 1) + 5)
     x = torch.randn((2, structure.in_channels, *size), generator=generator, dtype=torch.float64)
     expected = F.conv2d(
-        x, structure.compose(alpha), bias, stride=stride, padding=padding,
-        dilation=dilation, groups=structure.groups,
+        x,
+        structure.compose(alpha),
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=structure.groups,
     )
     actual = structured_conv2d(
         x, alpha, structure, bias, stride=stride, padding=padding, dilation=dilation
@@ -40,10 +48,16 @@ def test_structured_conv_equals_conv_with_composed_kernel(
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
 
 
-@given(structures(max_channels=5, max_kernel=3), st.tuples(*[st.integers(0, 2)] * 4), st.integers(0, 99))
+@given(
+    structures(max_channels=5, max_kernel=3),
+    st.tuples(*[st.integers(0, 2)] * 4),
+    st.integers(0, 99),
+)
 def test_asymmetric_padding(structure, padding, seed):
     generator = torch.Generator().manual_seed(seed)
-    alpha = torch.randn(structure.alpha_shape(structure.groups), generator=generator, dtype=torch.float64)
+    alpha = torch.randn(
+        structure.alpha_shape(structure.groups), generator=generator, dtype=torch.float64
+    )
     x = torch.randn((1, structure.in_channels, 5, 6), generator=generator, dtype=torch.float64)
     expected = F.conv2d(F.pad(x, padding), structure.compose(alpha), groups=structure.groups)
     torch.testing.assert_close(structured_conv2d(x, alpha, structure, padding=padding), expected)
@@ -100,6 +114,8 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="alpha has shape"):
         structured_conv2d(torch.zeros(1, 4, 6, 6), torch.zeros(1, 3, 2, 2), structure)
     with pytest.raises(ValueError, match="padding must be"):
-        structured_conv2d(torch.zeros(1, 4, 6, 6), torch.zeros(1, 2, 2, 2), structure, padding=(1, 2, 3))
+        structured_conv2d(
+            torch.zeros(1, 4, 6, 6), torch.zeros(1, 2, 2, 2), structure, padding=(1, 2, 3)
+        )
     with pytest.raises(ValueError, match="1x1 structure"):
         structured_linear(torch.zeros(2, 4), torch.zeros(1, 2, 2, 2), structure)

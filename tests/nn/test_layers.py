@@ -7,16 +7,22 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import structures
 from tvm_structconv.nn import StructuredConv2d, StructuredLinear
 from tvm_structconv.structure import Structure
+
+from strategies import structures
 
 
 def _layer(structure: Structure, out_per_group: int, **kwargs) -> StructuredConv2d:
     return StructuredConv2d(
-        structure.in_channels, out_per_group * structure.groups, structure.kernel_size,
-        structure.reduced_channels, structure.reduced_kernel_size, groups=structure.groups,
-        dtype=torch.float64, **kwargs,
+        structure.in_channels,
+        out_per_group * structure.groups,
+        structure.kernel_size,
+        structure.reduced_channels,
+        structure.reduced_kernel_size,
+        groups=structure.groups,
+        dtype=torch.float64,
+        **kwargs,
     )
 
 
@@ -37,11 +43,21 @@ def test_conv_equals_conv2d_with_composed_kernel(
         structure, out_per_group, stride=stride, padding=padding, dilation=dilation, bias=bias
     )
     height, width = structure.kernel_size
-    x = torch.randn(2, structure.in_channels, dilation * (height - 1) + 4, dilation * (width - 1) + 3,
-                    dtype=torch.float64)
+    x = torch.randn(
+        2,
+        structure.in_channels,
+        dilation * (height - 1) + 4,
+        dilation * (width - 1) + 3,
+        dtype=torch.float64,
+    )
     expected = F.conv2d(
-        x, structure.compose(layer.alpha), layer.bias, stride=stride, padding=padding,
-        dilation=dilation, groups=structure.groups,
+        x,
+        structure.compose(layer.alpha),
+        layer.bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=structure.groups,
     )
     actual = layer(x)
     assert actual.shape == expected.shape
@@ -49,8 +65,11 @@ def test_conv_equals_conv2d_with_composed_kernel(
     torch.testing.assert_close(layer.to_conv()(x), expected, rtol=1e-10, atol=1e-10)
 
 
-@given(structures(max_channels=4, max_kernel=4, allow_groups=False), st.sampled_from(["same", "valid"]),
-       st.integers(1, 2))
+@given(
+    structures(max_channels=4, max_kernel=4, allow_groups=False),
+    st.sampled_from(["same", "valid"]),
+    st.integers(1, 2),
+)
 def test_string_padding_matches_conv2d(structure, padding, dilation):
     torch.manual_seed(0)
     layer = _layer(structure, 2, padding=padding, dilation=dilation)
@@ -88,7 +107,9 @@ def test_alpha_gradient_equals_gradient_through_composed_kernel():
     x = torch.randn(2, 6, 9, 9, dtype=torch.float64)
     layer(x).square().sum().backward()
     alpha = layer.alpha.detach().clone().requires_grad_()
-    F.conv2d(x, layer.structure.compose(alpha), layer.bias, stride=2, padding=1).square().sum().backward()
+    F.conv2d(
+        x, layer.structure.compose(alpha), layer.bias, stride=2, padding=1
+    ).square().sum().backward()
     torch.testing.assert_close(layer.alpha.grad, alpha.grad)
 
 
@@ -106,14 +127,23 @@ def test_initial_output_scale_matches_conv2d():
 def test_from_conv_to_conv_round_trip(structure, out_per_group, seed):
     generator = torch.Generator().manual_seed(seed)
     out_channels = out_per_group * structure.groups
-    alpha = torch.randn(structure.alpha_shape(out_channels), generator=generator, dtype=torch.float64)
+    alpha = torch.randn(
+        structure.alpha_shape(out_channels), generator=generator, dtype=torch.float64
+    )
     conv = nn.Conv2d(
-        structure.in_channels, out_channels, structure.kernel_size, stride=2, padding=1,
-        groups=structure.groups, dtype=torch.float64,
+        structure.in_channels,
+        out_channels,
+        structure.kernel_size,
+        stride=2,
+        padding=1,
+        groups=structure.groups,
+        dtype=torch.float64,
     )
     with torch.no_grad():
         conv.weight.copy_(structure.compose(alpha))
-    layer = StructuredConv2d.from_conv(conv, structure.reduced_channels, structure.reduced_kernel_size)
+    layer = StructuredConv2d.from_conv(
+        conv, structure.reduced_channels, structure.reduced_kernel_size
+    )
     torch.testing.assert_close(layer.alpha.detach(), alpha)
     torch.testing.assert_close(layer.bias.detach(), conv.bias.detach())
     back = layer.to_conv()

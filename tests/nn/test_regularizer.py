@@ -119,7 +119,9 @@ def test_gradient_is_the_analytic_gradient_of_eq_3():
     complement = flat - flat @ (basis @ np.linalg.pinv(basis)).T
     norm, residual = np.linalg.norm(flat), np.linalg.norm(complement) / np.linalg.norm(flat)
     expected = complement / (norm * np.linalg.norm(complement)) - residual * flat / norm**2
-    np.testing.assert_allclose(model[0].weight.grad.numpy().reshape(flat.shape), expected, atol=1e-12)
+    np.testing.assert_allclose(
+        model[0].weight.grad.numpy().reshape(flat.shape), expected, atol=1e-12
+    )
 
 
 def test_finite_gradient_at_structured_weights():

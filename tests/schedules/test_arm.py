@@ -10,12 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tvm import s_tir, te
 
-from strategies import structures
-from conv_oracle import HOST, oracle, random_case
 from tvm_structconv import ops
 from tvm_structconv.schedules import arm, x86
 from tvm_structconv.structure import Structure
 from tvm_structconv.targets import make_target
+
+from conv_oracle import HOST, oracle, random_case
+from strategies import structures
 
 AARCH64 = make_target("aarch64")
 
@@ -25,29 +26,44 @@ def nhwc_func(structure, out_channels, size, target, stride=1, padding=1):
     block = x86.channel_block(target, out_channels, structure.groups, width)
     data = te.placeholder((1, size, size, structure.in_channels), name="data")
     reduced_kernel = structure.reduced_kernel_size
-    alpha = te.placeholder((out_channels // block, *reduced_kernel,
-                            structure.reduced_channels // structure.groups, block), name="alpha")
+    alpha = te.placeholder(
+        (
+            out_channels // block,
+            *reduced_kernel,
+            structure.reduced_channels // structure.groups,
+            block,
+        ),
+        name="alpha",
+    )
     out = ops.structured_conv2d_nhwc(data, alpha, structure, (stride, stride), (padding,) * 4)
     return te.create_prim_func([data, alpha, out]), block, [int(d) for d in out.shape]
 
 
 @settings(max_examples=25)
-@given(structures(max_channels=12, max_kernel=3), st.sampled_from([8, 16]), st.integers(1, 2),
-       st.integers(5, 12), st.integers(1, 2**31 - 1))
+@given(
+    structures(max_channels=12, max_kernel=3),
+    st.sampled_from([8, 16]),
+    st.integers(1, 2),
+    st.integers(5, 12),
+    st.integers(1, 2**31 - 1),
+)
 def test_channel_unrolled_template_is_exact(structure, out_channels, stride, size, seed):
     if out_channels % structure.groups:
         out_channels = structure.groups * 8
     func, block, out_shape = nhwc_func(structure, out_channels, size, HOST, stride)
     sch = s_tir.Schedule(func)
-    assert x86.schedule_structured_conv2d(sch, ops.find_structured_block(sch), HOST,
-                                          channel_unroll=4)
+    assert x86.schedule_structured_conv2d(
+        sch, ops.find_structured_block(sch), HOST, channel_unroll=4
+    )
     x, alpha = random_case(structure, out_channels, (size, size), seed)
     packed = ops.pack_alpha(alpha, block)
     result = tvm.runtime.tensor(np.zeros(out_shape, "float32"))
-    tvm.compile(sch.mod, target=HOST)(tvm.runtime.tensor(x.transpose(0, 2, 3, 1).copy()),
-                                      tvm.runtime.tensor(packed), result)
-    np.testing.assert_allclose(result.numpy(), oracle(x, alpha, structure, stride, (1,) * 4, 1),
-                               rtol=1e-4, atol=1e-4)
+    tvm.compile(sch.mod, target=HOST)(
+        tvm.runtime.tensor(x.transpose(0, 2, 3, 1).copy()), tvm.runtime.tensor(packed), result
+    )
+    np.testing.assert_allclose(
+        result.numpy(), oracle(x, alpha, structure, stride, (1,) * 4, 1), rtol=1e-4, atol=1e-4
+    )
 
 
 def aarch64_assembly(rule) -> str:

@@ -7,13 +7,16 @@ from tvm import relax, s_tir, te
 from tvm_structconv.build import scheduled_pipeline
 from tvm_structconv.schedules import cpu
 
-HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-                          "num-cores": 2})
+HOST = tvm.target.Target(
+    {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
+)
 
 
 def run_scheduled(build, inputs):
     """Build a one-function Relax module, compile it with the scheduled pipeline, run it."""
-    params = [relax.Var(f"x{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(inputs)]
+    params = [
+        relax.Var(f"x{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(inputs)
+    ]
     builder = relax.BlockBuilder()
     with builder.function("main", params):
         with builder.dataflow():
@@ -23,16 +26,19 @@ def run_scheduled(build, inputs):
     lowered = scheduled_pipeline(HOST)(mod)
     kernels = [f for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     executable = tvm.compile(mod, target=HOST, relax_pipeline=scheduled_pipeline(HOST))
-    result = relax.VirtualMachine(executable, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in inputs))
+    result = relax.VirtualMachine(executable, tvm.cpu())["main"](
+        *(tvm.runtime.tensor(a) for a in inputs)
+    )
     return result.numpy(), kernels
 
 
 def test_nhwc_max_pool_is_scheduled_and_exact():
     x = np.random.default_rng(0).standard_normal((1, 30, 30, 64)).astype("float32")
-    got, kernels = run_scheduled(
-        lambda v: relax.op.nn.max_pool2d(v, 3, 2, 1, layout="NHWC"), [x])
+    got, kernels = run_scheduled(lambda v: relax.op.nn.max_pool2d(v, 3, 2, 1, layout="NHWC"), [x])
     padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
-    expected = np.max([padded[:, i:i + 29:2, j:j + 29:2] for i in range(3) for j in range(3)], axis=0)
+    expected = np.max(
+        [padded[:, i : i + 29 : 2, j : j + 29 : 2] for i in range(3) for j in range(3)], axis=0
+    )
     np.testing.assert_array_equal(got, expected)
     assert all(k.attrs["tirx.is_scheduled"] for k in kernels)
     assert "T.parallel" in kernels[0].script() and "T.vectorized" in kernels[0].script()
@@ -58,7 +64,8 @@ def test_elementwise_and_transpose():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 3, 20, 20)).astype("float32")
     got, kernels = run_scheduled(
-        lambda v: relax.op.nn.relu(relax.op.permute_dims(v, [0, 2, 3, 1])), [x])
+        lambda v: relax.op.nn.relu(relax.op.permute_dims(v, [0, 2, 3, 1])), [x]
+    )
     np.testing.assert_array_equal(got, np.maximum(x.transpose(0, 2, 3, 1), 0))
     assert all(k.attrs["tirx.is_scheduled"] for k in kernels)
 
@@ -83,5 +90,6 @@ def test_dense_with_fewer_outputs_than_a_vector():
     weight = rng.standard_normal((72, 5)).astype("float32")
     bias = rng.standard_normal(5).astype("float32")
     got, _ = run_scheduled(
-        lambda v: relax.op.add(relax.op.matmul(v, relax.const(weight)), relax.const(bias)), [x])
+        lambda v: relax.op.add(relax.op.matmul(v, relax.const(weight)), relax.const(bias)), [x]
+    )
     np.testing.assert_allclose(got, x.astype(np.float64) @ weight + bias, rtol=1e-5, atol=1e-5)

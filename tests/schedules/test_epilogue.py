@@ -8,17 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tvm import s_tir, te, topi
 
-from conv_oracle import HOST
 from tvm_structconv import ops
 from tvm_structconv.schedules import cpu, x86
 from tvm_structconv.structure import Structure
+
+from conv_oracle import HOST
 
 
 def _conv(data, channels, out_channels, block, kernel=1, padding=0):
     structure = Structure(channels, kernel, channels, kernel)
     alpha = te.placeholder((out_channels // block, kernel, kernel, channels, block), name="alpha")
-    return alpha, ops.structured_conv2d_nhwc(data, alpha, structure,
-                                             padding=(padding,) * 4)
+    return alpha, ops.structured_conv2d_nhwc(data, alpha, structure, padding=(padding,) * 4)
 
 
 def se_gate(channels, out_channels, height, width, block):
@@ -52,13 +52,17 @@ def _conv_numpy(data, packed, padding):
     out = np.zeros((data.shape[0], height, width, weight.shape[0]), np.float64)
     for i in range(kh):
         for j in range(kw):
-            out += np.einsum("bhwc,oc->bhwo", padded[:, i:i + height, j:j + width], weight[:, :, i, j])
+            out += np.einsum(
+                "bhwc,oc->bhwo", padded[:, i : i + height, j : j + width], weight[:, :, i, j]
+            )
     return out
 
 
 def _run(sch_or_func, arrays):
     lib = tvm.compile(sch_or_func, target=HOST)
-    buffers = [tvm.runtime.tensor(a) for a in arrays[:-1]] + [tvm.runtime.tensor(np.zeros_like(arrays[-1]))]
+    buffers = [tvm.runtime.tensor(a) for a in arrays[:-1]] + [
+        tvm.runtime.tensor(np.zeros_like(arrays[-1]))
+    ]
     lib(*buffers)
     return buffers[-1].numpy()
 
@@ -85,8 +89,12 @@ def test_silu_is_all_head():
 
 
 @settings(max_examples=6)
-@given(channels=st.sampled_from([8, 16, 24]), out_blocks=st.integers(1, 4),
-       height=st.integers(1, 9), width=st.integers(1, 9))
+@given(
+    channels=st.sampled_from([8, 16, 24]),
+    out_blocks=st.integers(1, 4),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+)
 def test_scheduled_se_gate_is_exact(channels, out_blocks, height, width):
     block = 8
     out_channels = out_blocks * block
@@ -112,8 +120,9 @@ def test_scheduled_silu_inlines_into_the_write_back():
     assert "structured_conv2d_local" in names and not {"T_multiply", "compute"} & set(names)
     arrays = _random(tensors, np.random.default_rng(1))
     conv = _conv_numpy(arrays[0], arrays[1], 1)
-    np.testing.assert_allclose(_run(sch.mod, arrays), conv / (1 + np.exp(-conv)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        _run(sch.mod, arrays), conv / (1 + np.exp(-conv)), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_rule_declines_a_function_that_is_not_its_kind():

@@ -11,8 +11,9 @@ from tvm_structconv import ops
 from tvm_structconv.structure import Structure
 from tvm_structconv.tune import _search_space
 
-HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-                          "num-cores": 2})
+HOST = tvm.target.Target(
+    {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
+)
 
 
 @pytest.mark.slow
@@ -24,11 +25,14 @@ def test_meta_schedule_uses_the_hand_schedule_as_custom_rule():
     out = ops.structured_conv2d_nhwc(data, alpha, structure, padding=(1, 1, 1, 1))
     relu = te.compute(out.shape, lambda *i: tvm.tirx.max(out(*i), 0.0), name="relu")
     mod = tvm.IRModule({"main": te.create_prim_func([data, alpha, relu])})
-    context = ms.TuneContext(mod=mod, target=HOST, space_generator=_search_space(),
-                             task_name="conv")
+    context = ms.TuneContext(
+        mod=mod, target=HOST, space_generator=_search_space(), task_name="conv"
+    )
     spaces = context.generate_design_space()
-    sampled = sorted(len([inst for inst in space.trace.insts
-                          if inst.kind.name == "SamplePerfectTile"]) for space in spaces)
+    sampled = sorted(
+        len([inst for inst in space.trace.insts if inst.kind.name == "SamplePerfectTile"])
+        for space in spaces
+    )
     # the hand schedule; the tunable one samples output-channel chunks, rows and pixels
     assert sampled == [0, 3]
     for space in spaces:

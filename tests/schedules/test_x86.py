@@ -10,16 +10,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tvm import relax, s_tir, te
 
-from conv_oracle import HOST, oracle, random_case
-from strategies import structures
 from tvm_structconv import ops
 from tvm_structconv.build import scheduled_pipeline
 from tvm_structconv.schedules import x86
 from tvm_structconv.schedules.target_info import vector_lanes, vector_registers
 from tvm_structconv.structure import Structure
 
-def scheduled_conv(x, alpha, structure, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
-                   target=HOST, block=None, tiling_seed=None):
+from conv_oracle import HOST, oracle, random_case
+from strategies import structures
+
+
+def scheduled_conv(
+    x,
+    alpha,
+    structure,
+    stride=(1, 1),
+    padding=(0, 0, 0, 0),
+    dilation=(1, 1),
+    target=HOST,
+    block=None,
+    tiling_seed=None,
+):
     """Run the hand-scheduled NHWC op on NCHW ``x`` and OIHW ``alpha``; return NHWC.
 
     With ``tiling_seed``, the tunable schedule (MetaSchedule's space) with tile sizes drawn
@@ -27,8 +38,13 @@ def scheduled_conv(x, alpha, structure, stride=(1, 1), padding=(0, 0, 0, 0), dil
     """
     data = te.placeholder(x.transpose(0, 2, 3, 1).shape, name="data")
     probe = ops.structured_conv2d_nhwc(
-        data, te.placeholder((1, *alpha.shape[2:], alpha.shape[1], alpha.shape[0])),
-        structure, stride, padding, dilation)
+        data,
+        te.placeholder((1, *alpha.shape[2:], alpha.shape[1], alpha.shape[0])),
+        structure,
+        stride,
+        padding,
+        dilation,
+    )
     if block is None:
         block = x86.channel_block(target, alpha.shape[0], structure.groups, int(probe.shape[2]))
     packed = ops.pack_alpha(alpha, block)
@@ -39,13 +55,16 @@ def scheduled_conv(x, alpha, structure, stride=(1, 1), padding=(0, 0, 0, 0), dil
         sch = x86.StructuredConv2dRule().apply(func, target, False)
     else:
         sch = s_tir.Schedule(func, seed=tiling_seed)
-        assert x86.schedule_structured_conv2d(sch, ops.find_structured_block(sch), target,
-                                              tunable=True)
+        assert x86.schedule_structured_conv2d(
+            sch, ops.find_structured_block(sch), target, tunable=True
+        )
         assert len(sch.trace.decisions) == 3  # rows, pixels and chunks were sampled
     assert sch is not None
     executable = tvm.compile(sch.mod, target=target).jit()
     result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
-    executable(tvm.runtime.tensor(x.transpose(0, 2, 3, 1).copy()), tvm.runtime.tensor(packed), result)
+    executable(
+        tvm.runtime.tensor(x.transpose(0, 2, 3, 1).copy()), tvm.runtime.tensor(packed), result
+    )
     return result.numpy()
 
 
@@ -59,8 +78,9 @@ def scheduled_conv(x, alpha, structure, stride=(1, 1), padding=(0, 0, 0, 0), dil
     st.tuples(st.integers(0, 9), st.integers(0, 9)),  # extra input rows, columns
     st.integers(0, 2**31 - 1),
 )
-def test_scheduled_op_equals_torch_over_random_shapes(structure, out_per_group, stride, padding,
-                                                      dilation, extra, seed):
+def test_scheduled_op_equals_torch_over_random_shapes(
+    structure, out_per_group, stride, padding, dilation, extra, seed
+):
     kernel_h, kernel_w = structure.kernel_size
     size = (dilation * (kernel_h - 1) + 1 + extra[0], dilation * (kernel_w - 1) + 1 + extra[1])
     x, alpha = random_case(structure, out_per_group * structure.groups, size, seed)
@@ -77,16 +97,17 @@ def test_scheduled_op_equals_torch_over_random_shapes(structure, out_per_group, 
     st.integers(4, 12),  # input size
     st.integers(1, 2**31 - 1),  # tiling seed
 )
-def test_tunable_schedule_is_exact_for_every_sampled_tiling(structure, out_channels, stride,
-                                                            size, seed):
+def test_tunable_schedule_is_exact_for_every_sampled_tiling(
+    structure, out_channels, stride, size, seed
+):
     if out_channels % structure.groups:
         out_channels = structure.groups * 8
     kernel_h, kernel_w = structure.kernel_size
     x, alpha = random_case(structure, out_channels, (size + kernel_h, size + kernel_w), seed)
-    got = scheduled_conv(x, alpha, structure, (stride, stride), (1, 1, 1, 1),
-                         tiling_seed=seed)
-    np.testing.assert_allclose(got, oracle(x, alpha, structure, stride, (1, 1, 1, 1), 1),
-                               rtol=1e-4, atol=1e-4)
+    got = scheduled_conv(x, alpha, structure, (stride, stride), (1, 1, 1, 1), tiling_seed=seed)
+    np.testing.assert_allclose(
+        got, oracle(x, alpha, structure, stride, (1, 1, 1, 1), 1), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,8 +125,9 @@ def test_tunable_schedule_is_exact_for_every_sampled_tiling(structure, out_chann
 def test_scheduled_op_on_network_like_layers(structure, out_channels, size, stride, padding):
     x, alpha = random_case(structure, out_channels, size, 1)
     got = scheduled_conv(x, alpha, structure, (stride, stride), padding)
-    np.testing.assert_allclose(got, oracle(x, alpha, structure, stride, padding, 1),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        got, oracle(x, alpha, structure, stride, padding, 1), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("groups", [1, 2, 16])
@@ -124,8 +146,9 @@ def test_avx2_code_for_an_avx2_target():
     structure = Structure(16, 3, 16, 2)
     x, alpha = random_case(structure, 32, (9, 9), 3)
     got = scheduled_conv(x, alpha, structure, padding=(1, 1, 1, 1), target=avx2)
-    np.testing.assert_allclose(got, oracle(x, alpha, structure, 1, (1, 1, 1, 1), 1),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        got, oracle(x, alpha, structure, 1, (1, 1, 1, 1), 1), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_fused_bias_relu_and_residual_epilogue():
@@ -142,9 +165,14 @@ def test_fused_bias_relu_and_residual_epilogue():
     builder = relax.BlockBuilder()
     with builder.function("main", [data, skip]):
         with builder.dataflow():
-            conv = builder.emit(builder.call_te(
-                lambda d, a: ops.structured_conv2d_nhwc(d, a, structure, padding=(1, 1, 1, 1)),
-                data, relax.const(ops.pack_alpha(alpha, block)), primfunc_name_hint="conv"))
+            conv = builder.emit(
+                builder.call_te(
+                    lambda d, a: ops.structured_conv2d_nhwc(d, a, structure, padding=(1, 1, 1, 1)),
+                    data,
+                    relax.const(ops.pack_alpha(alpha, block)),
+                    primfunc_name_hint="conv",
+                )
+            )
             out = builder.emit(relax.op.add(conv, relax.const(bias.reshape(1, 1, 1, 24))))
             out = builder.emit(relax.op.nn.relu(out))
             out = builder.emit(relax.op.add(out, skip))
@@ -193,7 +221,9 @@ def test_register_tile_fits_the_target(mcpu, out_channels, out_width, block, pix
     assert tiling.pixels == pixels
 
 
-@pytest.mark.parametrize("cores, out_height, rows", [(2, 56, 7), (2, 28, 7), (16, 56, 7), (4, 7, 7)])
+@pytest.mark.parametrize(
+    "cores, out_height, rows", [(2, 56, 7), (2, 28, 7), (16, 56, 7), (4, 7, 7)]
+)
 def test_tasks_are_balanced_over_cores(cores, out_height, rows):
     target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": cores})
     tiling = x86.choose_tiling(1, out_height, out_height, 64, 16, target)

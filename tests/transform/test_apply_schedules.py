@@ -15,11 +15,13 @@ from tvm.script import tirx as T
 from tvm_structconv.transform import ApplySchedules
 
 #: AVX2: 256-bit registers, 8 float32 lanes, 4 registers of them.
-X86_AVX2 = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell",
-                              "num-cores": 2})
+X86_AVX2 = tvm.target.Target(
+    {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2}
+)
 #: NEON: 128-bit registers, 4 float32 lanes.
-AARCH64 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"],
-                             "num-cores": 2})
+AARCH64 = tvm.target.Target(
+    {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 2}
+)
 
 
 def scale_relu(rows: int = 64, columns: int = 256) -> tvm.IRModule:
@@ -28,8 +30,9 @@ def scale_relu(rows: int = 64, columns: int = 256) -> tvm.IRModule:
     @I.ir_module
     class Before:
         @T.prim_func(private=True, s_tir=True)
-        def scale_relu(A: T.Buffer((rows, columns), "float32"),
-                       C: T.Buffer((rows, columns), "float32")):
+        def scale_relu(
+            A: T.Buffer((rows, columns), "float32"), C: T.Buffer((rows, columns), "float32")
+        ):
             T.func_attr({"tirx.noalias": True})
             B = T.sblock_alloc_buffer((rows, columns))
             for i, j in T.grid(rows, columns):
@@ -85,9 +88,11 @@ def test_small_elementwise_function_is_vectorized_on_one_thread():
     tvm.ir.assert_structural_equal(ApplySchedules(X86_AVX2)(scale_relu(4, 64)), Expected)
 
 
-@pytest.mark.parametrize("target", [tvm.target.Target({"kind": "c"}),
-                                    tvm.target.Target({"kind": "cuda", "arch": "sm_80"})],
-                         ids=["c", "cuda"])
+@pytest.mark.parametrize(
+    "target",
+    [tvm.target.Target({"kind": "c"}), tvm.target.Target({"kind": "cuda", "arch": "sm_80"})],
+    ids=["c", "cuda"],
+)
 def test_other_targets_leave_the_function_alone(target):
     """A C target is not scheduled at all; for CUDA only the fused conv is (dlight's GPU rules
     schedule the rest later), so an elementwise function stays as it is."""

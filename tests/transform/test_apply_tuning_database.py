@@ -62,8 +62,9 @@ def database_scheduling_scale() -> ms.Database:
     rows, _ = sch.get_loops(sch.get_sblock("B"))
     outer, _ = sch.split(rows, [None, 8])
     sch.parallel(outer)
-    database.commit_tuning_record(ms.database.TuningRecord(
-        sch.trace, database.commit_workload(workload), [1e-6], TARGET))
+    database.commit_tuning_record(
+        ms.database.TuningRecord(sch.trace, database.commit_workload(workload), [1e-6], TARGET)
+    )
     return database
 
 

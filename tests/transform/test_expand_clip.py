@@ -8,8 +8,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from relax_modules import clip_module
 from tvm_structconv.transform import ExpandClip
+
+from relax_modules import clip_module
 
 
 def test_clip_becomes_maximum_then_minimum():
@@ -19,8 +20,9 @@ def test_clip_becomes_maximum_then_minimum():
     with builder.function("main", [x]):
         with builder.dataflow():
             low = builder.emit(relax.op.maximum(x, relax.const(np.array(0.0, "float32"))))
-            out = builder.emit_output(builder.emit(
-                relax.op.minimum(low, relax.const(np.array(6.0, "float32")))))
+            out = builder.emit_output(
+                builder.emit(relax.op.minimum(low, relax.const(np.array(6.0, "float32"))))
+            )
         builder.emit_func_output(out)
     expected = relax.transform.CanonicalizeBindings()(builder.get())
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
@@ -30,8 +32,10 @@ def test_nhwc_layout_planning_passes_through_the_expanded_clip():
     """Between two convs made NHWC by ConvertLayout, ``maximum``/``minimum`` take the NHWC
     tensor as it is (``clip`` would be wrapped in a transpose to NCHW and back)."""
     rng = np.random.default_rng(0)
-    first, second = (relax.const(rng.standard_normal(shape).astype("float32"))
-                     for shape in ((4, 4, 3, 3), (4, 4, 1, 1)))
+    first, second = (
+        relax.const(rng.standard_normal(shape).astype("float32"))
+        for shape in ((4, 4, 3, 3), (4, 4, 1, 1))
+    )
     x = relax.Var("x", relax.TensorType((1, 4, 6, 6), "float32"))
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):

@@ -17,8 +17,9 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-from relax_modules import bn_params, calls
 from tvm_structconv.transform import FoldBatchNorm, fold_batchnorm
+
+from relax_modules import bn_params, calls
 
 EPS = 1e-5
 CHANNELS = 4
@@ -45,8 +46,16 @@ def test_conv_bn_folds_into_conv_add():
         def main(x: R.Tensor((1, 3, 8, 8), "float32")) -> R.Tensor((1, 4, 6, 6), "float32"):
             with R.dataflow():
                 conv = R.nn.conv2d(x, R.const(weight))
-                bn = R.nn.batch_norm(conv, R.const(gamma), R.const(beta), R.const(mean),
-                                     R.const(var), axis=1, epsilon=EPS, training=False)
+                bn = R.nn.batch_norm(
+                    conv,
+                    R.const(gamma),
+                    R.const(beta),
+                    R.const(mean),
+                    R.const(var),
+                    axis=1,
+                    epsilon=EPS,
+                    training=False,
+                )
                 y = bn[0]
                 R.output(y)
             return y
@@ -82,8 +91,16 @@ def test_conv_bias_bn_as_torch_export_makes_it_folds():
                 conv = R.nn.conv2d(x, R.const(weight), strides=[2, 2])
                 bias = R.reshape(R.const(conv_bias), R.shape([1, 4, 1, 1]))
                 biased = R.add(conv, bias)
-                bn = R.nn.batch_norm(biased, R.const(gamma), R.const(beta), R.const(mean),
-                                     R.const(var), axis=1, epsilon=EPS, training=False)
+                bn = R.nn.batch_norm(
+                    biased,
+                    R.const(gamma),
+                    R.const(beta),
+                    R.const(mean),
+                    R.const(var),
+                    axis=1,
+                    epsilon=EPS,
+                    training=False,
+                )
                 y = bn[0]
                 z = R.nn.relu(y)
                 R.output(z)
@@ -143,8 +160,17 @@ def _chain(
                 }[bias_form]()
                 pair = (shaped, conv) if bias_first else (conv, shaped)
                 bn_input = bb.emit(relax.op.add(*pair))
-            bn = bb.emit(relax.op.nn.batch_norm(bn_input, *stats, axis=axis, epsilon=epsilon,
-                                                center=center, scale=scale, training=training))
+            bn = bb.emit(
+                relax.op.nn.batch_norm(
+                    bn_input,
+                    *stats,
+                    axis=axis,
+                    epsilon=epsilon,
+                    center=center,
+                    scale=scale,
+                    training=training,
+                )
+            )
             outputs = [bb.emit(relax.TupleGetItem(bn, 0))]
             if extra_use is not None:
                 extra = {"conv": conv, "add": bn_input, "stats": bn}[extra_use]
@@ -210,8 +236,15 @@ def test_bias_that_is_not_per_channel_is_left_alone():
             with R.dataflow():
                 conv = R.nn.conv2d(x, R.const(_WEIGHT))
                 biased = R.add(conv, R.const(full_bias))
-                bn = R.nn.batch_norm(biased, R.const(gamma), R.const(beta), R.const(mean),
-                                     R.const(var), axis=1, training=False)
+                bn = R.nn.batch_norm(
+                    biased,
+                    R.const(gamma),
+                    R.const(beta),
+                    R.const(mean),
+                    R.const(var),
+                    axis=1,
+                    training=False,
+                )
                 y = bn[0]
                 R.output(y)
             return y
@@ -229,10 +262,16 @@ def test_nhwc_conv_is_left_alone(axis):
         @R.function
         def main(x: R.Tensor((1, 6, 6, 2), "float32")) -> R.Tensor((1, 4, 4, 4), "float32"):
             with R.dataflow():
-                conv = R.nn.conv2d(x, R.const(hwio),
-                                   data_layout="NHWC", kernel_layout="HWIO")
-                bn = R.nn.batch_norm(conv, R.const(gamma), R.const(beta), R.const(mean),
-                                     R.const(var), axis=axis, training=False)
+                conv = R.nn.conv2d(x, R.const(hwio), data_layout="NHWC", kernel_layout="HWIO")
+                bn = R.nn.batch_norm(
+                    conv,
+                    R.const(gamma),
+                    R.const(beta),
+                    R.const(mean),
+                    R.const(var),
+                    axis=axis,
+                    training=False,
+                )
                 y = bn[0]
                 R.output(y)
             return y
@@ -262,8 +301,9 @@ def test_names_follow_the_folded_weight():
     epsilon=st.sampled_from([1e-5, 1e-3, 0.1]),
     seed=st.integers(0, 2**16),
 )
-def test_folded_conv_computes_the_batch_norm(groups, bias_form, bias_first, center, scale,
-                                             epsilon, seed):
+def test_folded_conv_computes_the_batch_norm(
+    groups, bias_form, bias_first, center, scale, epsilon, seed
+):
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((CHANNELS, 2, 3, 3)).astype("float32")
     bias = rng.standard_normal(CHANNELS).astype("float32") if bias_form else None
@@ -272,15 +312,17 @@ def test_folded_conv_computes_the_batch_norm(groups, bias_form, bias_first, cent
     assert not calls(after, "relax.nn.batch_norm")
     (conv,) = calls(after, "relax.nn.conv2d")
     (add,) = calls(after, "relax.add")
-    new_weight, new_bias = (torch.from_numpy(c.value.numpy()).double()
-                            for c in (conv.args[1], add.args[1]))
+    new_weight, new_bias = (
+        torch.from_numpy(c.value.numpy()).double() for c in (conv.args[1], add.args[1])
+    )
 
     x = torch.from_numpy(rng.standard_normal((1, 2 * groups, 6, 6)))
     gamma, beta, mean, var = (torch.from_numpy(t).double() for t in bn_params(CHANNELS, 7))
     reference = F.conv2d(x, torch.from_numpy(weight).double(), groups=groups)
     if bias is not None:
         reference = reference + torch.from_numpy(bias).double()[:, None, None]
-    reference = F.batch_norm(reference, mean, var, gamma if scale else None,
-                             beta if center else None, eps=epsilon)
+    reference = F.batch_norm(
+        reference, mean, var, gamma if scale else None, beta if center else None, eps=epsilon
+    )
     folded = F.conv2d(x, new_weight, groups=groups) + new_bias
     torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-5)

@@ -26,8 +26,11 @@ def linear_module(x_shape, weight: np.ndarray, transposed_constant: bool = False
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            rhs = constant if transposed_constant else builder.emit(
-                relax.op.permute_dims(constant, [1, 0]))
+            rhs = (
+                constant
+                if transposed_constant
+                else builder.emit(relax.op.permute_dims(constant, [1, 0]))
+            )
             out = builder.emit_output(builder.emit(relax.op.matmul(x, rhs)))
         builder.emit_func_output(out)
     return builder.get(), constant
@@ -43,11 +46,17 @@ def expected_module(x_shape, image, alpha: np.ndarray, structure: Structure):
     with builder.function("main", [x]):
         with builder.dataflow():
             data = x if tuple(x_shape) == tuple(image) else builder.emit(relax.op.reshape(x, image))
-            compute = functools.partial(ops.structured_conv2d_nhwc, structure=structure,
-                                        strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1],
-                                        out_dtype="float32")
-            out = builder.call_te(compute, data, relax.const(packed),
-                                  primfunc_name_hint="structured_conv2d")
+            compute = functools.partial(
+                ops.structured_conv2d_nhwc,
+                structure=structure,
+                strides=[1, 1],
+                padding=[0, 0, 0, 0],
+                dilation=[1, 1],
+                out_dtype="float32",
+            )
+            out = builder.call_te(
+                compute, data, relax.const(packed), primfunc_name_hint="structured_conv2d"
+            )
             if tuple(x_shape) != tuple(image):
                 out = relax.op.reshape(builder.emit(out), (*x_shape[:-1], out_features))
             out = builder.emit_output(builder.emit(out))
@@ -85,8 +94,12 @@ def test_structured_linear_as_conv_carries_alpha():
     alpha = np.random.default_rng(3).standard_normal((5, 6))
     weight = structure.compose(alpha[:, :, None, None])[:, :, 0, 0].astype("float32")
     before, constant = linear_module((2, 3, 16), weight)
-    actual, report = rewrite_structured_conv(before, Manifest({"fc.weight": LayerSpec(6, (1, 1))}),
-                                             {constant: "fc.weight"}, linear_as_conv=True)
+    actual, report = rewrite_structured_conv(
+        before,
+        Manifest({"fc.weight": LayerSpec(6, (1, 1))}),
+        {constant: "fc.weight"},
+        linear_as_conv=True,
+    )
     found = structure.decompose(weight.astype(np.float64)[:, :, None, None])[:, :, 0, 0]
     expected = expected_module((2, 3, 16), (1, 1, 6, 16), found.astype("float32"), structure)
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)

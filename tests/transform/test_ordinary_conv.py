@@ -11,10 +11,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from relax_modules import conv2d_module as module
 from tvm_structconv import ops
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform import RewriteOrdinaryConv, rewrite_ordinary_conv
+
+from relax_modules import conv2d_module as module
 
 
 def test_nchw_conv_becomes_the_trivial_structured_op():
@@ -26,11 +27,17 @@ def test_nchw_conv_becomes_the_trivial_structured_op():
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            compute = functools.partial(ops.structured_conv2d, structure=Structure(4, 3, 4, 3, 2),
-                                        strides=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1],
-                                        out_dtype="float32")
-            call = builder.call_te(compute, x, relax.const(weight),
-                                   primfunc_name_hint="structured_conv2d")
+            compute = functools.partial(
+                ops.structured_conv2d,
+                structure=Structure(4, 3, 4, 3, 2),
+                strides=[1, 1],
+                padding=[1, 1, 1, 1],
+                dilation=[1, 1],
+                out_dtype="float32",
+            )
+            call = builder.call_te(
+                compute, x, relax.const(weight), primfunc_name_hint="structured_conv2d"
+            )
             out = builder.emit_output(builder.emit(call))
         builder.emit_func_output(out)
     expected = relax.transform.CanonicalizeBindings()(builder.get())
@@ -52,20 +59,30 @@ def test_nhwc_conv_after_convert_layout_matches_expected_module():
     with builder.function("main", [x]):
         with builder.dataflow():
             nhwc = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
-            compute = functools.partial(ops.structured_conv2d_nhwc,
-                                        structure=Structure(3, (3, 2), 3, (3, 2)),
-                                        strides=[2, 2], padding=[1, 0, 2, 1], dilation=[1, 1],
-                                        out_dtype="float32")
-            conv = builder.emit(builder.call_te(compute, nhwc,
-                                                relax.const(ops.pack_alpha(weight, 4)),
-                                                primfunc_name_hint="structured_conv2d"))
+            compute = functools.partial(
+                ops.structured_conv2d_nhwc,
+                structure=Structure(3, (3, 2), 3, (3, 2)),
+                strides=[2, 2],
+                padding=[1, 0, 2, 1],
+                dilation=[1, 1],
+                out_dtype="float32",
+            )
+            conv = builder.emit(
+                builder.call_te(
+                    compute,
+                    nhwc,
+                    relax.const(ops.pack_alpha(weight, 4)),
+                    primfunc_name_hint="structured_conv2d",
+                )
+            )
             out = builder.emit_output(relax.op.permute_dims(conv, [0, 3, 1, 2]))
         builder.emit_func_output(out)
     expected = builder.get()
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
     assert report.rewritten == [(8, 3, 3, 2)] and report.skipped == []
-    tvm.ir.assert_structural_equal(RewriteOrdinaryConv(lambda *_: 4)(before), expected,
-                                   map_free_vars=True)  # the pass form
+    tvm.ir.assert_structural_equal(
+        RewriteOrdinaryConv(lambda *_: 4)(before), expected, map_free_vars=True
+    )  # the pass form
 
 
 def test_conv_with_a_computed_weight_is_left_alone():
@@ -81,5 +98,6 @@ def test_conv_with_a_computed_weight_is_left_alone():
     assert after.same_as(mod)
     assert report.rewritten == []
     assert report.skipped == [("conv2d #1 (2x2x3x3)", "weight is not a constant")]
-    assert report.summary() == ["1 conv left to TVM's own conv2d (weight is not a constant): "
-                                "conv2d #1 (2x2x3x3)"]
+    assert report.summary() == [
+        "1 conv left to TVM's own conv2d (weight is not a constant): conv2d #1 (2x2x3x3)"
+    ]

@@ -12,7 +12,6 @@ import pytest
 import tvm
 from tvm import relax
 
-from relax_modules import conv2d_module
 from tvm_structconv import ops
 from tvm_structconv.manifest import LayerSpec, Manifest, ManifestError
 from tvm_structconv.structure import Structure
@@ -23,9 +22,13 @@ from tvm_structconv.transform.structured_conv import (
     rewrite_structured_conv,
 )
 
+from relax_modules import conv2d_module
+
 
 def conv_module(weight: np.ndarray, **attrs) -> tuple[tvm.IRModule, tvm.ir.Constant]:
-    x = relax.Var("x", relax.TensorType((1, weight.shape[1] * attrs.get("groups", 1), 9, 9), "float32"))
+    x = relax.Var(
+        "x", relax.TensorType((1, weight.shape[1] * attrs.get("groups", 1), 9, 9), "float32")
+    )
     constant = relax.const(weight)
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
@@ -47,19 +50,33 @@ def test_ir_matches_expected_module():
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            compute = functools.partial(ops.structured_conv2d, structure=structure, strides=[2, 2],
-                                        padding=[1, 0, 2, 1], dilation=[1, 1], out_dtype="float32")
-            call = builder.call_te(compute, x, relax.const(structure.decompose(weight.astype(np.float64)).astype("float32")),
-                                   primfunc_name_hint="structured_conv2d")
+            compute = functools.partial(
+                ops.structured_conv2d,
+                structure=structure,
+                strides=[2, 2],
+                padding=[1, 0, 2, 1],
+                dilation=[1, 1],
+                out_dtype="float32",
+            )
+            call = builder.call_te(
+                compute,
+                x,
+                relax.const(structure.decompose(weight.astype(np.float64)).astype("float32")),
+                primfunc_name_hint="structured_conv2d",
+            )
             out = builder.emit_output(call)
         builder.emit_func_output(out)
     expected = builder.get()
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
-    tvm.ir.assert_structural_equal(RewriteStructuredConv(manifest, {constant: "w"})(mod),
-                                   expected, map_free_vars=True)  # the pass form
+    tvm.ir.assert_structural_equal(
+        RewriteStructuredConv(manifest, {constant: "w"})(mod), expected, map_free_vars=True
+    )  # the pass form
     assert [layer.name for layer in report.rewritten] == ["w"]
     layer = report.layers[0]
-    assert (layer.macs_before, layer.macs_after) == (6 * 4 * 9 * 5 * 4, 6 * 2 * 4 * 5 * 4)  # 5x4 output
+    assert (layer.macs_before, layer.macs_after) == (
+        6 * 4 * 9 * 5 * 4,
+        6 * 2 * 4 * 5 * 4,
+    )  # 5x4 output
 
 
 def test_nhwc_conv_after_convert_layout_matches_expected_module():
@@ -78,8 +95,9 @@ def test_nhwc_conv_after_convert_layout_matches_expected_module():
         blocks.append((out_channels, groups, out_width))
         return 4
 
-    actual, report = rewrite_structured_conv(before, manifest, {constant: "w"},
-                                             block_size=block_size)
+    actual, report = rewrite_structured_conv(
+        before, manifest, {constant: "w"}, block_size=block_size
+    )
 
     x = relax.Var("x", relax.TensorType((1, 4, 9, 7), "float32"))
     packed = ops.pack_alpha(structure.decompose(weight.astype(np.float64)).astype("float32"), 4)
@@ -87,18 +105,28 @@ def test_nhwc_conv_after_convert_layout_matches_expected_module():
     with builder.function("main", [x]):
         with builder.dataflow():
             nhwc = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
-            compute = functools.partial(ops.structured_conv2d_nhwc, structure=structure,
-                                        strides=[2, 2], padding=[1, 0, 2, 1], dilation=[1, 1],
-                                        out_dtype="float32")
-            conv = builder.emit(builder.call_te(compute, nhwc, relax.const(packed),
-                                                primfunc_name_hint="structured_conv2d"))
+            compute = functools.partial(
+                ops.structured_conv2d_nhwc,
+                structure=structure,
+                strides=[2, 2],
+                padding=[1, 0, 2, 1],
+                dilation=[1, 1],
+                out_dtype="float32",
+            )
+            conv = builder.emit(
+                builder.call_te(
+                    compute, nhwc, relax.const(packed), primfunc_name_hint="structured_conv2d"
+                )
+            )
             out = builder.emit_output(relax.op.permute_dims(conv, [0, 3, 1, 2]))
         builder.emit_func_output(out)
     expected = builder.get()
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
     tvm.ir.assert_structural_equal(
         RewriteStructuredConv(manifest, {constant: "w"}, block_size=lambda *_: 4)(before),
-        expected, map_free_vars=True)  # the pass form
+        expected,
+        map_free_vars=True,
+    )  # the pass form
     assert blocks == [(8, 1, 3)]  # output 1x5x3x8
     (layer,) = report.layers
     assert (layer.name, layer.rewritten, layer.structure) == ("w", True, structure)
@@ -117,8 +145,11 @@ def test_linear_layer_matches_expected_module(form):
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            transposed = (builder.emit(relax.op.permute_dims(constant, [1, 0]))
-                          if form == "permute_dims" else constant)
+            transposed = (
+                builder.emit(relax.op.permute_dims(constant, [1, 0]))
+                if form == "permute_dims"
+                else constant
+            )
             out = builder.emit_output(builder.emit(relax.op.matmul(x, transposed)))
         builder.emit_func_output(out)
     before = builder.get()
@@ -130,15 +161,22 @@ def test_linear_layer_matches_expected_module(form):
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            compute = functools.partial(ops.structured_dense, structure=structure,
-                                        out_dtype="float32")
-            out = builder.emit_output(builder.call_te(compute, x, relax.const(small),
-                                                      primfunc_name_hint="structured_dense"))
+            compute = functools.partial(
+                ops.structured_dense, structure=structure, out_dtype="float32"
+            )
+            out = builder.emit_output(
+                builder.call_te(
+                    compute, x, relax.const(small), primfunc_name_hint="structured_dense"
+                )
+            )
         builder.emit_func_output(out)
     expected = builder.get()
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
-    tvm.ir.assert_structural_equal(RewriteStructuredConv(manifest, {constant: "fc.weight"})(before),
-                                   expected, map_free_vars=True)  # the pass form
+    tvm.ir.assert_structural_equal(
+        RewriteStructuredConv(manifest, {constant: "fc.weight"})(before),
+        expected,
+        map_free_vars=True,
+    )  # the pass form
     (layer,) = report.layers
     assert (layer.name, layer.kind, layer.rewritten) == ("fc.weight", "linear", True)
     assert (layer.macs_before, layer.macs_after) == (7 * 16 * 2, 7 * 8 * 2)
@@ -151,7 +189,11 @@ def test_unrecorded_and_unsupported_convs_are_reported_and_left_alone():
     after, report = rewrite_structured_conv(mod, Manifest({}), {constant: "layer.weight"})
     assert after.same_as(mod)
     (layer,) = report.layers
-    assert (layer.name, layer.rewritten, layer.reason) == ("layer.weight", False, "no recorded structure")
+    assert (layer.name, layer.rewritten, layer.reason) == (
+        "layer.weight",
+        False,
+        "no recorded structure",
+    )
 
     mixed_weight = Structure(4, 3, 2, 2).compose(np.ones((4, 2, 2, 2))).astype("float32")
     x = relax.Var("x", relax.TensorType((1, 4, 9, 9), "float32"))
@@ -162,11 +204,11 @@ def test_unrecorded_and_unsupported_convs_are_reported_and_left_alone():
             out = builder.emit_output(relax.op.nn.conv2d(x, constant, out_layout="NHWC"))
         builder.emit_func_output(out)
     mixed = builder.get()
-    after, report = rewrite_structured_conv(mixed, Manifest({"w": LayerSpec(2, (2, 2))}),
-                                            {constant: "w"})
+    after, report = rewrite_structured_conv(
+        mixed, Manifest({"w": LayerSpec(2, (2, 2))}), {constant: "w"}
+    )
     assert after.same_as(mixed)
-    assert ("layout NCHW/OIHW/NHWC is not NCHW/OIHW/NCHW or NHWC/*/NHWC"
-            in report.layers[0].reason)
+    assert "layout NCHW/OIHW/NHWC is not NCHW/OIHW/NCHW or NHWC/*/NHWC" in report.layers[0].reason
 
 
 def test_weight_off_its_structure_is_refused_with_name_and_residual():
@@ -174,17 +216,25 @@ def test_weight_off_its_structure_is_refused_with_name_and_residual():
     weight = structure.compose(np.ones((4, 2, 2, 2)))
     weight[0, 0, 0, 0] += 0.01
     mod, constant = conv_module(weight.astype("float32"), padding=1)
-    rewrite = RewriteStructuredConv(Manifest({"blocks.3.conv.weight": LayerSpec(2, (2, 2))}),
-                                    {constant: "blocks.3.conv.weight"})  # raises as a pass too
-    with pytest.raises(StructureMismatchError, match=r"layer 'blocks.3.conv.weight'.*residual \d\.\d+e-0\d > tolerance 1.2e-05"):
+    rewrite = RewriteStructuredConv(
+        Manifest({"blocks.3.conv.weight": LayerSpec(2, (2, 2))}), {constant: "blocks.3.conv.weight"}
+    )  # raises as a pass too
+    with pytest.raises(
+        StructureMismatchError,
+        match=r"layer 'blocks.3.conv.weight'.*residual \d\.\d+e-0\d > tolerance 1.2e-05",
+    ):
         rewrite(mod)
 
 
 def test_manifest_that_does_not_fit_the_conv_is_an_error():
     weight = np.ones((4, 4, 3, 3), "float32")
     mod, constant = conv_module(weight)
-    rewrite = RewriteStructuredConv(Manifest({"w": LayerSpec(8, (2, 2))}, "m.json"), {constant: "w"})
-    with pytest.raises(ManifestError, match=r"m.json: 'w' does not fit its weight of shape \(4, 4, 3, 3\)"):
+    rewrite = RewriteStructuredConv(
+        Manifest({"w": LayerSpec(8, (2, 2))}, "m.json"), {constant: "w"}
+    )
+    with pytest.raises(
+        ManifestError, match=r"m.json: 'w' does not fit its weight of shape \(4, 4, 3, 3\)"
+    ):
         rewrite(mod)
 
 
