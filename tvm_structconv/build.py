@@ -5,8 +5,10 @@ The pipeline (:func:`prepare_module`, then :func:`compile_model`):
 1. fold BatchNorm into convs (:func:`~tvm_structconv.transform.fold_batchnorm`);
 2. for a scheduled CPU build, plan activations in NHWC: ``clip`` as ``minimum(maximum(…))``
    (:class:`~tvm_structconv.transform.ExpandClip`) so that ``relax.transform.ConvertLayout``
-   carries NHWC through ReLU6 too; layout transposes remain only at the model's input and
-   where a tensor leaves the conv part (before ``flatten``);
+   carries NHWC through ReLU6 too; transposes the model makes itself are moved down through
+   elementwise ops until they cancel (:func:`~tvm_structconv.transform.sink_transposes`);
+   layout transposes remain only at the model's input and where a tensor leaves the conv part
+   (before ``flatten``);
 3. rewrite every structured conv / linear
    (:func:`~tvm_structconv.transform.rewrite_structured_conv`),
    then every other conv as the same fused op with the trivial structure
@@ -52,6 +54,7 @@ from tvm_structconv.transform import (
     fold_batchnorm,
     rewrite_ordinary_conv,
     rewrite_structured_conv,
+    sink_transposes,
     tuned_functions,
 )
 from tvm_structconv.transform.conv_call import BlockSize, default_block_size
@@ -233,6 +236,9 @@ def prepare_module(
     if nhwc:
         # ConvertLayout keeps each weight constant (under permute_dims): names stay valid
         mod = relax.transform.ConvertLayout(NHWC_LAYOUTS)(ExpandClip()(mod))
+        # a model that permutes its activations itself (ConvNeXt) keeps transposes around
+        # its elementwise ops: moved down until they cancel
+        mod = sink_transposes(mod)
     notes: List[str] = []
     report = None
     if structured:

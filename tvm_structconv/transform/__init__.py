@@ -23,6 +23,7 @@ from tvm_structconv.transform.ordinary_conv import (
     RewriteOrdinaryConv,
     rewrite_ordinary_conv,
 )
+from tvm_structconv.transform.sink_transposes import SinkTransposes, sink_transposes
 from tvm_structconv.transform.structured_conv import (
     LayerReport,
     RewriteReport,
@@ -43,9 +44,11 @@ __all__ = [
     "RewriteOrdinaryConv",
     "RewriteReport",
     "RewriteStructuredConv",
+    "SinkTransposes",
     "StructureMismatchError",
     "fold_batchnorm",
     "rewrite_ordinary_conv",
     "rewrite_structured_conv",
+    "sink_transposes",
     "tuned_functions",
 ]

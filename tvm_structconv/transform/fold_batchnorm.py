@@ -31,9 +31,9 @@ import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import DFPattern, is_const, is_op, is_tuple_get_item, wildcard
-from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from tvm_structconv.transform.relax_functions import rewrite_relax_functions
+from tvm_structconv.transform.relax_functions import count_uses, rewrite_relax_functions
 
 __all__ = ["BatchNormFoldReport", "FoldBatchNorm", "fold_batchnorm"]
 
@@ -101,20 +101,6 @@ class FoldBatchNorm:
         return fold_batchnorm(mod)[0]
 
 
-@visitor
-class _UseCounter(PyExprVisitor):
-    """Counts the uses of every variable of a function (definitions are not uses)."""
-
-    def __init__(self) -> None:
-        self.uses: Counter[relax.Var] = Counter()
-
-    def visit_var_(self, op: relax.Var) -> None:
-        self.uses[op] += 1
-
-    def visit_dataflow_var_(self, op: relax.DataflowVar) -> None:
-        self.uses[op] += 1
-
-
 @mutator
 class _BatchNormFolder(PyExprMutator):
     """Rewrites the matched chains of one function at a time into the builder's module."""
@@ -133,9 +119,7 @@ class _BatchNormFolder(PyExprMutator):
         func = relax.analysis.remove_all_unused(func)
         self.var2val = relax.analysis.get_var2val(func)
         self.bound_to = {value: var for var, value in self.var2val.items()}
-        counter = _UseCounter()
-        counter.visit_expr(func)
-        self.uses = counter.uses
+        self.uses = count_uses(func)
         return self.visit_expr(func)
 
     def visit_tuple_getitem_(self, op: relax.TupleGetItem) -> relax.Expr:

@@ -8,13 +8,33 @@ which nothing changed is returned as it is, so a pass that finds nothing to do i
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable, Optional
 
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator
+from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, visitor
 
-__all__ = ["rewrite_relax_functions"]
+__all__ = ["count_uses", "rewrite_relax_functions"]
+
+
+@visitor
+class _UseCounter(PyExprVisitor):
+    def __init__(self) -> None:
+        self.uses: Counter = Counter()
+
+    def visit_var_(self, op: relax.Var) -> None:
+        self.uses[op] += 1
+
+    def visit_dataflow_var_(self, op: relax.DataflowVar) -> None:
+        self.uses[op] += 1
+
+
+def count_uses(func: relax.Function) -> Counter:
+    """How often each variable of ``func`` is used (its definition is not a use)."""
+    counter = _UseCounter()
+    counter.visit_expr(func)
+    return counter.uses
 
 
 def rewrite_relax_functions(
