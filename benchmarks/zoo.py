@@ -11,6 +11,16 @@ runs in its own process, so one model's crash or memory cannot take the others d
 
 Writes ``benchmarks/results/zoo-<cpu>.{md,json}`` (``--out`` moves them): the coverage table of
 the README.
+
+With ``--time`` it measures speed instead (default families: those the speed issue measured,
+224 px): each family ``structurize``d with its plan (or ``--plan``), exported to ONNX and
+``.pt2``, and timed with ``structconv bench``'s machinery: the project's original and
+structured builds, onnxruntime on the original model and on the structured one written as
+plain AveragePool + small Conv, and ``torch.compile`` on the original; every runtime in its
+own process, rounds interleaved, so the ratios of one run are comparable. Writes
+``benchmarks/results/zoo-time-<cpu>.{md,json,png}``.
+
+    python benchmarks/zoo.py --time --families convnext_tiny,resnet50 --rounds 2
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from tvm_structconv.zoo import EXPORTERS, FAMILIES, ZooResult, check, coverage_table
 
@@ -63,9 +73,157 @@ def run_isolated(timeout: float = 3600, **kwargs) -> List[ZooResult]:
     ]
 
 
+TIMED_FAMILIES = (
+    "convnext_tiny,repvgg,mobilenet_v2,googlenet,resnet50,squeezenet1_1,densenet121,resnext50"
+)
+
+
+def _median(report, target: str, runtime: str, variant: str) -> Optional[float]:
+    row = report.row(target, runtime, variant)
+    return row.latency.median_ms if row is not None and row.latency is not None else None
+
+
+def _ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
+    if numerator is None or denominator is None:
+        return "n/a"
+    return f"{numerator / denominator:.2f}x"
+
+
+def _ms(value: Optional[float]) -> str:
+    return f"{value:.2f}" if value is not None else "n/a"
+
+
+def time_family(family: str, plan: str, side: int, args, folder: Path) -> dict:
+    """Export ``family`` (ONNX and ``.pt2``) and time every runtime on it; one table row."""
+    import torch
+
+    from tvm_structconv.benchmark import ModelSource, run_benchmark
+    from tvm_structconv.nn import structurize
+    from tvm_structconv.plan import Plan
+    from tvm_structconv.zoo import create, export_model
+
+    model, manifest = structurize(create(family, 0), Plan.parse(plan))
+    example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    stem = f"{family}-{side}"
+    source = ModelSource(
+        onnx=str(export_model(model, example, manifest, folder, stem, "torchscript")),
+        pt2=str(export_model(model, example, manifest, folder, stem, "pt2")),
+    )
+    report = run_benchmark(
+        source,
+        peers=["onnxruntime", "inductor"],
+        threads=args.threads,
+        repeat=args.repeat,
+        rounds=args.rounds,
+        workdir=str(folder),
+        progress=lambda message: print(f"[{family}] {message}", file=sys.stderr, flush=True),
+    )
+    original, structured = (report.row("x86", "tvm", v) for v in ("original", "structured"))
+    return {
+        "family": family,
+        "plan": plan,
+        "size": side,
+        "mac_ratio": original.macs / structured.macs if structured.macs else None,
+        "tvm_original_ms": _median(report, "x86", "tvm", "original"),
+        "tvm_structured_ms": _median(report, "x86", "tvm", "structured"),
+        "ort_original_ms": _median(report, "host", "onnxruntime", "original"),
+        "ort_structured_ms": _median(report, "host", "onnxruntime", "structured"),
+        "inductor_original_ms": _median(report, "host", "inductor", "original"),
+        "report": report.to_json(),
+    }
+
+
+def timing_table(rows: List[dict]) -> str:
+    """The README's speed table: latencies and the ratios of one run."""
+    lines = [
+        "| family | TVM original ms | ORT ms | torch.compile ms | ORT / TVM original | "
+        "TVM structured ms | ORT structured (unfused) ms | TVM original / structured "
+        "(MAC ratio) | ORT / TVM structured |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        mac_ratio = f"{row['mac_ratio']:.2f}" if row.get("mac_ratio") else "n/a"
+        lines.append(
+            f"| {row['family']} | {_ms(row['tvm_original_ms'])} | {_ms(row['ort_original_ms'])} "
+            f"| {_ms(row['inductor_original_ms'])} "
+            f"| {_ratio(row['ort_original_ms'], row['tvm_original_ms'])} "
+            f"| {_ms(row['tvm_structured_ms'])} | {_ms(row['ort_structured_ms'])} "
+            f"| {_ratio(row['tvm_original_ms'], row['tvm_structured_ms'])} ({mac_ratio}) "
+            f"| {_ratio(row['ort_original_ms'], row['tvm_structured_ms'])} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_timing(rows: List[dict], path: Path) -> None:
+    """Bars per family: onnxruntime's latency over ours (original, structured); 1 is parity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.0))
+    width = 0.38
+    for offset, key, label, color in (
+        (-width / 2, "tvm_original_ms", "TVM original", "#8c8c8c"),
+        (width / 2, "tvm_structured_ms", "TVM structured", "#1f77b4"),
+    ):
+        values = [
+            row["ort_original_ms"] / row[key] if row[key] and row["ort_original_ms"] else 0.0
+            for row in rows
+        ]
+        axes.bar([i + offset for i in range(len(rows))], values, width, label=label, color=color)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(rows)))
+    axes.set_xticklabels([row["family"] for row in rows], rotation=30, ha="right", fontsize=8)
+    axes.set_ylabel("onnxruntime ms / ours (higher: ours faster)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+
+
+def main_time(args) -> int:
+    """``--time``: speed of each family against onnxruntime and torch.compile."""
+    import tempfile
+
+    import tvm
+
+    cpu = tvm.target.codegen.llvm_get_system_cpu()
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"zoo-time-{cpu}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    side = int(args.size)
+    rows = []
+    for family in (args.families or TIMED_FAMILIES).split(","):
+        with tempfile.TemporaryDirectory() as scratch:
+            row = time_family(
+                family,
+                args.plan or FAMILIES[family].plan,
+                max(side, FAMILIES[family].min_size),
+                args,
+                Path(scratch),
+            )
+        rows.append(row)
+        print(timing_table([row]).splitlines()[-1], flush=True)
+    threads = rows[0]["report"]["threads"] if rows else args.threads
+    header = (
+        f"Speed on real models, {time.strftime('%Y-%m-%d')}, host CPU {cpu}: batch 1, fp32, "
+        f"{side}x{side}, {threads} threads, {args.rounds} interleaved rounds of {args.repeat} "
+        "samples, medians; random weights; structured with "
+        f"{args.plan or 'each family plan (tvm_structconv.zoo.FAMILIES)'}. "
+        "Ratios above 1: ours faster.\n\n"
+    )
+    out.with_suffix(".md").write_text(
+        header + timing_table(rows) + f"\n\n![speed]({out.name}.png)\n"
+    )
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    plot_timing(rows, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.md')}, .json, .png")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated")
+    parser.add_argument("--families", default=None, help="comma-separated (default: all)")
     parser.add_argument("--exporters", default=",".join(EXPORTERS), help="comma-separated")
     parser.add_argument("--targets", default="x86,aarch64", help="comma-separated")
     parser.add_argument("--variants", default="original,structured", help="comma-separated")
@@ -74,7 +232,15 @@ def main() -> int:
     parser.add_argument(
         "--out", default=None, help="output stem (default benchmarks/results/zoo-<cpu>)"
     )
+    parser.add_argument("--time", action="store_true", help="measure speed instead of coverage")
+    parser.add_argument("--plan", default=None, help="--time: plan (default: each family's)")
+    parser.add_argument("--rounds", type=int, default=2, help="--time: interleaved rounds")
+    parser.add_argument("--repeat", type=int, default=10, help="--time: samples per round")
+    parser.add_argument("--threads", type=int, default=None, help="--time: default all cores")
     args = parser.parse_args()
+    if args.time:
+        return main_time(args)
+    args.families = args.families or ",".join(FAMILIES)
 
     import tvm
 

@@ -15,7 +15,7 @@ import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from tvm_structconv.peers import PEERS
 from tvm_structconv.threads import available_cores
@@ -470,7 +470,7 @@ def describe_host(
 
 
 def run_benchmark(
-    model: str,
+    model: Union[str, ModelSource],
     targets: Sequence[str] = ("x86",),
     peers: Sequence[str] = PEERS,
     threads: Optional[int] = None,
@@ -490,7 +490,9 @@ def run_benchmark(
     Parameters
     ----------
     model
-        ``.onnx`` / ``.pt2`` path, or a built-in model name (exported first).
+        ``.onnx`` / ``.pt2`` path, a built-in model name (exported first), or a
+        :class:`ModelSource` (an ONNX file and a ``.pt2`` of the same model: the compiler
+        imports the ONNX file, the torch peers run the ``.pt2``).
     targets
         Target names (:func:`tvm_structconv.targets.known_targets`).
     peers
@@ -527,7 +529,10 @@ def run_benchmark(
     folder = Path(workdir or tempfile.mkdtemp(prefix="structconv-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     progress(f"preparing {model}")
-    source = ModelSource.resolve(model, folder, image_size)
+    if isinstance(model, ModelSource):
+        source, model = model, Path(model.primary).stem
+    else:
+        source = ModelSource.resolve(model, folder, image_size)
     imported = load_model(source.primary, manifest=manifest, input_shapes=input_shapes)
     inputs = [spec.random(0) for spec in imported.inputs]
     inputs_path = save_inputs(str(folder / "inputs.npz"), inputs)
