@@ -528,10 +528,11 @@ def run_benchmark(
     threads = threads or available_cores()
     folder = Path(workdir or tempfile.mkdtemp(prefix="structconv-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    progress(f"preparing {model}")
     if isinstance(model, ModelSource):
         source, model = model, Path(model.primary).stem
+        progress(f"preparing {model}")
     else:
+        progress(f"preparing {model}")
         source = ModelSource.resolve(model, folder, image_size)
     imported = load_model(source.primary, manifest=manifest, input_shapes=input_shapes)
     inputs = [spec.random(0) for spec in imported.inputs]
