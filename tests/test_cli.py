@@ -1,6 +1,7 @@
 """The structconv command end to end: compile, verify, export, demo and its one-line errors."""
 
 import json
+import re
 
 import numpy as np
 import onnxruntime
@@ -143,7 +144,8 @@ def test_tune_then_compile_applies_the_log(exported, tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "structured:" in out and "database 0 -> 4 records" in out
+    records = re.search(r"database 0 -> (\d+) records", out)
+    assert "structured:" in out and records is not None and int(records.group(1)) >= 4
     library = tmp_path / "net.so"
     assert (
         main(["compile", str(folder / "net.onnx"), "-o", str(library), "--tuning-logs", str(logs)])

@@ -35,9 +35,12 @@ def tuned(net, tmp_path_factory):
 def test_tuning_writes_a_database_with_measured_records(tuned):
     folder, result = tuned
     assert has_database(folder)
-    assert result.records_before == 0 and result.records_after == 8
-    assert sorted(task.weight for task in result.tasks) == [1, 1]  # the two structured convs
-    assert sum(task.trials for task in result.tasks) == 8
+    # the two structured convs and the classifier (a Linear layer runs as a 1x1 conv)
+    assert sorted(task.weight for task in result.tasks) == [1, 1, 1]
+    # MetaSchedule gives every task whole rounds of candidates: at least the 8 trials asked for
+    trials = sum(task.trials for task in result.tasks)
+    assert trials >= 8 and all(task.trials > 0 for task in result.tasks)
+    assert result.records_before == 0 and result.records_after == trials
     for task in result.tasks:
         assert task.best_ms is not None and 0 < task.best_ms < 100
 
