@@ -58,6 +58,7 @@ from tvm_structconv.transform import (
     tuned_functions,
 )
 from tvm_structconv.transform.conv_call import BlockSize, default_block_size
+from tvm_structconv.transform.fast_legalize import legalize_ops
 from tvm_structconv.tuning_logs import has_database, load_database, logs_dir
 
 if TYPE_CHECKING:
@@ -274,9 +275,13 @@ def fusion_passes(target: tvm.target.Target) -> List[tvm.transform.Pass]:
     """TVM's CPU passes up to operator fusion: what runs before any schedule is applied.
 
     Tuning extracts its tasks after exactly these passes (:mod:`tvm_structconv.tune`), so the
-    functions a tuning database holds are the ones :func:`scheduled_pipeline` looks up.
+    functions a tuning database holds are the ones :func:`scheduled_pipeline` looks up. TVM's
+    ``LegalizeOps`` is replaced by :func:`~tvm_structconv.transform.fast_legalize.legalize_ops`
+    (GELU and erf through the vectorizable ``fast_erf``).
     """
-    return cpu_pipeline.library_dispatch_passes(target) + cpu_pipeline.legalize_passes(target)
+    legalize = cpu_pipeline.legalize_passes(target)
+    assert legalize[0].info.name == "LegalizeOps", legalize[0].info.name
+    return cpu_pipeline.library_dispatch_passes(target) + [legalize_ops()] + legalize[1:]
 
 
 def schedule_passes(
