@@ -30,7 +30,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from tvm_structconv.transform.conv_call import static_shape
+from tvm_structconv.transform.conv_call import bound_value, static_shape
 from tvm_structconv.transform.relax_functions import count_uses, rewrite_relax_functions
 
 __all__ = ["ELEMENTWISE", "SinkTransposes", "sink_transposes"]
@@ -109,11 +109,7 @@ class _TransposeMover(PyExprMutator):
         return self.visit_expr(func)
 
     def _bound(self, expr: relax.Expr) -> relax.Expr:
-        if isinstance(expr, relax.Var):
-            value = self.lookup_binding(expr)
-            if value is not None:
-                return value
-        return expr
+        return bound_value(expr, self.lookup_binding)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
@@ -142,31 +138,32 @@ class _TransposeMover(PyExprMutator):
 
     def _sink(self, call: relax.Call) -> relax.Expr:
         """``op(permute(x, p), …)`` as ``permute(op(x, …), p)`` when that adds no transpose."""
-        axes, shape = None, None
+        axes, shape, new_args = None, None, []
         for arg in call.args:
             if isinstance(arg, relax.Var) and isinstance(arg.ty, relax.TensorType):
-                found = _axes(self._bound(arg))
+                value = self._bound(arg)
+                found = _axes(value)
                 if found is None or self.uses[arg] != 1 or (axes is not None and found != axes):
                     return call
-                source_shape = static_shape(self._bound(arg).args[0])
-                if shape is not None and source_shape != shape:
+                source = value.args[0]
+                if shape is not None and static_shape(source) != shape:
                     return call
-                axes, shape = found, source_shape
-        if axes is None or static_shape(call) is None or len(static_shape(call)) != len(axes):
-            return call
-        new_args = []
-        for arg in call.args:
-            if isinstance(arg, relax.Var) and isinstance(arg.ty, relax.TensorType):
-                new_args.append(self._bound(arg).args[0])
-            elif isinstance(arg, tvm.ir.Constant):
-                permuted = _permute_constant(arg, axes)
-                if permuted is None:
-                    return call
-                new_args.append(permuted)
-            elif isinstance(getattr(arg, "ty", None), relax.TensorType):
+                axes, shape = found, static_shape(source)
+                new_args.append(source)
+            elif isinstance(getattr(arg, "ty", None), relax.TensorType) and not isinstance(
+                arg, tvm.ir.Constant
+            ):
                 return call  # a tensor that is neither a variable nor a constant
             else:
-                new_args.append(arg)  # prim values (clip's bounds)
+                new_args.append(arg)  # constants (transposed below) and prim values (clip's)
+        out_shape = static_shape(call)
+        if axes is None or out_shape is None or len(out_shape) != len(axes):
+            return call
+        for index, arg in enumerate(new_args):
+            if isinstance(arg, tvm.ir.Constant):
+                new_args[index] = _permute_constant(arg, axes)
+                if new_args[index] is None:
+                    return call
         inner = self.builder_.emit(relax.Call(call.op, new_args, call.attrs, call.ty_args))
         self.changes += 1
         return relax.op.permute_dims(inner, axes)

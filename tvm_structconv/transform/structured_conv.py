@@ -233,12 +233,29 @@ def rewrite_structured_conv(
     ManifestError
         If a manifest entry does not fit its weight's shape.
     """
-    rewriter = _StructuredConvMutator(
-        mod, manifest, weight_names or {}, tol, match_by_value, block_size, linear_as_conv
+    options = _Options(
+        manifest, weight_names or {}, tol, match_by_value, block_size, linear_as_conv
     )
+    return _rewrite(mod, options)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The arguments of :func:`rewrite_structured_conv` after ``mod``."""
+
+    manifest: Manifest
+    weight_names: Mapping[tvm.ir.Constant, str]
+    tol: Optional[float]
+    match_by_value: bool
+    block_size: BlockSize
+    linear_as_conv: bool
+
+
+def _rewrite(mod: tvm.IRModule, options: _Options) -> Tuple[tvm.IRModule, RewriteReport]:
+    rewriter = _StructuredConvMutator(mod, options)
     rewritten = rewrite_relax_functions(mod, rewriter, lambda: len(rewriter.report.rewritten))
     seen = {layer.name for layer in rewriter.report.layers}
-    rewriter.report.unmatched = sorted(set(manifest.layers) - seen)
+    rewriter.report.unmatched = sorted(set(options.manifest.layers) - seen)
     return rewritten, rewriter.report
 
 
@@ -259,45 +276,20 @@ class RewriteStructuredConv:
         block_size: BlockSize = default_block_size,
         linear_as_conv: bool = False,
     ) -> None:
-        self.manifest = manifest
-        self.weight_names = weight_names
-        self.tol = tol
-        self.match_by_value = match_by_value
-        self.block_size = block_size
-        self.linear_as_conv = linear_as_conv
+        self.options = _Options(
+            manifest, weight_names or {}, tol, match_by_value, block_size, linear_as_conv
+        )
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """``mod`` with every structured layer rewritten."""
-        return rewrite_structured_conv(
-            mod,
-            self.manifest,
-            self.weight_names,
-            self.tol,
-            self.match_by_value,
-            self.block_size,
-            self.linear_as_conv,
-        )[0]
+        return _rewrite(mod, self.options)[0]
 
 
 @mutator
 class _StructuredConvMutator(PyExprMutator):
-    def __init__(
-        self,
-        mod: tvm.IRModule,
-        manifest: Manifest,
-        weight_names: Mapping[tvm.ir.Constant, str],
-        tol: Optional[float],
-        match_by_value: bool,
-        block_size: BlockSize,
-        linear_as_conv: bool,
-    ) -> None:
+    def __init__(self, mod: tvm.IRModule, options: _Options) -> None:
         super().__init__(mod)
-        self.manifest = manifest
-        self.weight_names = weight_names
-        self.tol = tol
-        self.match_by_value = match_by_value
-        self.block_size = block_size
-        self.linear_as_conv = linear_as_conv
+        self.options = options
         self.report = RewriteReport()
         self.unnamed = 0
 
@@ -306,11 +298,11 @@ class _StructuredConvMutator(PyExprMutator):
         if CONV2D.match(call):
             return self._conv2d(call)
         linear = read_linear(call, self.lookup_binding)
-        if isinstance(linear, str):
+        if isinstance(linear, str):  # a constant, maybe under permute_dims, but not a layer's
             weight = bound_value(call.args[1], self.lookup_binding)
-            weight = weight.args[0] if isinstance(weight, relax.Call) else weight
-            shape = tuple(weight.value.shape) if isinstance(weight, tvm.ir.Constant) else ()
-            self._skip("linear", self._name(weight, "matmul", shape), linear)
+            if isinstance(weight, relax.Call):
+                weight = bound_value(weight.args[0], self.lookup_binding)
+            self._skip("linear", self._unsupported_name(weight, "matmul"), linear)
             return call
         if linear is not None:
             return self._linear(call, linear)
@@ -320,7 +312,7 @@ class _StructuredConvMutator(PyExprMutator):
     def _conv2d(self, call: relax.Call) -> relax.Expr:
         conv = read_conv2d(call, self.lookup_binding)
         if isinstance(conv, str):
-            self._skip("conv2d", self._unsupported_name(call), conv)
+            self._skip("conv2d", self._unsupported_name(call.args[1], "conv2d"), conv)
             return call
         kernel = conv.kernel
         name = self._name(conv.constant, "conv2d", kernel.shape)
@@ -340,7 +332,7 @@ class _StructuredConvMutator(PyExprMutator):
             kernel.size,
             alpha.size,
         )
-        return emit_conv2d(self.builder_, conv, alpha, structure, self.block_size)
+        return emit_conv2d(self.builder_, conv, alpha, structure, self.options.block_size)
 
     def _linear(self, call: relax.Call, linear: LinearCall) -> relax.Expr:
         """Rewrite the Linear layer ``call`` if it has a structure."""
@@ -350,7 +342,9 @@ class _StructuredConvMutator(PyExprMutator):
         if structure is None:
             self._skip("linear", name, reason, linear.macs, kernel.size)
             return call
-        if linear.out_shape is None or (self.linear_as_conv and static_shape(linear.data) is None):
+        if linear.out_shape is None or (
+            self.options.linear_as_conv and static_shape(linear.data) is None
+        ):
             self._skip(
                 "linear", name, "input or output shape is not static", linear.macs, kernel.size
             )
@@ -368,47 +362,51 @@ class _StructuredConvMutator(PyExprMutator):
             alpha.size,
         )
         return emit_linear(
-            self.builder_, linear, alpha, structure, self.linear_as_conv, self.block_size
+            self.builder_,
+            linear,
+            alpha,
+            structure,
+            self.options.linear_as_conv,
+            self.options.block_size,
         )
 
     # ------------------------------------------------------------------ helpers
     def _name(self, weight: tvm.ir.Constant, kind: str, shape: Tuple[int, ...]) -> str:
-        name = self.weight_names.get(weight)
+        name = self.options.weight_names.get(weight)
         if name is None:
             name = f"{kind} #{self._next_unnamed()} ({'x'.join(map(str, shape))})"
         return name
 
-    def _unsupported_name(self, call: relax.Call) -> str:
+    def _unsupported_name(self, weight: relax.Expr, kind: str) -> str:
         """The weight's name if it is a named constant, else a numbered description."""
-        weight = call.args[1]
         if isinstance(weight, tvm.ir.Constant):
-            return self._name(weight, "conv2d", tuple(weight.value.shape))
-        return f"conv2d #{self._next_unnamed()}"
+            return self._name(weight, kind, tuple(weight.value.shape))
+        return f"{kind} #{self._next_unnamed()}"
 
     def _next_unnamed(self) -> int:
         self.unnamed += 1
         return self.unnamed
 
     def _tolerance(self, kernel: np.ndarray) -> float:
-        return self.tol if self.tol is not None else default_tolerance(kernel.dtype)
+        return self.options.tol if self.options.tol is not None else default_tolerance(kernel.dtype)
 
     def _structure(
         self, name: str, kernel: np.ndarray, groups: int
     ) -> Tuple[Optional[Structure], str]:
         """The structure to use for this weight and where it came from, or why there is none."""
-        spec = self.manifest.layers.get(name)
+        spec = self.options.manifest.layers.get(name)
         if spec is not None:
             try:
                 structure = spec.structure(kernel.shape, groups)
             except ValueError as error:
                 raise ManifestError(
-                    f"{self.manifest.source}: {name!r} does not fit its weight of shape "
+                    f"{self.options.manifest.source}: {name!r} does not fit its weight of shape "
                     f"{kernel.shape} (groups={groups}): {error}"
                 ) from None
             if structure.is_trivial:
                 return None, "recorded structure reduces nothing (c = C, n = N)"
             return structure, "manifest"
-        if self.match_by_value:
+        if self.options.match_by_value:
             found = detect(kernel, self._tolerance(kernel), groups)
             if found is not None:
                 return found, "matched by value"
