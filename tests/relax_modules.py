@@ -48,3 +48,26 @@ def calls(mod: tvm.IRModule, op_name: str) -> list[relax.Call]:
         lambda e: found.append(e) if isinstance(e, relax.Call) and e.op.name == op_name else None,
     )
     return found
+
+
+def fused_conv_module(
+    x_shape, compute, weight: np.ndarray, layout_transposes: bool = False
+) -> tvm.IRModule:
+    """What the conv rewrites emit: ``main(x) = call_te(compute, x, const(weight))``.
+
+    With ``layout_transposes``, between the NCHW→NHWC ``permute_dims`` of ``x`` and the one back
+    that ``relax.transform.ConvertLayout`` leaves around an NHWC conv.
+    """
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            data = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1])) if layout_transposes else x
+            call = builder.call_te(
+                compute, data, relax.const(weight), primfunc_name_hint="structured_conv2d"
+            )
+            if layout_transposes:
+                call = relax.op.permute_dims(builder.emit(call), [0, 3, 1, 2])
+            out = builder.emit_output(call)
+        builder.emit_func_output(out)
+    return builder.get()

@@ -16,6 +16,7 @@ from tvm_structconv.structure import Structure
 from tvm_structconv.transform import RewriteOrdinaryConv, rewrite_ordinary_conv
 
 from relax_modules import conv2d_module as module
+from relax_modules import fused_conv_module
 
 
 def test_nchw_conv_becomes_the_trivial_structured_op():
@@ -23,24 +24,15 @@ def test_nchw_conv_becomes_the_trivial_structured_op():
     before = module((1, 4, 8, 8), relax.const(weight), padding=1, groups=2)
     actual, report = rewrite_ordinary_conv(before)
 
-    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            compute = functools.partial(
-                ops.structured_conv2d,
-                structure=Structure(4, 3, 4, 3, 2),
-                strides=[1, 1],
-                padding=[1, 1, 1, 1],
-                dilation=[1, 1],
-                out_dtype="float32",
-            )
-            call = builder.call_te(
-                compute, x, relax.const(weight), primfunc_name_hint="structured_conv2d"
-            )
-            out = builder.emit_output(builder.emit(call))
-        builder.emit_func_output(out)
-    expected = relax.transform.CanonicalizeBindings()(builder.get())
+    compute = functools.partial(
+        ops.structured_conv2d,
+        structure=Structure(4, 3, 4, 3, 2),
+        strides=[1, 1],
+        padding=[1, 1, 1, 1],
+        dilation=[1, 1],
+        out_dtype="float32",
+    )
+    expected = fused_conv_module((1, 4, 8, 8), compute, weight)
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
     assert report.rewritten == [(6, 2, 3, 3)] and report.skipped == []
     tvm.ir.assert_structural_equal(RewriteOrdinaryConv()(before), expected, map_free_vars=True)
@@ -54,30 +46,17 @@ def test_nhwc_conv_after_convert_layout_matches_expected_module():
     before = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(before)
     actual, report = rewrite_ordinary_conv(before, lambda out_channels, groups, width: 4)
 
-    x = relax.Var("x", relax.TensorType((1, 3, 9, 7), "float32"))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            nhwc = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
-            compute = functools.partial(
-                ops.structured_conv2d_nhwc,
-                structure=Structure(3, (3, 2), 3, (3, 2)),
-                strides=[2, 2],
-                padding=[1, 0, 2, 1],
-                dilation=[1, 1],
-                out_dtype="float32",
-            )
-            conv = builder.emit(
-                builder.call_te(
-                    compute,
-                    nhwc,
-                    relax.const(ops.pack_alpha(weight, 4)),
-                    primfunc_name_hint="structured_conv2d",
-                )
-            )
-            out = builder.emit_output(relax.op.permute_dims(conv, [0, 3, 1, 2]))
-        builder.emit_func_output(out)
-    expected = builder.get()
+    compute = functools.partial(
+        ops.structured_conv2d_nhwc,
+        structure=Structure(3, (3, 2), 3, (3, 2)),
+        strides=[2, 2],
+        padding=[1, 0, 2, 1],
+        dilation=[1, 1],
+        out_dtype="float32",
+    )
+    expected = fused_conv_module(
+        (1, 3, 9, 7), compute, ops.pack_alpha(weight, 4), layout_transposes=True
+    )
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
     assert report.rewritten == [(8, 3, 3, 2)] and report.skipped == []
     tvm.ir.assert_structural_equal(

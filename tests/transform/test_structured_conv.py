@@ -22,7 +22,7 @@ from tvm_structconv.transform.structured_conv import (
     rewrite_structured_conv,
 )
 
-from relax_modules import conv2d_module
+from relax_modules import conv2d_module, fused_conv_module
 
 
 def conv_module(weight: np.ndarray, **attrs) -> tuple[tvm.IRModule, tvm.ir.Constant]:
@@ -46,27 +46,16 @@ def test_ir_matches_expected_module():
     manifest = Manifest({"w": LayerSpec(4, (2, 2))})
     actual, report = rewrite_structured_conv(mod, manifest, {constant: "w"})
 
-    x = relax.Var("x", relax.TensorType((1, 8, 9, 9), "float32"))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            compute = functools.partial(
-                ops.structured_conv2d,
-                structure=structure,
-                strides=[2, 2],
-                padding=[1, 0, 2, 1],
-                dilation=[1, 1],
-                out_dtype="float32",
-            )
-            call = builder.call_te(
-                compute,
-                x,
-                relax.const(structure.decompose(weight.astype(np.float64)).astype("float32")),
-                primfunc_name_hint="structured_conv2d",
-            )
-            out = builder.emit_output(call)
-        builder.emit_func_output(out)
-    expected = builder.get()
+    compute = functools.partial(
+        ops.structured_conv2d,
+        structure=structure,
+        strides=[2, 2],
+        padding=[1, 0, 2, 1],
+        dilation=[1, 1],
+        out_dtype="float32",
+    )
+    found = structure.decompose(weight.astype(np.float64)).astype("float32")
+    expected = fused_conv_module((1, 8, 9, 9), compute, found)
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
     tvm.ir.assert_structural_equal(
         RewriteStructuredConv(manifest, {constant: "w"})(mod), expected, map_free_vars=True
@@ -99,28 +88,16 @@ def test_nhwc_conv_after_convert_layout_matches_expected_module():
         before, manifest, {constant: "w"}, block_size=block_size
     )
 
-    x = relax.Var("x", relax.TensorType((1, 4, 9, 7), "float32"))
     packed = ops.pack_alpha(structure.decompose(weight.astype(np.float64)).astype("float32"), 4)
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            nhwc = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
-            compute = functools.partial(
-                ops.structured_conv2d_nhwc,
-                structure=structure,
-                strides=[2, 2],
-                padding=[1, 0, 2, 1],
-                dilation=[1, 1],
-                out_dtype="float32",
-            )
-            conv = builder.emit(
-                builder.call_te(
-                    compute, nhwc, relax.const(packed), primfunc_name_hint="structured_conv2d"
-                )
-            )
-            out = builder.emit_output(relax.op.permute_dims(conv, [0, 3, 1, 2]))
-        builder.emit_func_output(out)
-    expected = builder.get()
+    compute = functools.partial(
+        ops.structured_conv2d_nhwc,
+        structure=structure,
+        strides=[2, 2],
+        padding=[1, 0, 2, 1],
+        dilation=[1, 1],
+        out_dtype="float32",
+    )
+    expected = fused_conv_module((1, 4, 9, 7), compute, packed, layout_transposes=True)
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
     tvm.ir.assert_structural_equal(
         RewriteStructuredConv(manifest, {constant: "w"}, block_size=lambda *_: 4)(before),
