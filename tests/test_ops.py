@@ -12,7 +12,7 @@ from tvm import s_tir, te
 from tvm_structconv import ops
 from tvm_structconv.structure import Structure
 
-from strategies import structures
+from strategies import conv_geometries, output_channels, structures
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 
@@ -39,36 +39,31 @@ def run_te(make, inputs):
     return result.numpy()
 
 
-def conv_case(draw_structure, out_per_group, stride, padding, dilation, seed):
-    structure = draw_structure
+def conv_case(structure, out_channels, geometry, seed):
+    """A random input and ``alpha`` for ``structure`` and ``geometry``, and torch's result."""
     rng = np.random.default_rng(seed)
-    out_channels = out_per_group * structure.groups
     alpha = rng.standard_normal(structure.alpha_shape(out_channels)).astype("float32")
-    kernel_h, kernel_w = structure.kernel_size
-    size = (dilation * (kernel_h - 1) + 3, dilation * (kernel_w - 1) + 4)
+    size = geometry.input_size(structure.kernel_size)
     x = rng.standard_normal((1, structure.in_channels, *size)).astype("float32")
-    return x, alpha, oracle(x, alpha, structure, stride, padding, dilation)
+    expected = oracle(x, alpha, structure, geometry.stride, geometry.padding, geometry.dilation)
+    return x, alpha, expected
 
 
-CONV_ARGS = (
-    structures(max_channels=4, max_kernel=3),
-    st.integers(1, 3),  # out channels per group
-    st.integers(1, 3),  # stride
-    st.tuples(*[st.integers(0, 2)] * 4),  # top, left, bottom, right
-    st.integers(1, 2),  # dilation
-    st.integers(0, 2**31 - 1),
-)
+@st.composite
+def conv_cases(draw):
+    """A structure, its output channels and a geometry drawn per axis (stride (2, 1) …)."""
+    structure = draw(structures(max_channels=4, max_kernel=3))
+    return structure, draw(output_channels(structure.groups)), draw(conv_geometries())
 
 
 @settings(max_examples=30)
-@given(*CONV_ARGS)
-def test_nchw_compute_equals_conv_with_composed_kernel(
-    structure, out_per_group, stride, padding, dilation, seed
-):
-    x, alpha, expected = conv_case(structure, out_per_group, stride, padding, dilation, seed)
+@given(conv_cases(), st.integers(0, 2**31 - 1))
+def test_nchw_compute_equals_conv_with_composed_kernel(case, seed):
+    structure, out_channels, geometry = case
+    x, alpha, expected = conv_case(structure, out_channels, geometry, seed)
     got = run_te(
         lambda data, a: ops.structured_conv2d(
-            data, a, structure, (stride, stride), padding, (dilation, dilation)
+            data, a, structure, geometry.stride, geometry.padding, geometry.dilation
         ),
         [x, alpha],
     )
@@ -76,19 +71,40 @@ def test_nchw_compute_equals_conv_with_composed_kernel(
 
 
 @settings(max_examples=30)
-@given(*CONV_ARGS, st.integers(1, 4))
-def test_nhwc_compute_with_packed_alpha_equals_conv(
-    structure, out_per_group, stride, padding, dilation, seed, preferred
-):
-    x, alpha, expected = conv_case(structure, out_per_group, stride, padding, dilation, seed)
+@given(conv_cases(), st.integers(0, 2**31 - 1), st.integers(1, 8))
+def test_nhwc_compute_with_packed_alpha_equals_conv(case, seed, preferred):
+    structure, out_channels, geometry = case
+    x, alpha, expected = conv_case(structure, out_channels, geometry, seed)
     block = ops.output_channel_block(alpha.shape[0], structure.groups, preferred)
     packed = ops.pack_alpha(alpha, block)
     got = run_te(
         lambda data, a: ops.structured_conv2d_nhwc(
-            data, a, structure, (stride, stride), padding, (dilation, dilation)
+            data, a, structure, geometry.stride, geometry.padding, geometry.dilation
         ),
         [x.transpose(0, 2, 3, 1).copy(), packed],
     )
+    np.testing.assert_allclose(got, expected.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "structure, stride",
+    [
+        (Structure(8, 1, 4, 1), (2, 1)),
+        (Structure(8, 1, 4, 1), (1, 3)),
+        (Structure(6, 1, 2, 1, groups=2), (3, 2)),
+    ],
+)
+def test_strided_1x1_nhwc_subsamples_each_axis_by_its_own_stride(structure, stride):
+    """The strided 1x1 path pools only the strided grid: rows by ``sh``, columns by ``sw``."""
+    rng = np.random.default_rng(3)
+    alpha = rng.standard_normal(structure.alpha_shape(4)).astype("float32")
+    x = rng.standard_normal((1, structure.in_channels, 7, 8)).astype("float32")
+    got = run_te(
+        lambda data, a: ops.structured_conv2d_nhwc(data, a, structure, stride),
+        [x.transpose(0, 2, 3, 1).copy(), ops.pack_alpha(alpha, 2)],
+    )
+    expected = oracle(x, alpha, structure, stride, (0, 0, 0, 0), (1, 1))
+    assert got.shape == expected.transpose(0, 2, 3, 1).shape
     np.testing.assert_allclose(got, expected.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
 
 
