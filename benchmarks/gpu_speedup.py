@@ -8,7 +8,7 @@ alone (``TVM_USE_RUNTIME_LIB=1``, shipped with the artifacts).
 
 * ``layers/``: for every distinct conv shape of ResNet-18 that the default plan structures
   (and its unstructured stem), the original and the structured conv as CUDA kernels with the
-  shared-memory template (:mod:`tvm_structconv.schedules.cuda`), plus ``layers.json``; with
+  shared-memory template (:mod:`tvm_structconv.schedules.gpu.conv`), plus ``layers.json``; with
   ``--sweep`` also every tiling of :data:`CANDIDATES` (what the template's tiling rule was
   fitted to);
 * ``models/``: ResNet-18 original and structured, compiled for CUDA with their weights lifted
@@ -58,7 +58,7 @@ CANDIDATES = [
 
 
 def _candidate_tilings(layer, structured: bool) -> list:
-    from tvm_structconv.schedules.cuda import CudaTiling, choose_cuda_tiling, chunk_channels
+    from tvm_structconv.schedules.gpu.conv import CudaTiling, choose_cuda_tiling, chunk_channels
     from tvm_structconv.schedules.target_info import divisors
 
     channels = (layer.reduced_channels if structured else layer.in_channels) // layer.groups
@@ -84,7 +84,7 @@ def _layer_kernel(layer, structured: bool, target, path: pathlib.Path, tiling=No
     from tvm import s_tir, te
 
     from tvm_structconv import ops
-    from tvm_structconv.schedules import cuda
+    from tvm_structconv.schedules.gpu import conv as cuda
     from tvm_structconv.structure import Structure
 
     channels = layer.reduced_channels if structured else layer.in_channels

@@ -2,7 +2,7 @@
 
 Every distinct conv shape of ResNet-18, ResNet-50 and MobileNetV2 at batch 1 and 224×224
 (collected with forward hooks on the built-in models) is compiled twice with the same hand
-schedule (``schedules/x86.py``): the original conv (trivial structure) and the structured one
+schedule (``schedules/cpu/conv.py``): the original conv (trivial structure) and the structured one
 (``3x3: c=C, n=2``; ``1x1: c=C/2``; depthwise 3×3 convs too with ``--depthwise``). Torch
 eager runs the original conv as the peer. Layers no rule structures (the 7×7 stems and,
 by default, depthwise convs) are left out.
@@ -135,13 +135,14 @@ def build_layer(layer: Layer, structured: bool, target, path: pathlib.Path) -> N
     from tvm import te
 
     from tvm_structconv import ops
-    from tvm_structconv.schedules import x86
+    from tvm_structconv.schedules.cpu.conv import StructuredConv2dRule
+    from tvm_structconv.schedules.packing import conv_layout
     from tvm_structconv.structure import Structure
 
     channels = layer.reduced_channels if structured else layer.in_channels
     kernel = layer.reduced_kernel if structured else layer.kernel
     structure = Structure(layer.in_channels, layer.kernel, channels, kernel, layer.groups)
-    block = x86.channel_block(target, layer.out_channels, layer.groups, layer.out_size)
+    block = conv_layout(target).block_size(layer.out_channels, layer.groups, layer.out_size)
     data = te.placeholder((1, layer.height, layer.width, layer.in_channels), name="data")
     alpha = te.placeholder(
         (layer.out_channels // block, kernel, kernel, channels // layer.groups, block), name="alpha"
@@ -149,7 +150,7 @@ def build_layer(layer: Layer, structured: bool, target, path: pathlib.Path) -> N
     out = ops.structured_conv2d_nhwc(
         data, alpha, structure, (layer.stride,) * 2, (layer.padding,) * 4
     )
-    sch = x86.StructuredConv2dRule().apply(te.create_prim_func([data, alpha, out]), target, False)
+    sch = StructuredConv2dRule().apply(te.create_prim_func([data, alpha, out]), target, False)
     tvm.compile(sch.mod, target=target).export_library(str(path))
 
 
@@ -188,13 +189,13 @@ def tvm_worker(layers: List[Layer], libdir: pathlib.Path, pairs: int) -> Dict[st
 
 def _param_shapes(layer: Layer, structured: bool, target=None) -> List[tuple]:
     """Shapes of (data, packed alpha, output) of the kernel built by :func:`build_layer`."""
-    from tvm_structconv.schedules import x86
+    from tvm_structconv.schedules.packing import conv_layout
     from tvm_structconv.targets import make_target
 
     target = target or make_target("x86")
     channels = layer.reduced_channels if structured else layer.in_channels
     kernel = layer.reduced_kernel if structured else layer.kernel
-    block = x86.channel_block(target, layer.out_channels, layer.groups, layer.out_size)
+    block = conv_layout(target).block_size(layer.out_channels, layer.groups, layer.out_size)
     return [
         (1, layer.height, layer.width, layer.in_channels),
         (layer.out_channels // block, kernel, kernel, channels // layer.groups, block),

@@ -34,12 +34,10 @@ def fused_conv_calls(imported, structured: bool, target) -> List[tuple]:
 
     from tvm_structconv.build import prepare_module
     from tvm_structconv.ops import find_structured_block
-    from tvm_structconv.schedules import x86
+    from tvm_structconv.schedules.packing import conv_layout
     from tvm_structconv.tune import called_functions, fuse
 
-    mod = prepare_module(
-        imported, structured, layout="NHWC", block_size=x86.block_size_for(target)
-    ).mod
+    mod = prepare_module(imported, structured, layout=conv_layout(target)).mod
     fused = fuse(mod, target)
     functions = {
         gvar.name_hint: func

@@ -18,6 +18,7 @@ from tvm.target.codegen import llvm_get_vector_width, target_has_features
 __all__ = [
     "divisors",
     "extent",
+    "is_aarch64",
     "target_cores",
     "vector_bits",
     "vector_lanes",
@@ -36,6 +37,11 @@ def _has(feature: str, target: Target) -> bool:
         return bool(target_has_features(feature, target))
     except Exception:  # noqa: BLE001 - LLVM knows no features for this triple
         return False
+
+
+def is_aarch64(target: Target) -> bool:
+    """Whether ``target`` is an LLVM AArch64 target."""
+    return target.kind.name == "llvm" and str(target.attrs.get("mtriple", "")).startswith("aarch64")
 
 
 def vector_bits(target: Target) -> int:

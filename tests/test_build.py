@@ -10,7 +10,7 @@ from tvm_structconv import ops
 from tvm_structconv.build import compile_model, prepare_module, scheduled_pipeline
 from tvm_structconv.frontend import load_model
 from tvm_structconv.manifest import Manifest
-from tvm_structconv.schedules import x86
+from tvm_structconv.schedules.packing import conv_layout
 from tvm_structconv.structure import Structure
 
 HOST = tvm.target.Target(
@@ -83,9 +83,7 @@ def test_unscheduled_build_still_matches(tiny):
 
 def test_epilogues_fuse_and_every_kernel_is_scheduled(tiny):
     _, _, imported = tiny
-    mod = prepare_module(
-        imported, structured=True, layout="NHWC", block_size=x86.block_size_for(HOST)
-    ).mod
+    mod = prepare_module(imported, structured=True, layout=conv_layout(HOST)).mod
     lowered = scheduled_pipeline(HOST)(mod)
     kernels = {
         gv.name_hint: f for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)

@@ -106,7 +106,7 @@ def test_the_template_schedules_conv_layers_within_shared_memory(
     from tvm import s_tir, te
 
     from tvm_structconv import ops
-    from tvm_structconv.schedules import cuda
+    from tvm_structconv.schedules.gpu import conv as cuda
 
     data = te.placeholder((1, structure.in_channels, size, size), name="data")
     alpha = te.placeholder(structure.alpha_shape(out_channels), name="alpha")
@@ -124,7 +124,7 @@ def test_the_template_schedules_conv_layers_within_shared_memory(
 
 
 def test_tiling_rule_fills_blocks_with_threads():
-    from tvm_structconv.schedules.cuda import choose_cuda_tiling
+    from tvm_structconv.schedules.gpu.conv import choose_cuda_tiling
 
     tiling = choose_cuda_tiling(1, 512, 7, 7, 512, 4)
     assert (tiling.ov, tiling.ot, tiling.yt, tiling.xv, tiling.xt) == (1, 32, 1, 1, 7)

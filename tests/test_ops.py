@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tvm import s_tir, te
 
 from tvm_structconv import ops
+from tvm_structconv.schedules.packing import divisor_block
 from tvm_structconv.structure import Structure
 
 from strategies import conv_geometries, output_channels, structures
@@ -75,7 +76,7 @@ def test_nchw_compute_equals_conv_with_composed_kernel(case, seed):
 def test_nhwc_compute_with_packed_alpha_equals_conv(case, seed, preferred):
     structure, out_channels, geometry = case
     x, alpha, expected = conv_case(structure, out_channels, geometry, seed)
-    block = ops.output_channel_block(alpha.shape[0], structure.groups, preferred)
+    block = divisor_block(alpha.shape[0], structure.groups, preferred)
     packed = ops.pack_alpha(alpha, block)
     got = run_te(
         lambda data, a: ops.structured_conv2d_nhwc(
@@ -137,20 +138,6 @@ def test_pack_alpha_puts_a_block_of_output_channels_innermost():
         assert packed[o // 4, h, w, i, o % 4] == alpha[o, i, h, w]
     with pytest.raises(ValueError, match="block 3 does not divide 8"):
         ops.pack_alpha(alpha, 3)
-
-
-@pytest.mark.parametrize(
-    "out_channels, groups, preferred, lanes, expected",
-    [
-        (64, 1, 16, 8, 16),  # two AVX2 registers
-        (24, 1, 16, 8, 8),  # 12 would divide but fills no whole register
-        (12, 3, 16, 8, 4),  # a block must stay inside one group of 4 outputs
-        (32, 32, 16, 8, 16),  # depthwise: any divisor of the channels
-        (7, 1, 16, 8, 7),
-    ],
-)
-def test_output_channel_block(out_channels, groups, preferred, lanes, expected):
-    assert ops.output_channel_block(out_channels, groups, preferred, lanes) == expected
 
 
 def block_names(func: tvm.tirx.PrimFunc) -> list:

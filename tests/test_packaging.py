@@ -13,8 +13,11 @@ def test_every_package_is_listed_in_setup_cfg():
     on_disk = {
         ".".join(init.parent.relative_to(ROOT).parts)
         for init in (ROOT / "tvm_structconv").rglob("__init__.py")
-    } | {"tvm_structconv.schedules"}
-    assert (ROOT / "schedules" / "__init__.py").is_file()
+    } | {
+        ".".join(("tvm_structconv", *init.parent.relative_to(ROOT).parts))
+        for init in (ROOT / "schedules").rglob("__init__.py")
+    }
+    assert "tvm_structconv.schedules.cpu" in on_disk
     assert listed == on_disk
     package_dir = config["options"]["package_dir"]
     assert "tvm_structconv.schedules = schedules" in package_dir

@@ -76,12 +76,12 @@ def test_tasks_are_the_fused_convs_weighted_by_calls():
     from tvm_structconv.build import prepare_module
     from tvm_structconv.frontend import load_model as load
     from tvm_structconv.models import create_structured
-    from tvm_structconv.schedules import x86
+    from tvm_structconv.schedules.packing import conv_layout
 
     built = create_structured("resnet18", seed=0)
     target = make_target("x86")
     imported = load(built.model, built.example_input, built.manifest)
-    mod = prepare_module(imported, True, layout="NHWC", block_size=x86.block_size_for(target)).mod
+    mod = prepare_module(imported, True, layout=conv_layout(target)).mod
     tasks = conv_tasks(mod, target)
     # 20 convs and the classifier (a Linear layer as a 1x1 conv) in ResNet-18; the repeated
     # 3x3 blocks share tasks

@@ -18,7 +18,7 @@ The pipeline (:func:`prepare_module`, then :func:`compile_model`):
    conv's function), with the project's hand schedules applied after fusion
    (:class:`~tvm_structconv.transform.ApplySchedules`); other targets, or ``schedules=False``,
    get TVM's default pipeline on the NCHW module. For CUDA the functions holding the fused
-   conv get the shared-memory template of :mod:`tvm_structconv.schedules.cuda` (before dlight
+   conv get the shared-memory template of :mod:`tvm_structconv.schedules.gpu.conv` (before dlight
    runs), and dlight's GPU rules (``Matmul``, ``GEMV``, ``Reduction``, ``GeneralReduction``,
    ``Fallback``) schedule the rest, so a CUDA build needs no tuning log.
 
@@ -42,7 +42,7 @@ from tvm.relax.backend.cuda import pipeline as gpu_pipeline
 from tvm_structconv.frontend import ImportedModel, InputSpec
 from tvm_structconv.manifest import ManifestError
 from tvm_structconv.messages import one_line
-from tvm_structconv.schedules import x86
+from tvm_structconv.schedules.packing import ConvLayout, conv_layout
 from tvm_structconv.targets import make_target
 from tvm_structconv.toolchain import check_runnable, export_compiler
 from tvm_structconv.transform import (
@@ -57,7 +57,6 @@ from tvm_structconv.transform import (
     sink_transposes,
     tuned_functions,
 )
-from tvm_structconv.transform.conv_call import BlockSize, default_block_size
 from tvm_structconv.transform.fast_legalize import legalize_ops
 from tvm_structconv.tuning_logs import has_database, load_database, logs_dir
 
@@ -196,8 +195,7 @@ def prepare_module(
     structured: bool = True,
     tol: Optional[float] = None,
     match_by_value: bool = False,
-    layout: str = "NCHW",
-    block_size: BlockSize = default_block_size,
+    layout: Optional[ConvLayout] = None,
 ) -> PreparedModule:
     """Run the project's passes on ``imported.mod``.
 
@@ -210,11 +208,11 @@ def prepare_module(
     tol, match_by_value
         See :func:`~tvm_structconv.transform.rewrite_structured_conv`.
     layout
-        ``"NCHW"`` keeps the model's layout; ``"NHWC"`` plans activations in NHWC first, so
-        every conv becomes the NHWC fused op with a packed kernel (what the CPU schedules are
-        written for), and so does every Linear layer (a 1×1 conv: a packed, tiled GEMM).
-    block_size
-        Output-channel block of packed NHWC kernels, per layer (the target's choice).
+        The target's :func:`~tvm_structconv.schedules.packing.conv_layout`. NCHW (``None``)
+        keeps the model's layout; NHWC plans activations in NHWC first, so every conv
+        becomes the NHWC fused op with ``alpha`` packed in the layout's blocks (what the CPU
+        schedules are written for), and so does every Linear layer (a 1×1 conv: a packed,
+        tiled GEMM).
 
     Returns
     -------
@@ -229,11 +227,10 @@ def prepare_module(
     StructureMismatchError
         If a layer's weights do not satisfy its recorded structure.
     """
-    if layout not in ("NCHW", "NHWC"):
-        raise ValueError(f"layout must be NCHW or NHWC, got {layout!r}")
+    layout = layout or conv_layout()
     mod, fold = fold_batchnorm(imported.mod, imported.weight_names)
     names = fold.weight_names
-    nhwc = layout == "NHWC"
+    nhwc = layout.layout == "NHWC"
     if nhwc:
         # ConvertLayout keeps each weight constant (under permute_dims): names stay valid
         mod = relax.transform.ConvertLayout(NHWC_LAYOUTS)(ExpandClip()(mod))
@@ -263,10 +260,10 @@ def prepare_module(
             names,
             tol=tol,
             match_by_value=match_by_value,
-            block_size=block_size,
+            block_size=layout.block_size,
             linear_as_conv=nhwc,
         )
-    mod, ordinary = rewrite_ordinary_conv(mod, block_size, linear_as_conv=nhwc)
+    mod, ordinary = rewrite_ordinary_conv(mod, layout.block_size, linear_as_conv=nhwc)
     notes.extend(ordinary.summary())
     return PreparedModule(mod, report, fold.folded, notes)
 
@@ -380,13 +377,12 @@ def compile_model(
     folder = _tuning_folder(target, tuning_logs) if scheduled else None
     database = load_database(folder) if folder is not None else None
     if scheduled:
-        layout, block_size = "NHWC", x86.block_size_for(target)
         pipeline = _as_pass("LoweringCPUPipeline", target, lowering_passes(target))
     else:
         pipeline = cuda_pipeline(target) if target.kind.name == "cuda" else "default"
-        layout, block_size = "NCHW", default_block_size
+    layout = conv_layout(target, scheduled)
     try:
-        prepared = prepare_module(imported, structured, tol, match_by_value, layout, block_size)
+        prepared = prepare_module(imported, structured, tol, match_by_value, layout)
     except (ManifestError, StructureMismatchError):
         raise
     except Exception as error:

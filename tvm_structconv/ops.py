@@ -11,12 +11,11 @@ stages vanish and it is an ordinary conv.
 The NHWC form is the one the CPU schedules are written for: channels are contiguous, so the
 pool stages vectorize over channels, and ``alpha`` packed as ``(Cout/B, nh, nw, c, B)`` gives
 the reduced conv contiguous vectors of ``B`` output channels per (row, column, input channel)
-of the kernel, one register block of the accumulator (:mod:`tvm_structconv.schedules.x86`).
+of the kernel, one register block of the accumulator (:mod:`tvm_structconv.schedules.cpu.conv`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,7 +31,6 @@ __all__ = [
     "find_structured_block",
     "schedule_of_conv",
     "stages_around",
-    "output_channel_block",
     "pack_alpha",
     "sum_pool",
     "structured_conv2d",
@@ -250,20 +248,6 @@ def structured_conv2d(
         tag="structured_conv2d",
         attrs={"schedule_rule": SCHEDULE_RULE},
     )
-
-
-def output_channel_block(out_channels: int, groups: int, preferred: int, lanes: int = 1) -> int:
-    """The output-channel block ``B`` to pack ``alpha`` with for :func:`structured_conv2d_nhwc`.
-
-    ``B`` divides ``out_channels`` and, for a grouped conv with several outputs per group, the
-    outputs per group (so one block reads one group's channels of ``S``). Among the divisors up
-    to ``preferred`` it takes the one sharing the most factors of two with ``lanes`` (whole
-    vector registers), then the largest.
-    """
-    per_group = out_channels // groups
-    bound = out_channels if groups == 1 or per_group == 1 else per_group
-    candidates = [d for d in range(1, min(preferred, bound) + 1) if bound % d == 0]
-    return max(candidates, key=lambda d: (math.gcd(d, lanes), d))
 
 
 def pack_alpha(alpha: np.ndarray, block: int) -> np.ndarray:

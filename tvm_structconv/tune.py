@@ -7,7 +7,7 @@ fused structured op, and the ordinary convs emitted with the trivial structure) 
 searches their schedules with MetaSchedule's evolutionary search guided by its XGBoost cost
 model. The space of a conv task is the hand schedule with sampled tile sizes (rows per task,
 pixels per accumulator tile, output-channel chunks; see
-:func:`tvm_structconv.schedules.x86.schedule_structured_conv2d`), plus the hand schedule as it
+:func:`tvm_structconv.schedules.cpu.conv.schedule_structured_conv2d`), plus the hand schedule as it
 is. Pools, transposes and elementwise functions are memory-bound and keep the hand rules.
 
 Measured records go to a MetaSchedule JSON database in ``tuning_logs/<target key>/``
@@ -39,7 +39,7 @@ from tvm_structconv.build import fusion_passes, prepare_module
 from tvm_structconv.frontend import ImportedModel
 from tvm_structconv.ops import find_structured_block
 from tvm_structconv.remote import parse_tracker
-from tvm_structconv.schedules import x86
+from tvm_structconv.schedules.packing import conv_layout
 from tvm_structconv.schedules.target_info import target_cores
 from tvm_structconv.targets import make_target
 from tvm_structconv.threads import pinned_threads
@@ -378,15 +378,13 @@ def tune_model(
     if target.kind.name != "llvm":
         raise TuneError(
             f"tuning is implemented for CPU (llvm) targets, not {target.kind.name}: "
-            "CUDA builds use the hand schedule of schedules/cuda.py"
+            "CUDA builds use the hand schedule of schedules/gpu/conv.py"
         )
     if trials < 1:
         raise TuneError(f"--trials must be positive, got {trials}")
     # before any work: a target this host cannot time without a tracker fails at once
     runner = _runner(target, rpc_tracker, device_key, timeout)
-    mod = prepare_module(
-        imported, structured, layout="NHWC", block_size=x86.block_size_for(target)
-    ).mod
+    mod = prepare_module(imported, structured, layout=conv_layout(target)).mod
     tasks = conv_tasks(mod, target)
     if not tasks:
         raise TuneError("the model has no conv to tune")

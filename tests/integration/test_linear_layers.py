@@ -55,14 +55,12 @@ def test_linear_layers_match_torch(leading, features, hidden, out, structured, s
 
 def test_every_linear_layer_is_a_scheduled_conv():
     from tvm_structconv.build import prepare_module
-    from tvm_structconv.schedules import x86
+    from tvm_structconv.schedules.packing import conv_layout
     from tvm_structconv.targets import make_target
 
     target = make_target("x86")
     model = Mlp(16, 48, 10).eval()
     imported = load_model(model, torch.randn(1, 4, 4, 16), Manifest({}))
-    prepared = prepare_module(
-        imported, structured=False, layout="NHWC", block_size=x86.block_size_for(target)
-    )
+    prepared = prepare_module(imported, structured=False, layout=conv_layout(target))
     text = prepared.mod.script()
     assert "R.matmul" not in text and text.count("structured_conv2d") >= 2

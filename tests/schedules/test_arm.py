@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tvm import s_tir, te
 
 from tvm_structconv import ops
-from tvm_structconv.schedules import arm, x86
+from tvm_structconv.schedules.cpu import conv, tiling
 from tvm_structconv.structure import Structure
 from tvm_structconv.targets import make_target
 
@@ -23,7 +23,7 @@ AARCH64 = make_target("aarch64")
 
 def nhwc_func(structure, out_channels, size, target, stride=1, padding=1):
     width = (size + 2 * padding - structure.kernel_size[1]) // stride + 1
-    block = x86.channel_block(target, out_channels, structure.groups, width)
+    block = tiling.channel_block(target, out_channels, structure.groups, width)
     data = te.placeholder((1, size, size, structure.in_channels), name="data")
     reduced_kernel = structure.reduced_kernel_size
     alpha = te.placeholder(
@@ -52,9 +52,7 @@ def test_channel_unrolled_template_is_exact(structure, out_channels, stride, siz
         out_channels = structure.groups * 8
     func, block, out_shape = nhwc_func(structure, out_channels, size, HOST, stride)
     sch = s_tir.Schedule(func)
-    assert x86.schedule_structured_conv2d(
-        sch, ops.find_structured_block(sch), HOST, channel_unroll=4
-    )
+    assert conv.schedule_structured_conv2d(sch, ops.find_structured_block(sch), HOST, unroll=4)
     x, alpha = random_case(structure, out_channels, (size, size), seed)
     packed = ops.pack_alpha(alpha, block)
     result = tvm.runtime.tensor(np.zeros(out_shape, "float32"))
@@ -66,23 +64,28 @@ def test_channel_unrolled_template_is_exact(structure, out_channels, stride, siz
     )
 
 
-def aarch64_assembly(rule) -> str:
+def aarch64_assembly(unroll=None) -> str:
+    """AArch64 assembly of the conv rule's schedule; ``unroll`` forces the channel unroll."""
     func, _, _ = nhwc_func(Structure(64, 3, 64, 2), 64, 14, AARCH64)
-    sch = rule.apply(func, AARCH64, False)
-    assert sch is not None
+    if unroll is None:
+        sch = conv.StructuredConv2dRule().apply(func, AARCH64, False)
+        assert sch is not None
+    else:
+        sch = s_tir.Schedule(func)
+        assert conv.schedule_structured_conv2d(
+            sch, ops.find_structured_block(sch), AARCH64, unroll=unroll
+        )
     return tvm.compile(sch.mod, target=AARCH64).mod.inspect_source("asm")
 
 
 def test_neon_form_multiplies_by_element_from_vector_loads():
-    neon = aarch64_assembly(arm.StructuredConv2dNEONRule())
+    neon = aarch64_assembly()  # the rule reads the NEON unroll off the target
     by_element = len(re.findall(r"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[\d\]", neon))
     assert by_element > 0 and by_element == len(re.findall(r"\bfmla\b", neon))
     assert not re.findall(r"\bldr\s+s\d+", neon)  # S comes as 4-channel vectors
-    generic = aarch64_assembly(x86.StructuredConv2dRule())
+    generic = aarch64_assembly(unroll=1)
     assert re.findall(r"\bldr\s+s\d+", generic)  # the x86 order loads S one value at a time
 
 
-def test_neon_rule_answers_only_aarch64():
-    func, _, _ = nhwc_func(Structure(8, 3, 8, 2), 8, 6, HOST)
-    assert arm.StructuredConv2dNEONRule().apply(func, HOST, False) is None
-    assert arm.channel_unroll(HOST) == 1 and arm.channel_unroll(AARCH64) == 4
+def test_channel_unroll_is_neon_lanes_on_aarch64_only():
+    assert tiling.channel_unroll(HOST) == 1 and tiling.channel_unroll(AARCH64) == 4

@@ -5,7 +5,8 @@ import tvm
 from tvm import relax, s_tir, te
 
 from tvm_structconv.build import scheduled_pipeline
-from tvm_structconv.schedules import cpu
+from tvm_structconv.schedules.cpu.injective import Injective
+from tvm_structconv.schedules.cpu.reduction import ChannelReduction
 
 HOST = tvm.target.Target(
     {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
@@ -75,12 +76,12 @@ def test_rules_answer_none_for_other_kinds():
     k = te.reduce_axis((0, 8), name="k")
     row_sum = te.compute((8,), lambda i: te.sum(a[i, k], axis=k), name="row_sum")  # inner reduction
     func = te.create_prim_func([a, row_sum])
-    assert cpu.ChannelReduction().apply(func, HOST, False) is None
-    assert cpu.Injective().apply(func, HOST, False) is None
+    assert ChannelReduction().apply(func, HOST, False) is None
+    assert Injective().apply(func, HOST, False) is None
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
     elementwise = te.create_prim_func([a, te.compute((8, 8), lambda i, j: a[i, j] * 2)])
-    assert cpu.Injective().apply(elementwise, cuda, False) is None
-    assert isinstance(cpu.Injective().apply(elementwise, HOST, False), s_tir.Schedule)
+    assert Injective().apply(elementwise, cuda, False) is None
+    assert isinstance(Injective().apply(elementwise, HOST, False), s_tir.Schedule)
 
 
 def test_dense_with_fewer_outputs_than_a_vector():

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from tvm import s_tir, te, topi
 
 from tvm_structconv import ops
-from tvm_structconv.schedules import cpu, x86
+from tvm_structconv.schedules.cpu.conv import StructuredConv2dRule, split_epilogue
+from tvm_structconv.schedules.cpu.fallback import Fallback
 from tvm_structconv.structure import Structure
 
 from conv_oracle import HOST
@@ -75,7 +76,7 @@ def test_se_gate_splits_into_head_and_tail():
     func = te.create_prim_func(se_gate(16, 24, 5, 7, 8))
     sch = s_tir.Schedule(func)
     conv = ops.find_structured_block(sch)
-    head, tail = x86.split_epilogue(sch, conv, ops.stages_around(sch, conv)[1])
+    head, tail = split_epilogue(sch, conv, ops.stages_around(sch, conv)[1])
     names = [sch.get(b).name_hint for b in head], [sch.get(b).name_hint for b in tail]
     assert names == (["T_add", "T_multiply", "T_add_1", "compute"], ["T_multiply_1"])
 
@@ -84,7 +85,7 @@ def test_silu_is_all_head():
     func = te.create_prim_func(silu(8, 16, 6, 8))
     sch = s_tir.Schedule(func)
     conv = ops.find_structured_block(sch)
-    head, tail = x86.split_epilogue(sch, conv, ops.stages_around(sch, conv)[1])
+    head, tail = split_epilogue(sch, conv, ops.stages_around(sch, conv)[1])
     assert len(head) == 2 and tail == []
 
 
@@ -100,7 +101,7 @@ def test_scheduled_se_gate_is_exact(channels, out_blocks, height, width):
     out_channels = out_blocks * block
     tensors = se_gate(channels, out_channels, height, width, block)
     func = te.create_prim_func(tensors)
-    sch = x86.StructuredConv2dRule().apply(func, HOST, False)
+    sch = StructuredConv2dRule().apply(func, HOST, False)
     assert sch is not None, "the template schedules an SE gate (its tail as its own pass)"
     # on a 1x1 map the gate's multiply is elementwise too, and joins the write-back
     assert (_blocks(sch)[-1] == "T_multiply_1") == ((height, width) != (1, 1))
@@ -113,7 +114,7 @@ def test_scheduled_se_gate_is_exact(channels, out_blocks, height, width):
 
 def test_scheduled_silu_inlines_into_the_write_back():
     tensors = silu(8, 16, 6, 8)
-    sch = x86.StructuredConv2dRule().apply(te.create_prim_func(tensors), HOST, False)
+    sch = StructuredConv2dRule().apply(te.create_prim_func(tensors), HOST, False)
     assert sch is not None
     # x * sigmoid(x) is computed in the write-back of the register tile: no block of its own
     names = _blocks(sch)
@@ -128,16 +129,16 @@ def test_scheduled_silu_inlines_into_the_write_back():
 def test_rule_declines_a_function_that_is_not_its_kind():
     data = te.placeholder((1, 4, 4, 8), name="data")
     out = topi.nn.pool2d(data, (2, 2), (2, 2), (1, 1), (0, 0, 0, 0), "max", layout="NHWC")
-    assert x86.StructuredConv2dRule().apply(te.create_prim_func([data, out]), HOST, False) is None
+    assert StructuredConv2dRule().apply(te.create_prim_func([data, out]), HOST, False) is None
 
 
 @pytest.mark.parametrize("make", [lambda: se_gate(16, 24, 3, 5, 8), lambda: silu(8, 16, 6, 8)])
 def test_fallback_schedules_any_function_exactly(make):
     tensors = make()
     func = te.create_prim_func(tensors)
-    sch = cpu.Fallback().apply(func, HOST, False)
+    sch = Fallback().apply(func, HOST, False)
     assert sch is not None
-    assert cpu.Fallback().apply(func, tvm.target.Target("cuda"), False) is None
+    assert Fallback().apply(func, tvm.target.Target("cuda"), False) is None
     arrays = _random(tensors, np.random.default_rng(2))
     expected = _run(func, arrays)  # TVM's unscheduled lowering as the reference
     np.testing.assert_allclose(_run(sch.mod, arrays), expected, rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ import tvm
 from tvm import te
 from tvm.s_tir import meta_schedule as ms
 
-import tvm_structconv.schedules.x86  # noqa: F401  (registers the rule)
+import tvm_structconv.schedules.cpu.conv  # noqa: F401  (registers the rule)
 from tvm_structconv import ops
 from tvm_structconv.structure import Structure
 from tvm_structconv.tune import _search_space

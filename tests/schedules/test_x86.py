@@ -12,7 +12,7 @@ from tvm import relax, s_tir, te
 
 from tvm_structconv import ops
 from tvm_structconv.build import scheduled_pipeline
-from tvm_structconv.schedules import x86
+from tvm_structconv.schedules.cpu import conv, tiling
 from tvm_structconv.schedules.target_info import vector_lanes, vector_registers
 from tvm_structconv.structure import Structure
 
@@ -46,16 +46,16 @@ def scheduled_conv(
         dilation,
     )
     if block is None:
-        block = x86.channel_block(target, alpha.shape[0], structure.groups, int(probe.shape[2]))
+        block = tiling.channel_block(target, alpha.shape[0], structure.groups, int(probe.shape[2]))
     packed = ops.pack_alpha(alpha, block)
     weight = te.placeholder(packed.shape, name="alpha")
     out = ops.structured_conv2d_nhwc(data, weight, structure, stride, padding, dilation)
     func = te.create_prim_func([data, weight, out])
     if tiling_seed is None:
-        sch = x86.StructuredConv2dRule().apply(func, target, False)
+        sch = conv.StructuredConv2dRule().apply(func, target, False)
     else:
         sch = s_tir.Schedule(func, seed=tiling_seed)
-        assert x86.schedule_structured_conv2d(
+        assert conv.schedule_structured_conv2d(
             sch, ops.find_structured_block(sch), target, tunable=True
         )
         assert len(sch.trace.decisions) == 3  # rows, pixels and chunks were sampled
@@ -158,7 +158,7 @@ def test_fused_bias_relu_and_residual_epilogue():
     residual = rng.standard_normal((1, 11, 11, 24)).astype("float32")
     alpha = rng.standard_normal(structure.alpha_shape(24)).astype("float32")
     bias = rng.standard_normal(24).astype("float32")
-    block = x86.channel_block(HOST, 24, 1, 11)
+    block = tiling.channel_block(HOST, 24, 1, 11)
 
     data = relax.Var("x", relax.TensorType(x.shape, "float32"))
     skip = relax.Var("r", relax.TensorType(residual.shape, "float32"))
@@ -216,9 +216,9 @@ def test_neon_target():
 )
 def test_register_tile_fits_the_target(mcpu, out_channels, out_width, block, pixels):
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
-    assert x86.channel_block(target, out_channels, 1, out_width) == block
-    tiling = x86.choose_tiling(1, out_width, out_width, out_channels, block, target)
-    assert tiling.pixels == pixels
+    assert tiling.channel_block(target, out_channels, 1, out_width) == block
+    chosen = tiling.choose_tiling(1, out_width, out_width, out_channels, block, target)
+    assert chosen.pixels == pixels
 
 
 @pytest.mark.parametrize(
@@ -226,19 +226,19 @@ def test_register_tile_fits_the_target(mcpu, out_channels, out_width, block, pix
 )
 def test_tasks_are_balanced_over_cores(cores, out_height, rows):
     target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": cores})
-    tiling = x86.choose_tiling(1, out_height, out_height, 64, 16, target)
-    assert tiling.rows == rows
-    tasks = (out_height // tiling.rows) * tiling.chunks
+    chosen = tiling.choose_tiling(1, out_height, out_height, 64, 16, target)
+    assert chosen.rows == rows
+    tasks = (out_height // chosen.rows) * chosen.chunks
     assert tasks % cores == 0
 
 
 def test_rule_answers_none_for_functions_it_does_not_schedule():
     a = te.placeholder((4, 4), name="a")
     elementwise = te.create_prim_func([a, te.compute((4, 4), lambda i, j: a[i, j] + 1)])
-    assert x86.StructuredConv2dRule().apply(elementwise, HOST, False) is None
+    assert conv.StructuredConv2dRule().apply(elementwise, HOST, False) is None
     structure = Structure(4, 3, 2, 2)
     data, alpha = te.placeholder((1, 4, 6, 6)), te.placeholder(structure.alpha_shape(4))
     nchw = te.create_prim_func([data, alpha, ops.structured_conv2d(data, alpha, structure)])
-    assert x86.StructuredConv2dRule().apply(nchw, HOST, False) is None
+    assert conv.StructuredConv2dRule().apply(nchw, HOST, False) is None
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
-    assert x86.StructuredConv2dRule().apply(nchw, cuda, False) is None
+    assert conv.StructuredConv2dRule().apply(nchw, cuda, False) is None

@@ -1,14 +1,14 @@
 """The x86 register tile where the register budget decides: accumulators, the block's weight
 vectors, one broadcast and one spare register fit the target's vector registers.
 
-Through :func:`tvm_structconv.schedules.x86.choose_tiling` (the hand choice) and
-:func:`~tvm_structconv.schedules.x86.channel_block`.
+Through :func:`tvm_structconv.schedules.cpu.tiling.choose_tiling` (the hand choice) and
+:func:`~tvm_structconv.schedules.cpu.tiling.channel_block`.
 """
 
 import pytest
 import tvm
 
-from tvm_structconv.schedules import x86
+from tvm_structconv.schedules.cpu import tiling
 
 
 @pytest.mark.parametrize(
@@ -28,12 +28,12 @@ from tvm_structconv.schedules import x86
 )
 def test_pixels_per_tile_leave_a_spare_register(mcpu, width, block, pixels):
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
-    tiling = x86.choose_tiling(1, width, width, 64, block, target)
-    assert tiling.pixels == pixels
-    assert tiling.block == block
+    chosen = tiling.choose_tiling(1, width, width, 64, block, target)
+    assert chosen.pixels == pixels
+    assert chosen.block == block
 
 
 def test_avx2_block_8_width_14_is_one_register_of_channels_by_7_pixels():
     target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
-    assert x86.channel_block(target, 8, 1, 14) == 8
-    assert x86.choose_tiling(1, 14, 14, 8, 8, target).pixels == 7
+    assert tiling.channel_block(target, 8, 1, 14) == 8
+    assert tiling.choose_tiling(1, 14, 14, 8, 8, target).pixels == 7

@@ -1,8 +1,8 @@
 """ApplySchedules: every PrimFunc scheduled by the project's rules for an LLVM target, against a
 hand-written expected PrimFunc; other targets and functions already scheduled left alone.
 
-The elementwise function goes to :class:`~tvm_structconv.schedules.cpu.Injective`: producers
-inlined into the last block, its innermost loop split at the longest vector of up to 4
+The elementwise function goes to :class:`~tvm_structconv.schedules.cpu.injective.Injective`:
+producers inlined into the last block, its innermost loop split at the longest vector of up to 4
 registers (``target_info.vector_widths``) and vectorized, the outer loops fused and parallel
 (there are ``PARALLEL_MIN_WORK`` iterations or more).
 """

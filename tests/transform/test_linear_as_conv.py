@@ -14,9 +14,9 @@ from tvm import relax
 
 from tvm_structconv import ops
 from tvm_structconv.manifest import LayerSpec, Manifest
+from tvm_structconv.schedules.packing import portable_block_size
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform import rewrite_ordinary_conv, rewrite_structured_conv
-from tvm_structconv.transform.conv_call import default_block_size
 
 
 def linear_module(x_shape, weight: np.ndarray, transposed_constant: bool = False):
@@ -39,7 +39,7 @@ def linear_module(x_shape, weight: np.ndarray, transposed_constant: bool = False
 def expected_module(x_shape, image, alpha: np.ndarray, structure: Structure):
     """The fused 1x1 NHWC conv on ``x`` reshaped to ``image``, reshaped back."""
     out_features = alpha.shape[0]
-    block = default_block_size(out_features, 1, image[2])
+    block = portable_block_size(out_features, 1, image[2])
     packed = ops.pack_alpha(alpha[:, :, None, None], block)
     x = relax.Var("x", relax.TensorType(x_shape, "float32"))
     builder = relax.BlockBuilder()

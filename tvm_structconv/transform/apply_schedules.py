@@ -4,19 +4,20 @@ A module pass over TIR, to run after ``FuseOps``/``FuseTIR`` (so a conv's fused 
 in its function). For an LLVM target the rules are tried in order, the first that answers
 wins (dlight's ``ApplyDefaultSchedule``; a rule answers ``None`` for a function not its kind):
 
-1. :class:`~tvm_structconv.schedules.arm.StructuredConv2dNEONRule` (AArch64 targets) or
-   :class:`~tvm_structconv.schedules.x86.StructuredConv2dRule` (other LLVM CPUs) — a function
-   holding the NHWC fused structured conv (``schedule_rule = "structured_conv2d"``), ordinary
-   convs emitted with the trivial structure included;
-2. :class:`~tvm_structconv.schedules.cpu.ChannelReduction` — pools, global pooling, dense;
-3. :class:`~tvm_structconv.schedules.cpu.Injective` — transposes, reshapes, elementwise ops;
-4. :class:`~tvm_structconv.schedules.cpu.Fallback` — anything else (a rule above that meets a
-   function it cannot schedule declines it): inlined where possible, outer loops parallel.
+1. :class:`~tvm_structconv.schedules.cpu.conv.StructuredConv2dRule` — a function holding the
+   NHWC fused structured conv (``schedule_rule = "structured_conv2d"``), ordinary convs and
+   Linear layers emitted with the trivial structure included (NEON form on AArch64);
+2. :class:`~tvm_structconv.schedules.cpu.reduction.ChannelReduction` — pools, global pooling;
+3. :class:`~tvm_structconv.schedules.cpu.injective.Injective` — transposes, reshapes,
+   elementwise ops;
+4. :class:`~tvm_structconv.schedules.cpu.fallback.Fallback` — anything else (a rule above that
+   meets a function it cannot schedule declines it): inlined where possible, outer loops
+   parallel.
 
 Every function a rule scheduled gets ``tirx.is_scheduled``; so every PrimFunc of an LLVM build
 is scheduled, and a function no template knows is slow at worst, never a failed build. For a
 CUDA target only the functions holding the fused conv are scheduled
-(:class:`~tvm_structconv.schedules.cuda.StructuredConv2dCUDA`: shared-memory tiles); dlight's
+(:class:`~tvm_structconv.schedules.gpu.conv.StructuredConv2dCUDA`: shared-memory tiles); dlight's
 default GPU rules then schedule the rest. Other target kinds are returned unchanged.
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import tvm
 from tvm.s_tir import dlight
 
-from tvm_structconv.schedules import arm, cpu, cuda, x86
+from tvm_structconv.schedules import rules_for
 
 __all__ = ["ApplySchedules"]
 
@@ -45,19 +46,9 @@ class ApplySchedules:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """``mod`` with its PrimFuncs scheduled."""
-        kind = self.target.kind.name
-        if kind == "cuda":
-            rules = dlight.ApplyDefaultSchedule(cuda.StructuredConv2dCUDA())
-        elif kind == "llvm":
-            rules = dlight.ApplyDefaultSchedule(
-                arm.StructuredConv2dNEONRule(),
-                x86.StructuredConv2dRule(),
-                cpu.ChannelReduction(),
-                cpu.Injective(),
-                cpu.Fallback(),
-            )
-        else:
+        rules = rules_for(self.target)
+        if not rules:
             return mod
         with self.target:
             # dlight's pass writes the scheduled functions into the module it is given
-            return rules(mod.clone())
+            return dlight.ApplyDefaultSchedule(*rules)(mod.clone())

@@ -28,29 +28,19 @@ import tvm
 from tvm import relax
 
 from tvm_structconv import ops
+from tvm_structconv.schedules.packing import BlockSize, portable_block_size
 from tvm_structconv.structure import Structure
 
 __all__ = [
-    "BlockSize",
     "Conv2dCall",
     "LinearCall",
     "bound_value",
-    "default_block_size",
     "emit_conv2d",
     "emit_linear",
     "read_conv2d",
     "read_linear",
     "static_shape",
 ]
-
-#: ``(out_channels, groups, out_width) -> block``: the output-channel block ``alpha`` is packed
-#: with for an NHWC conv (a target's schedule decides it; see ``schedules/x86.py``).
-BlockSize = Callable[[int, int, int], int]
-
-
-def default_block_size(out_channels: int, groups: int, out_width: int) -> int:
-    """Blocks of up to 16 output channels, multiples of 8 preferred (two AVX2 registers)."""
-    return ops.output_channel_block(out_channels, groups, preferred=16, lanes=8)
 
 
 @dataclass(frozen=True)
@@ -171,7 +161,7 @@ def emit_conv2d(
     conv: Conv2dCall,
     alpha: np.ndarray,
     structure: Structure,
-    block_size: BlockSize = default_block_size,
+    block_size: BlockSize = portable_block_size,
 ) -> relax.Expr:
     """``call_te`` of the fused op computing ``conv`` from ``alpha`` (OIHW) and ``structure``."""
     settings = dict(
@@ -285,7 +275,7 @@ def emit_linear(
     alpha: np.ndarray,
     structure: Structure,
     as_conv: bool,
-    block_size: BlockSize = default_block_size,
+    block_size: BlockSize = portable_block_size,
 ) -> relax.Expr:
     """The fused op computing ``linear`` from ``alpha`` (``(out, c)``) and ``structure``.
 

@@ -22,11 +22,10 @@ from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from tvm_structconv.schedules.packing import BlockSize, portable_block_size
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform.conv_call import (
-    BlockSize,
     LinearCall,
-    default_block_size,
     emit_conv2d,
     emit_linear,
     read_conv2d,
@@ -72,7 +71,7 @@ class OrdinaryConvReport:
 
 
 def rewrite_ordinary_conv(
-    mod: tvm.IRModule, block_size: BlockSize = default_block_size, linear_as_conv: bool = False
+    mod: tvm.IRModule, block_size: BlockSize = portable_block_size, linear_as_conv: bool = False
 ) -> Tuple[tvm.IRModule, OrdinaryConvReport]:
     """Emit every constant-weight conv2d of ``mod`` as the fused op with the trivial structure.
 
@@ -111,7 +110,7 @@ class RewriteOrdinaryConv:
     """
 
     def __init__(
-        self, block_size: BlockSize = default_block_size, linear_as_conv: bool = False
+        self, block_size: BlockSize = portable_block_size, linear_as_conv: bool = False
     ) -> None:
         self.block_size = block_size
         self.linear_as_conv = linear_as_conv

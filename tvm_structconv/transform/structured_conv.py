@@ -33,12 +33,11 @@ from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_structconv.manifest import Manifest, ManifestError, detect
+from tvm_structconv.schedules.packing import BlockSize, portable_block_size
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform.conv_call import (
-    BlockSize,
     LinearCall,
     bound_value,
-    default_block_size,
     emit_conv2d,
     emit_linear,
     read_conv2d,
@@ -192,7 +191,7 @@ def rewrite_structured_conv(
     weight_names: Optional[Mapping[tvm.ir.Constant, str]] = None,
     tol: Optional[float] = None,
     match_by_value: bool = False,
-    block_size: BlockSize = default_block_size,
+    block_size: BlockSize = portable_block_size,
     linear_as_conv: bool = False,
 ) -> Tuple[tvm.IRModule, RewriteReport]:
     """Rewrite every conv / linear layer of ``mod`` that has a structure; say what was done.
@@ -273,7 +272,7 @@ class RewriteStructuredConv:
         weight_names: Optional[Mapping[tvm.ir.Constant, str]] = None,
         tol: Optional[float] = None,
         match_by_value: bool = False,
-        block_size: BlockSize = default_block_size,
+        block_size: BlockSize = portable_block_size,
         linear_as_conv: bool = False,
     ) -> None:
         self.options = _Options(

@@ -29,10 +29,10 @@ from typing import List, Optional
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
-from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from tvm_structconv.ops import SCHEDULE_RULE, schedule_of_conv, stages_around
+from tvm_structconv.schedules.base import SCHEDULE_FAILURES, TargetRule, schedule_whole_function
 from tvm_structconv.schedules.target_info import divisors
 
 __all__ = [
@@ -221,22 +221,27 @@ def _fits(sch: s_tir.Schedule) -> bool:
     return shared_bytes(sch.mod["main"]) <= SHARED_BUDGET
 
 
-class StructuredConv2dCUDA(ScheduleRule):
+class StructuredConv2dCUDA(TargetRule):
     """The shared-memory template for functions holding the fused conv; else ``None``.
 
-    A function the template declines gets dlight's ``Fallback`` schedule instead.
+    A function holding the fused conv that the template declines gets dlight's ``Fallback``
+    schedule instead.
     """
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> Optional[s_tir.Schedule]:
+    family = "gpu"
+
+    def schedule(
+        self, func: tirx.PrimFunc, target: Target, tunable: bool
+    ) -> Optional[s_tir.Schedule]:
         """Schedule ``func`` if it holds the fused structured conv."""
-        found = schedule_of_conv(func) if target.kind.name == "cuda" else None
+        found = schedule_of_conv(func)
         if found is None:
             return None
         sch, conv = found
         try:
             if schedule_structured_conv2d_cuda(sch, conv) and _fits(sch):
                 return sch
-        except s_tir.ScheduleError:
+        except SCHEDULE_FAILURES:
             pass
         return dlight.gpu.Fallback().apply(func, target, tunable)
 
@@ -254,8 +259,5 @@ def _meta_schedule_rule(
     space = sch.copy()
     if not schedule_structured_conv2d_cuda(space, block) or not _fits(space):
         return [sch]
-    root = space.get_sblock("root")
-    for other in [root, *space.get_child_blocks(root)]:
-        if not space.get(other).same_as(space.get(block)):
-            space.annotate(other, "schedule_rule", "None")
+    schedule_whole_function(space, block)
     return [space]

@@ -1,7 +1,8 @@
-"""x86 (and any LLVM CPU) hand schedule of the fused structured conv, NHWC with packed ``alpha``.
+"""CPU rule of the fused structured conv (x86, AArch64, any LLVM CPU), NHWC with packed ``alpha``.
 
-The CPU template, written for :func:`tvm_structconv.ops.structured_conv2d_nhwc`
-(the trivial structure, i.e. an ordinary conv, included):
+The template, written for :func:`tvm_structconv.ops.structured_conv2d_nhwc` (the trivial
+structure, i.e. an ordinary conv, included; so also every 1×1 conv, depthwise and grouped conv,
+and every Linear layer the rewrites emit as a 1×1 conv):
 
 * ``parallel`` over fused (batch, block of output rows, chunk of output-channel blocks);
 * ``S`` (the padded input for an ordinary conv; the pool stages, with the padding inlined into
@@ -15,151 +16,52 @@ The CPU template, written for :func:`tvm_structconv.ops.structured_conv2d_nhwc`
   accumulator, so it costs one pass over the tile while it is in registers;
 * ``decompose_reduction`` last, then the init block is vectorized.
 
-Vector width and register count come from the target's features (``avx512f``, ``avx2``,
-``neon`` …), never from the machine compiling. ``llvm_get_vector_width`` is not used: in TVM 0.27
-it answers 512 for every x86 CPU, AVX2-only ones included.
+Tile sizes (:mod:`~tvm_structconv.schedules.cpu.tiling`) come from the target's vector width
+and register count, read off its features (``avx512f``, ``avx2``, ``neon`` …), never from the
+machine compiling. On AArch64 the rule unrolls
+:func:`~tvm_structconv.schedules.cpu.tiling.channel_unroll` input channels inside the pixel
+loop (NEON's FMA by element); elsewhere the same rule keeps the channel loop outside.
+
+Measured for AArch64 only for correctness (under qemu, ``tests/test_deploy_qemu.py``): no
+AArch64 board was available; the tests check that LLVM emits by-element ``fmla``.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from tvm_structconv.ops import SCHEDULE_RULE, schedule_of_conv, stages_around
-from tvm_structconv.schedules.cpu import inline_where_possible, schedule_elementwise
+from tvm_structconv.schedules.base import TargetRule, schedule_whole_function
+from tvm_structconv.schedules.cpu.blocks import inline_where_possible
+from tvm_structconv.schedules.cpu.injective import schedule_elementwise
+from tvm_structconv.schedules.cpu.tiling import (
+    MAX_ROWS,
+    ConvTiling,
+    channel_unroll,
+    choose_tiling,
+    pixel_budget,
+)
 from tvm_structconv.schedules.target_info import (
-    divisors,
     extent,
-    target_cores,
     vector_lanes,
     vector_registers,
     vector_split,
-    vector_widths,
 )
 
 __all__ = [
-    "SCHEDULE_FAILURES",
-    "ConvTiling",
-    "block_size_for",
     "StructuredConv2dRule",
-    "channel_block",
-    "choose_tiling",
     "schedule_structured_conv2d",
     "schedule_tail",
     "split_epilogue",
 ]
 
-#: What a schedule primitive raises on a function it cannot transform: a rule then declines.
-#: (``InternalError`` is TVM's failed internal check, e.g. inlining a block it cannot.)
-SCHEDULE_FAILURES = (s_tir.ScheduleError, tvm.error.InternalError)
-#: Largest number of output rows one parallel task computes (bounds the ``S`` tile).
-MAX_ROWS = 8
 #: Producer stages that only move data: inlined into the first window sum when there is one.
 INLINED_STAGES = ("pad", "subsample")
-#: Independent accumulators needed to hide the FMA latency (2 pipes × 4 cycles).
-MIN_ACCUMULATORS = 8
-
-
-def _pixel_tile(
-    out_width: int, block: int, lanes: int, registers: int, channel_unroll: int = 1
-) -> int:
-    """Pixels per accumulator tile: the largest divisor of the width that fits the registers.
-
-    Next to the accumulators: the block's weight vectors (of ``channel_unroll`` input
-    channels), one broadcast and one spare register (a tile using all 16 AVX2 registers
-    spilled and ran at half speed).
-    """
-    return max(divisors(out_width, _pixel_budget(block, lanes, registers, channel_unroll)))
-
-
-def _pixel_budget(block: int, lanes: int, registers: int, channel_unroll: int = 1) -> int:
-    """Most pixels of ``block`` output channels whose accumulators fit the vector registers."""
-    vectors = -(-block // lanes)
-    return max((registers - vectors * channel_unroll - 2) // vectors, 1)
-
-
-def _tile_score(out_width: int, block: int, lanes: int, registers: int) -> float:
-    """Expected fraction of peak of one tile shape: latency hiding × load intensity × lane use."""
-    vectors = -(-block // lanes)
-    pixels = _pixel_tile(out_width, block, lanes, registers)
-    accumulators = pixels * vectors
-    latency = min(1.0, accumulators / MIN_ACCUMULATORS)
-    intensity = min(1.0, accumulators / (pixels + vectors))
-    return latency * intensity * block / (vectors * lanes)
-
-
-def channel_block(target: Target, out_channels: int, groups: int, out_width: int) -> int:
-    """The output-channel block to pack ``alpha`` with for this layer on ``target``.
-
-    A divisor of ``out_channels`` (and of the outputs per group for a grouped conv with several
-    outputs per group) of at most two vector registers, whole registers or a power of two
-    (:func:`~tvm_structconv.schedules.target_info.vector_widths`), picked by
-    :func:`_tile_score`: on AVX2 a 7-wide output gets one register of channels × 7 pixels
-    rather than two × 1.
-    """
-    lanes, registers = vector_lanes(target), vector_registers(target)
-    per_group = out_channels // groups
-    bound = out_channels if groups == 1 or per_group == 1 else per_group
-    candidates = vector_widths(bound, lanes, 2)
-    return max(candidates, key=lambda d: (round(_tile_score(out_width, d, lanes, registers), 3), d))
-
-
-@dataclass(frozen=True)
-class ConvTiling:
-    """The tile sizes of one conv.
-
-    Attributes
-    ----------
-    block
-        Output channels per accumulator tile (the packing block of ``alpha``).
-    pixels
-        Output pixels of one row per accumulator tile (unrolled).
-    rows
-        Output rows per parallel task.
-    chunks
-        Parallel chunks the output-channel blocks are cut into (``S`` is recomputed per chunk).
-    """
-
-    block: int
-    pixels: int
-    rows: int
-    chunks: int
-
-
-def choose_tiling(
-    batch: int,
-    out_height: int,
-    out_width: int,
-    out_channels: int,
-    block: int,
-    target: Target,
-    channel_unroll: int = 1,
-) -> ConvTiling:
-    """Tile sizes for an ``(batch, out_height, out_width, out_channels)`` NHWC output.
-
-    Rows and chunks give every core the same number of tasks where possible, then the most rows
-    per task (less ``S`` overlap recomputed between tasks), then the fewest chunks.
-    """
-    lanes, registers, cores = vector_lanes(target), vector_registers(target), target_cores(target)
-    pixels = _pixel_tile(out_width, block, lanes, registers, channel_unroll)
-    best: Optional[Tuple[tuple, int, int]] = None
-    for rows in divisors(out_height, MAX_ROWS):
-        for chunks in divisors(out_channels // block, cores):
-            tasks = batch * (out_height // rows) * chunks
-            balance = tasks / (cores * -(-tasks // cores))
-            overlap = rows / (rows + 2)
-            score = (round(balance, 2), round(overlap / chunks**0.5, 3), rows)
-            if best is None or score > best[0]:
-                best = (score, rows, chunks)
-    assert best is not None
-    return ConvTiling(block, pixels, best[1], best[2])
 
 
 def _schedule_stage(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
@@ -264,7 +166,7 @@ def schedule_structured_conv2d(
     target: Target,
     tiling: Optional[ConvTiling] = None,
     tunable: bool = False,
-    channel_unroll: int = 1,
+    unroll: Optional[int] = None,
 ) -> bool:
     """Schedule the NHWC structured conv ``conv``, its producer stages and fused epilogue in place.
 
@@ -283,12 +185,13 @@ def schedule_structured_conv2d(
         Sample the tile sizes (rows per task, pixels per tile up to what the registers hold,
         output-channel chunks) instead of choosing them: the design space MetaSchedule
         searches. The packing block of ``alpha`` is fixed at compile time and is not sampled.
-    channel_unroll
+    unroll
         Input channels unrolled inside the pixel loop (when they divide the reduced channels):
-        the ``channel_unroll`` consecutive channels of ``S`` at one pixel are one vector load,
-        whose lanes feed the FMAs (AArch64's by-element ``fmla``) instead of one broadcast
-        load per channel; see :mod:`tvm_structconv.schedules.arm`. ``1`` (x86: a broadcast is
-        a free memory operand of ``vfmadd``) keeps the channel loop outside the pixels.
+        the ``unroll`` consecutive channels of ``S`` at one pixel are one vector load, whose
+        lanes feed the FMAs (AArch64's by-element ``fmla``) instead of one broadcast load per
+        channel. ``1`` (x86: a broadcast is a free memory operand of ``vfmadd``) keeps the
+        channel loop outside the pixels; ``None``:
+        :func:`~tvm_structconv.schedules.cpu.tiling.channel_unroll` of ``target``.
 
     Returns
     -------
@@ -297,15 +200,14 @@ def schedule_structured_conv2d(
     """
     if not _is_nhwc_conv(sch, conv):
         return False
+    unroll = channel_unroll(target) if unroll is None else unroll
     producers, epilogue = stages_around(sch, conv)
     stmt = sch.get(conv)
     out_shape = [int(d) for d in stmt.writes[0].source.shape]
     block = int(stmt.reads[1].source.shape[-1])
     batch, out_height, out_width, out_channels = out_shape
     if tiling is None:
-        tiling = choose_tiling(
-            batch, out_height, out_width, out_channels, block, target, channel_unroll
-        )
+        tiling = choose_tiling(batch, out_height, out_width, out_channels, block, target, unroll)
     lanes = vector_lanes(target)
 
     # the epilogue: its elementwise head becomes one block, reverse-inlined into the
@@ -320,13 +222,13 @@ def schedule_structured_conv2d(
     o_block, o_lane = sch.split(o, [None, block])
     chunk, o_inner = _split(sch, o_block, tiling.chunks, None, -1, tunable)
     y_task, y_row = _split(sch, y, None, tiling.rows, MAX_ROWS, tunable)
-    pixel_budget = _pixel_budget(block, lanes, vector_registers(target), channel_unroll)
-    x_tile, x_pixel = _split(sch, x, None, tiling.pixels, pixel_budget, tunable)
-    if channel_unroll > 1 and extent(sch, rc) % channel_unroll == 0 and extent(sch, rc) > 1:
-        rc, rc_lane = sch.split(rc, [None, channel_unroll])
+    budget = pixel_budget(block, lanes, vector_registers(target), unroll)
+    x_tile, x_pixel = _split(sch, x, None, tiling.pixels, budget, tunable)
+    if unroll > 1 and extent(sch, rc) % unroll == 0 and extent(sch, rc) > 1:
+        rc, rc_lane = sch.split(rc, [None, unroll])
         sch.reorder(b, y_task, chunk, o_inner, y_row, x_tile, ry, rx, rc, x_pixel, rc_lane, o_lane)
         sch.unroll(rc_lane)
-        # the pixel's channel_unroll values of S: one vector load into registers
+        # the pixel's unroll values of S: one vector load into registers
         s_vector = sch.cache_read(conv, 0, "local")
         sch.compute_at(s_vector, x_pixel, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(s_vector)[-1])
@@ -363,25 +265,23 @@ def schedule_structured_conv2d(
     return True
 
 
-class StructuredConv2dRule(ScheduleRule):
+class StructuredConv2dRule(TargetRule):
     """The dlight-style rule: schedules a PrimFunc holding an NHWC structured conv, else ``None``.
 
-    A function of that kind that the template cannot handle is answered ``None`` too (any
-    of :data:`SCHEDULE_FAILURES`), and left to the other rules: :class:`~.cpu.Fallback` last.
+    One rule for every LLVM CPU: the NEON channel unroll is read off the target. A function of
+    that kind that the template cannot handle is answered ``None`` too, and left to the other
+    rules: :class:`~tvm_structconv.schedules.cpu.fallback.Fallback` last.
     """
 
-    def apply(
+    def schedule(
         self, func: tirx.PrimFunc, target: Target, _tunable: bool
     ) -> Optional[s_tir.Schedule]:
         """A schedule of ``func`` for ``target``, or ``None`` when ``func`` is not this op."""
-        found = schedule_of_conv(func) if target.kind.name == "llvm" else None
+        found = schedule_of_conv(func)
         if found is None:
             return None
         sch, conv = found
-        try:
-            return sch if schedule_structured_conv2d(sch, conv, target) else None
-        except SCHEDULE_FAILURES:
-            return None
+        return sch if schedule_structured_conv2d(sch, conv, target) else None
 
 
 @tvm.register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}", override=True)
@@ -400,20 +300,11 @@ def _meta_schedule_rule(
     target = Target.current(allow_none=True) or _host_target()
     if not _is_nhwc_conv(sch, block):
         return [sch]  # the NCHW compute: MetaSchedule's own rules schedule it
-    from tvm_structconv.schedules import arm  # the NEON form for AArch64 targets
-
     spaces = []
     for tunable in (True, False):
         space = sch.copy()
-        schedule_structured_conv2d(
-            space, block, target, tunable=tunable, channel_unroll=arm.channel_unroll(target)
-        )
-        # the whole function is scheduled: no default rule on the other blocks, nor on the
-        # root (whose parallel/vectorize annotation would fail RewriteParallelVectorizeUnroll)
-        root = space.get_sblock("root")
-        for other in [root, *space.get_child_blocks(root)]:
-            if not space.get(other).same_as(space.get(block)):
-                space.annotate(other, "schedule_rule", "None")
+        schedule_structured_conv2d(space, block, target, tunable=tunable)
+        schedule_whole_function(space, block)
         spaces.append(space)
     return spaces
 
@@ -426,12 +317,3 @@ def _host_target() -> Target:
             "num-cores": len(os.sched_getaffinity(0)),
         }
     )
-
-
-def block_size_for(target: Target) -> Callable[[int, int, int], int]:
-    """``(out_channels, groups, out_width) -> block``: :func:`channel_block` for ``target``.
-
-    What the conv rewrites pack NHWC kernels with (``block_size`` of
-    :class:`~tvm_structconv.transform.RewriteStructuredConv`).
-    """
-    return functools.partial(channel_block, target)

@@ -1,0 +1,1 @@
+"""GPU rules (CUDA): the fused structured conv's shared-memory template (:mod:`.conv`)."""

@@ -1,0 +1,89 @@
+"""The one owner of the conv layout and packing block per target, and the rules per family."""
+
+import pytest
+import tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tvm import te
+
+from tvm_structconv.schedules import rules_for
+from tvm_structconv.schedules.base import TargetRule, target_family
+from tvm_structconv.schedules.cpu import tiling
+from tvm_structconv.schedules.cpu.fallback import Fallback
+from tvm_structconv.schedules.gpu.conv import StructuredConv2dCUDA
+from tvm_structconv.schedules.packing import conv_layout, divisor_block, portable_block_size
+from tvm_structconv.targets import make_target
+
+from conv_oracle import HOST
+
+AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "mtriple": "x86_64-linux-gnu"})
+CUDA = tvm.target.Target("cuda")
+
+
+@pytest.mark.parametrize(
+    "out_channels, groups, preferred, lanes, expected",
+    [
+        (64, 1, 16, 8, 16),  # two AVX2 registers
+        (24, 1, 16, 8, 8),  # 12 would divide but fills no whole register
+        (12, 3, 16, 8, 4),  # a block must stay inside one group of 4 outputs
+        (32, 32, 16, 8, 16),  # depthwise: any divisor of the channels
+        (7, 1, 16, 8, 7),
+    ],
+)
+def test_divisor_block(out_channels, groups, preferred, lanes, expected):
+    assert divisor_block(out_channels, groups, preferred, lanes) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from([HOST, AVX2, make_target("aarch64")]),
+    st.integers(1, 96),
+    st.sampled_from([1, 2, 3, 4]),
+    st.integers(1, 60),
+)
+def test_cpu_targets_pack_nhwc_with_the_conv_rules_block(target, per_group, groups, width):
+    out_channels = per_group * groups
+    layout = conv_layout(target)
+    block = layout.block_size(out_channels, groups, width)
+    assert layout.layout == "NHWC"
+    assert block == tiling.channel_block(target, out_channels, groups, width)
+    assert out_channels % block == 0
+    if groups > 1 and per_group > 1:
+        assert per_group % block == 0  # one block reads one group's channels
+
+
+def test_other_targets_and_unscheduled_builds_keep_nchw():
+    assert conv_layout(CUDA).layout == "NCHW"
+    assert conv_layout(HOST, scheduled=False).layout == "NCHW"
+    assert conv_layout().layout == "NCHW"
+    assert conv_layout().block_size is portable_block_size
+
+
+def test_rules_per_target_family():
+    assert target_family(HOST) == "cpu" and target_family(CUDA) == "gpu"
+    assert target_family(tvm.target.Target("c")) is None
+    cpu_rules = rules_for(HOST)
+    assert [type(r).__name__ for r in cpu_rules] == [
+        "StructuredConv2dRule",
+        "ChannelReduction",
+        "Injective",
+        "Fallback",
+    ]
+    assert [type(r) for r in rules_for(CUDA)] == [StructuredConv2dCUDA]
+    assert rules_for(tvm.target.Target("c")) == []
+
+
+def test_a_rule_declines_other_families_and_schedule_failures():
+    data = te.placeholder((4, 64), name="data")
+    out = te.compute((4, 64), lambda i, j: data[i, j] * 2.0, name="double")
+    func = te.create_prim_func([data, out])
+    assert Fallback().apply(func, CUDA, False) is None
+    assert StructuredConv2dCUDA().apply(func, HOST, False) is None
+
+    class Failing(TargetRule):
+        def schedule(self, func, target, tunable):
+            sch = tvm.s_tir.Schedule(func)
+            sch.compute_inline(sch.get_sblock("double"))  # the output block: refused
+            return sch
+
+    assert Failing().apply(func, HOST, False) is None
