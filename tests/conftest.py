@@ -77,3 +77,12 @@ def exported_small_net(tmp_path_factory):
     for path in paths.values():
         export(model, path, x, manifest)
     return {**paths, "folder": folder, "x": x}
+
+
+@pytest.fixture(autouse=True)
+def user_tuning_logs(tmp_path_factory, monkeypatch):
+    """Every test's user tuning logs (``$STRUCTCONV_TUNING_LOGS``) are in a temp folder: no test
+    writes into the tree or the real home."""
+    root = tmp_path_factory.getbasetemp() / "user_tuning_logs"
+    monkeypatch.setenv("STRUCTCONV_TUNING_LOGS", str(root))
+    return root

@@ -10,11 +10,13 @@ pixels per accumulator tile, output-channel chunks; see
 :func:`tvm_structconv.schedules.cpu.conv.schedule_structured_conv2d`), plus the hand schedule as it
 is. Pools, transposes and elementwise functions are memory-bound and keep the hand rules.
 
-Measured records go to a MetaSchedule JSON database in ``tuning_logs/<target key>/``
-(:func:`~tvm_structconv.tuning_logs.logs_dir`; one folder per target because the database is
-not target-aware). Tuning again adds trials to the same database and starts its search from
-the best records already there. ``compile`` applies the database of its target when it exists
-(:func:`~tvm_structconv.tuning_logs.load_database`).
+Measured records go to a MetaSchedule JSON database in the user's ``<root>/<target key>/``
+(:func:`~tvm_structconv.tuning_logs.user_logs_dir`: ``$STRUCTCONV_TUNING_LOGS`` or the user's
+cache folder, never the package; one folder per target because the database is not
+target-aware). A new folder starts from the shipped records of the same CPU, if any. Tuning
+again adds trials to the same database and starts its search from the best records already
+there. ``compile`` applies the database of its target when it exists
+(:func:`~tvm_structconv.tuning_logs.logs_dir`).
 
 Candidates are built here (``LocalBuilder``) and timed either here (in this process, with the
 target's thread count, one at a time while nothing else runs) or on the servers of an RPC
@@ -44,7 +46,7 @@ from tvm_structconv.schedules.target_info import target_cores
 from tvm_structconv.targets import make_target
 from tvm_structconv.threads import pinned_threads
 from tvm_structconv.toolchain import DeviceError, check_runnable
-from tvm_structconv.tuning_logs import logs_dir, open_database
+from tvm_structconv.tuning_logs import open_database, seed_from_shipped, user_logs_dir
 
 if TYPE_CHECKING:  # MetaSchedule is imported when tuning or applying a database
     from tvm.s_tir import meta_schedule as ms
@@ -160,6 +162,8 @@ class TuneResult:
         Records in the database before and after the run (resuming adds to it).
     seconds
         Wall time of the run.
+    trials_per_iter
+        Candidates per round: MetaSchedule's scheduler first gives each task one round.
     """
 
     folder: Path
@@ -167,6 +171,27 @@ class TuneResult:
     records_before: int = 0
     records_after: int = 0
     seconds: float = 0.0
+    trials_per_iter: int = 16
+
+    def untried(self) -> List[TaskResult]:
+        """The tasks this run measured no candidate of."""
+        return [task for task in self.tasks if task.trials == 0]
+
+    def coverage_warning(self) -> Optional[str]:
+        """A one-line warning when some task got no trial (``None`` when all got some).
+
+        The scheduler gives every task one round of ``trials_per_iter`` candidates before it
+        picks by gain, so ``tasks × trials_per_iter`` trials reach every task.
+        """
+        untried = self.untried()
+        if not untried:
+            return None
+        needed = len(self.tasks) * self.trials_per_iter
+        return (
+            f"{len(untried)} of {len(self.tasks)} tasks got no trial (the budget ran out first); "
+            f"--trials {needed} (tasks x --trials-per-iter {self.trials_per_iter}) reaches "
+            "every task"
+        )
 
     def estimated_ms(self) -> float:
         """The tasks' best times weighted by their call counts (the model's conv time), ms."""
@@ -350,8 +375,10 @@ def tune_model(
         Tune the structured build's tasks; ``False`` tunes the original model's (its ordinary
         convs through the same template), for comparisons at equal effort.
     folder
-        The database folder; :func:`~tvm_structconv.tuning_logs.logs_dir` of the target by
-        default. An existing database is added to, and its best records seed the search.
+        The database folder; by default the user's folder of the target
+        (:func:`~tvm_structconv.tuning_logs.user_logs_dir`), started from the shipped records
+        of its CPU when new. An existing database is added to, and its best records seed the
+        search.
     trials_per_iter
         Candidates built and measured per round.
     rpc_tracker, device_key
@@ -388,7 +415,10 @@ def tune_model(
     tasks = conv_tasks(mod, target)
     if not tasks:
         raise TuneError("the model has no conv to tune")
-    folder = Path(folder) if folder is not None else logs_dir(target)
+    if folder is None:
+        folder = user_logs_dir(target)
+        seed_from_shipped(folder, target)
+    folder = Path(folder)
     database = open_database(folder)
     before = len(database)
     contexts = [
@@ -427,7 +457,12 @@ def tune_model(
             )
     finally:
         callback.bar.close()
-    result = TuneResult(folder, records_before=before, records_after=len(database))
+    result = TuneResult(
+        folder,
+        records_before=before,
+        records_after=len(database),
+        trials_per_iter=min(trials_per_iter, trials),
+    )
     for index, task in enumerate(tasks):
         best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
         runs = best[0].run_secs if best else None
