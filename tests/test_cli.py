@@ -11,6 +11,8 @@ from tvm import relax
 
 from tvm_structconv.cli import main
 from tvm_structconv.manifest import LayerSpec, Manifest
+from tvm_structconv.targets import make_target, target_key
+from tvm_structconv.tuning_logs import has_database
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +145,26 @@ def test_tune_then_compile_applies_the_log(exported, tmp_path, capsys):
         )
         == 0
     )
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     records = re.search(r"database 0 -> (\d+) records", out)
     assert "structured:" in out and records is not None and int(records.group(1)) >= 4
+    # --tuning-logs is a root, like $STRUCTCONV_TUNING_LOGS: the records go to its CPU folder
+    database = logs / target_key(make_target("x86"))
+    assert f"into {database}\n" in captured.err and has_database(database)
+    # 4 trials of 4 per round cannot reach all of the net's three tasks: the warning counts
+    # the table's rows without a trial and names the budget that reaches them
+    untried = sum(1 for line in out.splitlines() if re.match(r"\S+\s+1\s+0\s+n/a$", line))
+    assert untried >= 1 and (
+        f"structconv: warning: {untried} of 3 tasks got no trial (the budget ran out first); "
+        "--trials 12 (tasks x --trials-per-iter 4) reaches every task" in captured.err
+    )
     library = tmp_path / "net.so"
     assert (
         main(["compile", str(folder / "net.onnx"), "-o", str(library), "--tuning-logs", str(logs)])
         == 0
     )
-    assert f"tuning log {logs}: tuned schedules for" in capsys.readouterr().out
+    assert f"tuning log {database}: tuned schedules for" in capsys.readouterr().out
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
     session = onnxruntime.InferenceSession(

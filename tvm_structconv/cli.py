@@ -36,7 +36,37 @@ def _load(args: argparse.Namespace):
 
     # --detect looks at the weights alone: no recorded structure is read
     manifest = Manifest({}, "<--detect>") if args.detect else args.manifest
-    return load_model(args.model, manifest=manifest, input_shapes=_input_shapes(args))
+    imported = load_model(args.model, manifest=manifest, input_shapes=_input_shapes(args))
+    if not args.detect and not args.allow_unmatched:
+        _check_manifest_matches(imported, getattr(args, "tol", None))
+    return imported
+
+
+def _check_manifest_matches(imported, tol: Optional[float]) -> None:
+    """Refuse a manifest whose entries match no weight of the model by name or by value.
+
+    Raises
+    ------
+    ManifestError
+        Naming the first unmatched entry and how many more there are.
+    """
+    from tvm_structconv.manifest import ManifestError
+    from tvm_structconv.transform.structured_conv import default_tolerance
+
+    if set(imported.manifest.layers) <= set(imported.weight_names.values()):
+        return  # every entry names a weight: the rewrite checks each one's structure
+    weights = imported.weights()
+    dtype = next(iter(weights.values()))[0].dtype if weights else "float32"
+    unmatched = imported.manifest.unmatched(
+        weights, tol if tol is not None else default_tolerance(dtype)
+    )
+    if unmatched:
+        more = f" and {len(unmatched) - 1} more" if len(unmatched) > 1 else ""
+        raise ManifestError(
+            f"{imported.manifest.source}: {unmatched[0]!r}{more} match no weight of "
+            f"{imported.source} by name or by value; is this manifest for another model? "
+            "(--allow-unmatched compiles anyway and leaves them alone)"
+        )
 
 
 def _input_shapes(args: argparse.Namespace) -> Optional[dict]:
@@ -57,7 +87,31 @@ def _input_shapes(args: argparse.Namespace) -> Optional[dict]:
 def _target(args: argparse.Namespace):
     from tvm_structconv.targets import make_target
 
-    return make_target(args.target, args.cuda_arch)
+    return make_target(args.target, args.cuda_arch, args.mcpu, args.mattr)
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
+    """``--target``, ``--mcpu``, ``--mattr`` (and ``--cuda-arch``): what compile, verify,
+    deploy and tune build for."""
+    parser.add_argument(
+        "--target",
+        default="x86",
+        help=f"{default_help}; aliases x86_64, arm64; or a JSON target dict "
+        '(\'{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}\')',
+    )
+    parser.add_argument(
+        "--mcpu",
+        default=None,
+        metavar="CPU",
+        help="the CPU to build for, as LLVM names it (cortex-a72, cortex-a76, neoverse-n1, "
+        "skylake-avx512); default: this host's for x86, generic NEON for aarch64",
+    )
+    parser.add_argument(
+        "--mattr", default=None, metavar="+F1,+F2", help="extra LLVM CPU features (+dotprod)"
+    )
+    parser.add_argument(
+        "--cuda-arch", default=None, help="GPU architecture of --target cuda (default sm_80)"
+    )
 
 
 def _add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +121,15 @@ def _add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
         metavar="NAME:1x3x224x224",
         help="shape of an ONNX input with symbolic dims (repeat for several "
         "inputs); a symbolic batch defaults to 1",
+    )
+
+
+def _add_allow_unmatched_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-unmatched",
+        action="store_true",
+        help="compile even when manifest entries match no weight by name or by value "
+        "(they are left alone)",
     )
 
 
@@ -84,10 +147,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="find structures in the weights by value instead of a manifest",
     )
-    parser.add_argument("--target", default="x86", help="x86 (default), aarch64 or cuda")
-    parser.add_argument(
-        "--cuda-arch", default=None, help="GPU architecture of --target cuda (default sm_80)"
-    )
+    _add_allow_unmatched_argument(parser)
+    _add_target_arguments(parser, "x86 (this host, default), aarch64 (generic NEON) or cuda")
     parser.add_argument(
         "--tol",
         type=float,
@@ -99,19 +160,27 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--tuning-logs",
         default=None,
         metavar="DIR",
-        help="apply the tuning database in DIR (default: the target's folder "
-        "under tuning_logs/, when it exists)",
+        help="apply the target's tuning database under DIR (DIR/<target key>, or DIR itself "
+        "when it holds one); default: $STRUCTCONV_TUNING_LOGS or the user cache, else the "
+        "logs shipped with the package",
     )
     logs.add_argument(
         "--no-logs", action="store_true", help="ignore tuning logs: hand schedules only"
     )
 
 
-def _tuning_logs(args: argparse.Namespace):
-    """``compile_model``'s ``tuning_logs`` from ``--tuning-logs`` / ``--no-logs``."""
+def _tuning_logs(args: argparse.Namespace, target):
+    """``compile_model``'s ``tuning_logs`` from ``--tuning-logs`` / ``--no-logs``.
+
+    ``--tuning-logs DIR`` is a root like ``$STRUCTCONV_TUNING_LOGS``: the target's database is
+    ``DIR/<target key>`` (or ``DIR`` itself when it holds one). Without it, ``True``: the
+    user's database of the target, else the shipped one.
+    """
+    from tvm_structconv.tuning_logs import database_dir
+
     if args.no_logs:
         return False
-    return args.tuning_logs if args.tuning_logs else True
+    return str(database_dir(target, args.tuning_logs)) if args.tuning_logs else True
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -143,13 +212,14 @@ def _compile_reported(args: argparse.Namespace):
     from tvm_structconv.build import compile_model
 
     imported = _load(args)
+    target = _target(args)
     compiled = compile_model(
         imported,
-        _target(args),
+        target,
         structured=not args.original,
         tol=args.tol,
         match_by_value=args.detect,
-        tuning_logs=_tuning_logs(args),
+        tuning_logs=_tuning_logs(args, target),
     )
     for note in compiled.notes:
         print(f"note: {note}")
@@ -158,7 +228,19 @@ def _compile_reported(args: argparse.Namespace):
     )
     if compiled.report is not None:
         print(compiled.report.format())
+        _warn_if_nothing_detected(args, compiled.report)
     return imported, compiled
+
+
+def _warn_if_nothing_detected(args: argparse.Namespace, report) -> None:
+    """Say so on stderr when ``--detect`` found no structured weight at all."""
+    if args.detect and not report.rewritten:
+        print(
+            f"structconv: warning: --detect found no structured weight in {args.model}: nothing "
+            "was rewritten (were the weights projected with tvm_structconv.nn.structurize "
+            "before export?)",
+            file=sys.stderr,
+        )
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -177,18 +259,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     expected = reference_outputs(imported, inputs)
     oracle = "onnxruntime" if imported.kind == "onnx" else "torch"
     worst = 0.0
+    target = _target(args)
     for structured in (False, True):
         compiled = compile_model(
             imported,
-            _target(args),
+            target,
             structured=structured,
             tol=args.tol,
             match_by_value=args.detect,
-            tuning_logs=_tuning_logs(args),
+            tuning_logs=_tuning_logs(args, target),
         )
         absolute, relative = max_errors(compiled.run(*inputs), expected)
         worst = max(worst, relative)
         label = "structured" if structured else "original"
+        if structured:
+            _warn_if_nothing_detected(args, compiled.report)
         extra = f" ({len(compiled.report.rewritten)} layers rewritten)" if structured else ""
         print(
             f"{label:<10} vs {oracle}: max abs error {absolute:.3e}, max rel error "
@@ -245,6 +330,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tvm_structconv.targets import target_key
     from tvm_structconv.threads import pinned_threads
     from tvm_structconv.tune import tune_model
+    from tvm_structconv.tuning_logs import user_logs_dir
 
     # candidates are timed in this process: its thread pool (started at the first parallel run)
     # must use the target's cores, not TVM's default of the physical ones
@@ -255,7 +341,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         for structured in variants:
             label = "structured" if structured else "original"
             print(
-                f"tuning the {label} model's convs for {target_key(target)} ({args.trials} trials)",
+                f"tuning the {label} model's convs for {target_key(target)} ({args.trials} "
+                f"trials) into {user_logs_dir(target, args.tuning_logs)}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -264,7 +351,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 target,
                 trials=args.trials,
                 structured=structured,
-                folder=args.tuning_logs,
+                # the default root: tune_model starts a new folder from the shipped records
+                folder=user_logs_dir(target, args.tuning_logs) if args.tuning_logs else None,
                 trials_per_iter=args.trials_per_iter,
                 rpc_tracker=args.rpc_tracker,
                 device_key=args.device_key,
@@ -272,6 +360,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
             )
             print(f"{label}:")
             print(result.table())
+            warning = result.coverage_warning()
+            if warning:
+                print(f"structconv: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -536,9 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="find structures in the weights by value instead of a manifest",
     )
-    tune.add_argument(
-        "--target", default="x86", help="x86 (default) or aarch64 (needs --rpc-tracker)"
-    )
+    _add_allow_unmatched_argument(tune)
+    _add_target_arguments(tune, "x86 (this host, default) or aarch64 (needs --rpc-tracker)")
     tune.add_argument(
         "--trials",
         type=int,
@@ -560,15 +650,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tuning-logs",
         default=None,
         metavar="DIR",
-        help="database folder (default: tuning_logs/<target key>/); an existing "
-        "database is added to",
+        help="root of the tuning logs, like $STRUCTCONV_TUNING_LOGS: records go to "
+        "DIR/<target key>/ (default: $STRUCTCONV_TUNING_LOGS, else the user cache "
+        "~/.cache/tvm_structconv/tuning_logs); an existing database is added to",
     )
     tune.add_argument(
         "--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: time candidates on its devices"
     )
     tune.add_argument("--device-key", help="key the devices registered under")
     tune.add_argument("--seed", type=int, default=None, help="seed of the search")
-    tune.set_defaults(func=cmd_tune, cuda_arch=None)
+    tune.set_defaults(func=cmd_tune)
 
     bench = commands.add_parser(
         "bench",

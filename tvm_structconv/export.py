@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import pathlib
 import warnings
-from typing import Sequence, Union
+from typing import Dict, Sequence, Union
 
 import torch
 import torch.nn as nn
 
-from tvm_structconv.manifest import Manifest
+from tvm_structconv.manifest import Manifest, ManifestError
+from tvm_structconv.structure import Structure
 
 __all__ = ["export", "sidecar_path"]
 
@@ -68,7 +69,8 @@ def export(
     ValueError
         If the suffix is neither ``.onnx`` nor ``.pt2``.
     tvm_structconv.manifest.ManifestError
-        If the manifest does not fit ``model``.
+        If the manifest does not fit ``model``, or a recorded weight is off its structure (it
+        was never projected: call :func:`tvm_structconv.nn.structurize` first).
 
     Warns
     -----
@@ -80,7 +82,7 @@ def export(
     path = pathlib.Path(path)
     if path.suffix not in (".onnx", ".pt2"):
         raise ValueError(f"cannot export to {path}: the suffix must be .onnx or .pt2")
-    manifest.structures(model)
+    _check_projected(model, manifest.structures(model), manifest.source)
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     was_training = model.training
     model.eval()
@@ -92,6 +94,25 @@ def export(
             manifest.save(sidecar_path(path))
     finally:
         model.train(was_training)
+
+
+def _check_projected(model: nn.Module, structures: Dict[str, Structure], source: str) -> None:
+    """Refuse weights off their recorded structure: the compiler would refuse them later.
+
+    The tolerance is the compiler's default (100 × the weight dtype's machine epsilon, relative
+    residual), so what exports here also compiles.
+    """
+    parameters = dict(model.named_parameters())
+    for name, structure in structures.items():
+        weight = parameters[name].detach()
+        residual = float(structure.residual(weight.double().numpy()))
+        tolerance = 100.0 * torch.finfo(weight.dtype).eps
+        if residual > tolerance:
+            raise ManifestError(
+                f"{source}: {name!r} is {residual:.1e} off its recorded {structure} (relative "
+                f"residual, tolerance {tolerance:.1e}); project the weights with "
+                "tvm_structconv.nn.structurize(model, plan) and export the model it returns"
+            )
 
 
 def _export_onnx(model: nn.Module, path: pathlib.Path, inputs: tuple, manifest: Manifest) -> None:

@@ -80,6 +80,28 @@ class ImportedModel:
     source: str
     notes: List[str] = field(default_factory=list)
 
+    def weights(self) -> Dict[str, Tuple[np.ndarray, int]]:
+        """``{name: (array, groups)}`` of every named weight (groups 1 unless a grouped conv's)."""
+        groups = {}
+        for function in self.mod.functions.values():
+            if isinstance(function, relax.Function):
+                relax.analysis.post_order_visit(function, lambda e: _record_groups(e, groups))
+        return {
+            name: (constant.value.numpy(), groups.get(constant, 1))
+            for constant, name in self.weight_names.items()
+        }
+
+
+def _record_groups(expr: relax.Expr, groups: Dict[tvm.ir.Constant, int]) -> None:
+    """Note the groups of a ``conv2d`` whose weight is a constant."""
+    if (
+        isinstance(expr, relax.Call)
+        and isinstance(expr.op, tvm.ir.Op)
+        and expr.op.name == "relax.nn.conv2d"
+        and isinstance(expr.args[1], tvm.ir.Constant)
+    ):
+        groups[expr.args[1]] = int(expr.attrs.groups)
+
 
 def load_model(
     model: Union[str, os.PathLike, torch.nn.Module, torch.export.ExportedProgram],

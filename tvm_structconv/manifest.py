@@ -239,6 +239,36 @@ class Manifest:
             result[name] = self._structure(name, tuple(shapes[name]), groups.get(name, 1))
         return result
 
+    def unmatched(self, weights: Mapping[str, Tuple[np.ndarray, int]], tol: float) -> List[str]:
+        """The entries that match none of ``weights`` by name, nor any unnamed one by value.
+
+        An entry whose name is not a key of ``weights`` (an exporter renamed the weight) is
+        matched when some weight whose name no entry holds satisfies the entry's structure
+        within relative residual ``tol``; a 2-D weight also transposed (an exporter's
+        ``MatMul`` of a Linear layer). What is left over is a manifest written for another
+        model, or for weights that were never projected.
+
+        Parameters
+        ----------
+        weights
+            ``{name: (weight, groups)}`` of the model: conv ``(Cout, C/groups, N, N)`` or
+            linear weights (groups 1).
+        tol
+            Largest accepted relative residual (as in :func:`detect`).
+        """
+        candidates = [
+            (array, groups)
+            for name, (weight, groups) in weights.items()
+            if name not in self.layers and np.ndim(weight) in (2, 4)
+            for array in _orientations(np.asarray(weight, dtype=np.float64))
+        ]
+        return [
+            name
+            for name, spec in self.layers.items()
+            if name not in weights
+            and not any(_satisfies(spec, array, groups, tol) for array, groups in candidates)
+        ]
+
     def _structure(self, name: str, shape: Tuple[int, ...], groups: int) -> Structure:
         try:
             return self.layers[name].structure(shape, groups)
@@ -275,6 +305,20 @@ def _parse_layer(name: Any, entry: Any, source: str) -> LayerSpec:
             f"[nh, nw], got {entry['reduced_kernel_size']!r}"
         )
     return LayerSpec(channels, (kernel[0], kernel[1]))
+
+
+def _orientations(weight: np.ndarray) -> List[np.ndarray]:
+    """A weight as a conv or Linear layer sees it: a 2-D one also transposed."""
+    return [weight, weight.T] if weight.ndim == 2 else [weight]
+
+
+def _satisfies(spec: LayerSpec, weight: np.ndarray, groups: int, tol: float) -> bool:
+    """Whether ``weight`` has ``spec``'s structure within relative residual ``tol``."""
+    try:
+        structure = spec.structure(weight.shape, groups)
+    except ValueError:  # the spec does not fit this shape
+        return False
+    return structure.residual(weight.reshape(structure.weight_shape(weight.shape[0]))) <= tol
 
 
 def _is_positive_int(value: Any) -> bool:
