@@ -9,8 +9,11 @@ metadata, or a sidecar ``<model stem>.manifest.json`` next to the file.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -150,13 +153,7 @@ def load_model(
         if suffix == ".onnx":
             imported = _from_onnx(path, input_shapes)
         elif suffix == ".pt2":
-            try:
-                program = torch.export.load(str(path))
-            except Exception as error:  # torch raises many kinds for a bad archive
-                raise FrontendError(
-                    f"cannot load {path} as a torch.export program: {error}"
-                ) from None
-            imported = _from_exported_program(program, str(path), "pt2")
+            imported = _from_exported_program(_load_pt2(path), str(path), "pt2")
         else:
             raise FrontendError(f"unknown model kind {suffix!r} for {path}: expected .onnx or .pt2")
         if explicit is None and suffix == ".onnx":
@@ -168,6 +165,64 @@ def load_model(
     imported.manifest = explicit if explicit is not None else Manifest({}, "<no manifest>")
     imported.manifest_origin = origin
     return imported
+
+
+def _load_pt2(path: Path) -> torch.export.ExportedProgram:
+    """``torch.export.load(path)``, its failures as one line that says what to do.
+
+    A ``torch.save`` pickle renamed ``.pt2`` and a program written by another torch version are
+    named as such (the archive's ``models/*.json`` records the torch that wrote it); torch's
+    own multi-line warnings about the failed load are silenced.
+    """
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return torch.export.load(str(path))
+    except Exception as error:  # torch raises many kinds for a bad archive
+        raise FrontendError(_pt2_failure(path, error)) from None
+    finally:
+        logger.setLevel(level)
+
+
+def _pt2_failure(path: Path, error: Exception) -> str:
+    """Why ``path`` did not load as a torch.export program, and what to do, in one line."""
+    pickle = (
+        f"{path} is a torch.save pickle, not a torch.export program; export it with "
+        "torch.export.export(model, args) and torch.export.save (or tvm_structconv.export.export)"
+    )
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            if file.read(1) == b"\x80":  # a pickle's PROTO opcode: torch.save's legacy format
+                return pickle
+        return (
+            f"{path} is not a torch.export archive (not a zip file); save it with torch.export.save"
+        )
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        if not any(name.endswith("/archive_format") for name in names) and any(
+            name.endswith("/data.pkl") for name in names
+        ):
+            return pickle
+        written_by = _pt2_torch_version(archive, names)
+    ours = torch.__version__
+    if written_by is not None and written_by.split("+")[0] != ours.split("+")[0]:
+        return (
+            f"{path} was exported with torch {written_by}, and this torch {ours} cannot load it; "
+            f"re-export it with torch {ours} (torch.export.export and torch.export.save)"
+        )
+    return f"cannot load {path} as a torch.export program: {last_line(error)}"
+
+
+def _pt2_torch_version(archive: zipfile.ZipFile, names: Sequence[str]) -> Optional[str]:
+    """The torch version recorded in a ``.pt2`` archive's ``models/*.json``, if any."""
+    for name in names:
+        if "/models/" in name and name.endswith(".json"):
+            try:
+                return str(json.loads(archive.read(name))["torch_version"])
+            except (KeyError, ValueError, TypeError):
+                continue
+    return None
 
 
 def _export(module: torch.nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:

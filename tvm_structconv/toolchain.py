@@ -10,8 +10,9 @@ a build that cannot run here is a :class:`DeviceError` that says where it can ru
 
 from __future__ import annotations
 
+import os
 import shutil
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import tvm
 from tvm.support import cc
@@ -28,8 +29,13 @@ __all__ = [
     "cross_cxx",
     "emulator",
     "export_compiler",
+    "library_arch",
+    "load_library",
     "target_arch",
 ]
+
+#: ELF ``e_machine`` values of the architectures a library may be built for.
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm", 243: "riscv64"}
 
 #: Debian packages of the aarch64 cross toolchain.
 CROSS_PACKAGES = "gcc-aarch64-linux-gnu g++-aarch64-linux-gnu"
@@ -124,3 +130,36 @@ def check_runnable(target: tvm.target.Target) -> None:
         )
     if target.kind.name == "cuda" and not tvm.cuda().exist:
         raise DeviceError("no CUDA device; use --target x86 or run on a GPU machine")
+
+
+def library_arch(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The architecture a shared library is built for (``x86_64``, ``aarch64``), read from its
+    ELF header; ``None`` for a file that is not ELF or of an unknown machine."""
+    with open(path, "rb") as file:
+        header = file.read(20)
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return None
+    return _ELF_MACHINES.get(int.from_bytes(header[18:20], "little" if header[5] == 1 else "big"))
+
+
+def load_library(path: Union[str, os.PathLike]) -> tvm.runtime.Module:
+    """``tvm.runtime.load_module(path)`` for a library built by ``compile`` or ``deploy``.
+
+    Raises
+    ------
+    DeviceError
+        If the library is for another architecture than this host's (TVM's own message for
+        that is "cannot open shared object file" for a file that exists).
+    FileNotFoundError
+        If there is no such file.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no library at {os.fspath(path)}")
+    arch = library_arch(path)
+    if arch is not None and arch != host_arch():
+        raise DeviceError(
+            f"{os.fspath(path)} is an {arch} library and cannot load on this {host_arch()} host; "
+            "run it on the board, or here under qemu with its bundle's runner "
+            "(structconv deploy --check)"
+        )
+    return tvm.runtime.load_module(os.fspath(path))
