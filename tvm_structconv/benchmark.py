@@ -63,6 +63,16 @@ class BenchRow:
         """``target / runtime / variant``."""
         return f"{self.target}/{self.runtime}/{self.variant}"
 
+    @property
+    def instability(self) -> Optional[str]:
+        """Why the samples cannot carry a ratio (:meth:`Latency.instability`), or ``None``."""
+        return self.latency.instability() if self.latency is not None else None
+
+    @property
+    def trusted(self) -> bool:
+        """Measured, with stable samples: fit for a headline ratio."""
+        return self.latency is not None and self.instability is None
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -129,15 +139,23 @@ class ModelSource:
     builtin: Optional[Dict[str, object]] = None
 
     @classmethod
-    def resolve(cls, model: str, workdir: Path, image_size: int = 224) -> ModelSource:
-        """A path (``.onnx`` / ``.pt2``) or a built-in model name, exported into ``workdir``."""
+    def resolve(cls, model: str, workdir: Path, image_size: Optional[int] = None) -> ModelSource:
+        """A path (``.onnx`` / ``.pt2``) or a built-in model name, exported into ``workdir``
+        at ``image_size`` (default 224).
+
+        Raises
+        ------
+        FrontendError
+            If ``image_size`` is given for a model file (its input shape is its own).
+        """
         from tvm_structconv.models import list_models
 
+        cls.check_image_size(model, image_size)
         if model in list_models():
             from tvm_structconv.export import export
             from tvm_structconv.models import create_structured
 
-            builtin = {"name": model, "image_size": image_size, "seed": 0}
+            builtin = {"name": model, "image_size": image_size or 224, "seed": 0}
             built = create_structured(**builtin)
             paths = [str(workdir / f"{model}{suffix}") for suffix in (".onnx", ".pt2")]
             for path in paths:
@@ -147,6 +165,24 @@ class ModelSource:
         return cls(
             onnx=model if suffix == ".onnx" else None, pt2=model if suffix == ".pt2" else None
         )
+
+    @staticmethod
+    def check_image_size(model: str, image_size: Optional[int]) -> None:
+        """Refuse ``image_size`` for anything but a built-in model name.
+
+        Raises
+        ------
+        FrontendError
+            If ``image_size`` is given for a model file (its input shape is its own).
+        """
+        from tvm_structconv.frontend import FrontendError
+        from tvm_structconv.models import list_models
+
+        if image_size is not None and model not in list_models():
+            raise FrontendError(
+                f"--image-size is for built-in models; {model} has the input shape it was "
+                "exported with (an ONNX model with symbolic dims takes --input-shape)"
+            )
 
     @property
     def primary(self) -> str:
@@ -178,27 +214,37 @@ class BenchReport:
             f"{'p99 ms':>9}{'GMAC':>7}{'params M':>10}  note",
         ]
         for row in self.rows:
+            note = row.note
             if row.latency is not None:
                 timing = (
                     f"{row.latency.median_ms:>10.2f}{row.latency.p90_ms:>9.2f}"
                     f"{row.latency.p99_ms:>9.2f}"
                 )
+                if row.instability:
+                    note = f"UNSTABLE ({row.instability}) {note}".rstrip()
             else:
                 timing = f"{'n/a':>10}{'':>9}{'':>9}"
             lines.append(
                 f"{row.target:<8}{row.runtime:<17}{row.variant:<11}{timing}"
-                f"{row.macs / 1e9:>7.2f}{row.params / 1e6:>10.2f}  {row.note}"
+                f"{row.macs / 1e9:>7.2f}{row.params / 1e6:>10.2f}  {note}"
             )
         lines.extend(self.ratios())
         return "\n".join(lines)
 
     def ratios(self) -> List[str]:
-        """Structured TVM vs original TVM and vs each peer's original, per target (one run)."""
+        """Structured TVM vs original TVM and vs each peer's original, per target (one run).
+
+        A ratio is printed only between rows whose samples are stable
+        (:attr:`BenchRow.trusted`); for an unstable row the line says so instead.
+        """
         lines = []
         for target in dict.fromkeys(row.target for row in self.rows):
             for runtime in ("tvm", "tvm-tuned"):
                 ours = self.row(target, runtime, "structured")
                 if ours is None or ours.latency is None:
+                    continue
+                if not ours.trusted:
+                    lines.append(_no_ratio(f"structured {runtime} ({target})", ours, self))
                     continue
                 for row in self.rows:
                     if row is ours or row.variant != "original" or row.latency is None:
@@ -207,6 +253,9 @@ class BenchReport:
                         continue
                     if runtime == "tvm-tuned" and not row.runtime.startswith("tvm"):
                         continue  # the peers are compared with the untuned build above
+                    if not row.trusted:
+                        lines.append(_no_ratio(f"{row.runtime} ({row.target})", row, self))
+                        continue
                     ratio = row.latency.median_ms / ours.latency.median_ms
                     lines.append(
                         f"structured {runtime} ({target}) is {ratio:.2f}x faster than "
@@ -226,6 +275,8 @@ class BenchReport:
                     median_ms=row.latency.median_ms,
                     p90_ms=row.latency.p90_ms,
                     p99_ms=row.latency.p99_ms,
+                    round_medians_ms=row.latency.round_medians_ms(),
+                    unstable=row.instability,
                 )
             rows.append(entry)
         return {
@@ -247,7 +298,9 @@ class BenchReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        groups = list(dict.fromkeys((row.target, row.runtime) for row in self.rows))
+        # rows that did not run are in the table, not in the plot
+        measured = [row for row in self.rows if row.latency is not None]
+        groups = list(dict.fromkeys((row.target, row.runtime) for row in measured))
         figure, axes = plt.subplots(figsize=(max(6.0, 1.4 * len(groups) + 2), 4.2))
         width = 0.38
         colors = {"original": "#8c8c8c", "structured": "#1f77b4"}
@@ -256,24 +309,35 @@ class BenchReport:
                 row = self.row(target, runtime, variant)
                 if row is None or row.latency is None:
                     continue
-                median = row.latency.median_ms
+                median, p90 = row.latency.median_ms, row.latency.p90_ms
                 axes.bar(
                     index + offset,
                     median,
                     width,
                     color=colors[variant],
-                    yerr=[[0], [row.latency.p90_ms - median]],
+                    hatch="//" if row.instability else None,
+                    edgecolor="#d62728" if row.instability else None,
+                    yerr=[[0], [p90 - median]],
                     capsize=3,
                     label=variant
                     if index == 0 or not axes.get_legend_handles_labels()[1].count(variant)
                     else None,
                 )
-                axes.text(
-                    index + offset, median, f"{median:.1f}", ha="center", va="bottom", fontsize=7
+                # above the whisker, so the whisker never crosses the number
+                axes.annotate(
+                    f"{median:.1f}" + ("\nunstable" if row.instability else ""),
+                    (index + offset, p90),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    color="#d62728" if row.instability else "black",
                 )
         axes.set_xticks(range(len(groups)))
         axes.set_xticklabels([f"{runtime}\n{target}" for target, runtime in groups], fontsize=8)
         axes.set_ylabel("median latency, ms (whisker: p90)")
+        axes.margins(y=0.2)  # room for the labels above the tallest whisker
         axes.set_title(f"{self.model}: batch 1, fp32, {self.threads} threads")
         handles, labels = axes.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
@@ -281,6 +345,15 @@ class BenchReport:
         figure.tight_layout()
         figure.savefig(path, dpi=130)
         plt.close(figure)
+
+
+def _no_ratio(name: str, row: BenchRow, report: BenchReport) -> str:
+    """The line printed instead of a ratio with an unstable row."""
+    rounds = int(report.meta.get("rounds", 2) or 2)
+    return (
+        f"no ratio with {name}: its samples are unstable ({row.instability}); rerun on a "
+        f"quiet machine or with more rounds (--rounds {2 * rounds})"
+    )
 
 
 def _cpu_name() -> str:
@@ -407,22 +480,22 @@ def plan_jobs(
     for peer in peers:
         for variant in VARIANTS:
             cost = costs.get(variant, Cost())
-            local.append(
-                Measurement(
-                    BenchRow("host", peer, variant, cost.macs, cost.params),
-                    job=Job(
-                        peer,
-                        variant,
-                        inputs_path,
-                        threads,
-                        repeat,
-                        min_repeat_ms,
-                        onnx=source.onnx,
-                        pt2=source.pt2,
-                        builtin=source.builtin,
-                    ),
-                )
+            job = Job(
+                peer,
+                variant,
+                inputs_path,
+                threads,
+                repeat,
+                min_repeat_ms,
+                onnx=source.onnx,
+                pt2=source.pt2,
+                builtin=source.builtin,
             )
+            row = BenchRow("host", peer, variant, cost.macs, cost.params)
+            reason = job.unavailable()
+            if reason is not None:  # listed once as n/a, never run
+                row.note = f"n/a ({reason})"
+            local.append(Measurement(row, job=job))
     return local
 
 
@@ -481,7 +554,7 @@ def run_benchmark(
     rpc_tracker: Optional[str] = None,
     device_key: Optional[str] = None,
     workdir: Optional[str] = None,
-    image_size: int = 224,
+    image_size: Optional[int] = None,
     progress: Callable[[str], None] = lambda message: None,
     input_shapes: Optional[Dict[str, Tuple[int, ...]]] = None,
 ) -> BenchReport:
@@ -509,7 +582,7 @@ def run_benchmark(
     workdir
         Where the exported models, inputs and libraries go (default: a new temporary folder).
     image_size
-        Input size of a built-in model.
+        Input size of a built-in model (default 224); an error for a model file.
     progress
         Called with a message before each step.
     input_shapes
@@ -525,6 +598,8 @@ def run_benchmark(
         raise PeerUnavailable(f"unknown peer {unknown[0]!r}; known peers: {', '.join(PEERS)}")
     for target in targets:
         make_target(target)  # unknown names fail before any work
+    if not isinstance(model, ModelSource):
+        ModelSource.check_image_size(model, image_size)
     threads = threads or available_cores()
     folder = Path(workdir or tempfile.mkdtemp(prefix="structconv-bench-"))
     folder.mkdir(parents=True, exist_ok=True)

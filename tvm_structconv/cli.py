@@ -680,7 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--repeat", type=int, default=10, help="samples per round")
     bench.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
-    bench.add_argument("--image-size", type=int, default=224, help="input size of built-in models")
+    bench.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input size of a built-in model (default 224); a model file keeps its own",
+    )
     bench.add_argument(
         "--rpc-tracker",
         help="HOST:PORT of a TVM RPC tracker: measure the TVM builds on its devices",

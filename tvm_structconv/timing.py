@@ -24,11 +24,27 @@ from tvm_structconv.threads import thread_environment
 __all__ = ["Job", "Latency", "measure_isolated", "measure_latency", "run_job", "time_callable"]
 
 
+#: Rounds whose medians differ by more than this fraction make a measurement unstable.
+ROUND_SPREAD = 0.25
+#: Sorted samples with a jump by more than this factor between two neighbours, and at least a
+#: fifth of them on each side, are bimodal.
+BIMODAL_GAP = 1.5
+
+
 @dataclass(frozen=True)
 class Latency:
-    """Latency samples of one model in milliseconds (one per timed repeat)."""
+    """Latency samples of one model in milliseconds (one per timed repeat).
+
+    Attributes
+    ----------
+    samples_ms
+        Every sample, round after round.
+    rounds
+        Samples per round, in order (empty: all samples are one round).
+    """
 
     samples_ms: Tuple[float, ...]
+    rounds: Tuple[int, ...] = ()
 
     @property
     def median_ms(self) -> float:
@@ -46,8 +62,48 @@ class Latency:
         return float(np.percentile(self.samples_ms, 99))
 
     def merged(self, other: Latency) -> Latency:
-        """Both sets of samples together (for interleaved rounds)."""
-        return Latency(tuple(self.samples_ms) + tuple(other.samples_ms))
+        """Both sets of samples together (for interleaved rounds), each keeping its rounds."""
+        return Latency(
+            tuple(self.samples_ms) + tuple(other.samples_ms),
+            self._round_sizes() + other._round_sizes(),
+        )
+
+    def _round_sizes(self) -> Tuple[int, ...]:
+        return self.rounds or (len(self.samples_ms),)
+
+    def round_medians_ms(self) -> List[float]:
+        """The median of each round."""
+        medians, start = [], 0
+        for size in self._round_sizes():
+            medians.append(float(np.median(self.samples_ms[start : start + size])))
+            start += size
+        return medians
+
+    def instability(self) -> Optional[str]:
+        """Why these samples cannot be trusted for a ratio, or ``None`` when they can.
+
+        Unstable: rounds whose medians differ by more than :data:`ROUND_SPREAD` (another
+        process took the cores for a round), or samples in two clusters (a jump by more than
+        :data:`BIMODAL_GAP` between sorted neighbours, a fifth of the samples or more on each
+        side).
+        """
+        medians = self.round_medians_ms()
+        low, high = min(medians), max(medians)
+        if len(medians) > 1 and high > (1 + ROUND_SPREAD) * low:
+            rounds = ", ".join(f"{median:.3g}" for median in medians)
+            return f"round medians {rounds} ms differ by {100 * (high / low - 1):.0f} %"
+        ordered = np.sort(np.asarray(self.samples_ms, dtype=np.float64))
+        if len(ordered) < 4 or ordered[0] <= 0:
+            return None
+        jumps = ordered[1:] / ordered[:-1]
+        split = int(np.argmax(jumps)) + 1  # samples below the largest jump
+        side = min(split, len(ordered) - split)
+        if jumps[split - 1] > BIMODAL_GAP and side >= max(2, len(ordered) / 5):
+            return (
+                f"bimodal: {split} samples <= {ordered[split - 1]:.3g} ms, "
+                f"{len(ordered) - split} >= {ordered[split]:.3g} ms"
+            )
+        return None
 
 
 def time_callable(
@@ -129,6 +185,21 @@ class Job:
     builtin: Optional[Dict[str, object]] = None
     extra: Dict[str, object] = field(default_factory=dict)
 
+    def unavailable(self) -> Optional[str]:
+        """Why this runtime cannot run this model at all (``None`` when it may): known before
+        any worker starts, so such a row is listed once and never run."""
+        if self.runtime == "tvm":
+            return None if self.library else "no TVM library"
+        if self.runtime == "onnxruntime":
+            return None if self.onnx else "onnxruntime needs an ONNX model"
+        if self.runtime not in ("torch", "inductor"):
+            return f"unknown runtime {self.runtime!r}"
+        if self.builtin is not None:
+            return None
+        if self.variant == "structured":
+            return "torch runs the structured variant only for built-in models"
+        return None if self.pt2 else "torch needs a torch.export program (.pt2)"
+
     def inputs(self) -> List[np.ndarray]:
         """The inputs, loaded from ``inputs_path``."""
         with np.load(self.inputs_path) as data:
@@ -142,8 +213,6 @@ def save_inputs(path: str, inputs: Sequence[np.ndarray]) -> str:
 
 
 def _torch_module(job: Job):
-    from tvm_structconv.peers import PeerUnavailable
-
     if job.builtin is not None:
         from tvm_structconv.models import create_structured
         from tvm_structconv.nn import structurize
@@ -157,10 +226,6 @@ def _torch_module(job: Job):
             for name, s in built.structures.items()
         }
         return structurize(built.model, Plan(layers=layers), replace=True)[0]
-    if job.variant == "structured":
-        raise PeerUnavailable("torch runs the structured variant only for built-in models")
-    if job.pt2 is None:
-        raise PeerUnavailable("torch needs a torch.export program (.pt2)")
     import torch
 
     return torch.export.load(job.pt2).module()
@@ -176,6 +241,9 @@ def run_job(job: Job) -> Latency:
     """
     from tvm_structconv.peers import PeerUnavailable, onnxruntime_runner, torch_runner
 
+    reason = job.unavailable()
+    if reason is not None:
+        raise PeerUnavailable(reason)
     inputs = job.inputs()
     if job.runtime == "tvm":
         import tvm
@@ -185,13 +253,9 @@ def run_job(job: Job) -> Latency:
         vm = relax.VirtualMachine(tvm.runtime.load_module(job.library), device)
         return _time_vm(vm, device, inputs, job.repeat, job.min_repeat_ms, warmup=1)
     if job.runtime == "onnxruntime":
-        if job.onnx is None:
-            raise PeerUnavailable("onnxruntime needs an ONNX model")
         run = onnxruntime_runner(job.onnx, inputs, job.threads, job.variant == "structured")
-    elif job.runtime in ("torch", "inductor"):
-        run = torch_runner(_torch_module(job), inputs, job.threads, job.runtime == "inductor")
     else:
-        raise PeerUnavailable(f"unknown runtime {job.runtime!r}")
+        run = torch_runner(_torch_module(job), inputs, job.threads, job.runtime == "inductor")
     return time_callable(
         run, job.repeat, job.min_repeat_ms, warmup=3 if job.runtime == "inductor" else 1
     )
