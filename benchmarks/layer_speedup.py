@@ -14,6 +14,8 @@ measured under the same machine load; the table reports medians over rounds.
 
     python benchmarks/layer_speedup.py            # all three models
     python benchmarks/layer_speedup.py --quick    # ResNet-18's 3x3 layers only
+    python benchmarks/layer_speedup.py --models resnext50,mobilenet_v2 --plan "3x3:n=2,c=C"
+                                                  # model-zoo families too, any plan
 
 Writes ``benchmarks/results/layer_speedup-<cpu>.json`` and ``.md``.
 """
@@ -84,13 +86,14 @@ def collect_layers(models: Sequence[str], quick: bool, plan_text: str = PLAN) ->
     import torch
     import torch.nn as nn
 
-    from tvm_structconv.models import create_model
+    from tvm_structconv import zoo
+    from tvm_structconv.models import create_model, list_models
     from tvm_structconv.plan import Plan
 
     plan = Plan.parse(plan_text)
     found: Dict[tuple, dict] = {}
     for name in models:
-        model = create_model(name).eval()
+        model = (create_model(name) if name in list_models() else zoo.create(name)).eval()
         hooks = []
         for module_name, module in model.named_modules():
             if isinstance(module, nn.Conv2d):
@@ -325,6 +328,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-18's 3x3 layers only")
     parser.add_argument("--depthwise", action="store_true", help="structure depthwise 3x3 too")
+    parser.add_argument(
+        "--models",
+        help="comma-separated built-in models or model-zoo families (default: "
+        + ",".join(MODELS)
+        + ")",
+    )
+    parser.add_argument("--plan", help=f"structure plan (default: {PLAN})")
+    parser.add_argument("--name", help="suffix of the result files (default: none)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of (TVM, torch) processes")
     parser.add_argument("--pairs", type=int, default=5, help="interleaved timings per round")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -349,8 +360,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     target = make_target("x86")
     cpu = str(target.attrs["mcpu"])
-    plan = DEPTHWISE_PLAN if args.depthwise else PLAN
-    layers = collect_layers(("resnet18",) if args.quick else MODELS, args.quick, plan)
+    plan = args.plan or (DEPTHWISE_PLAN if args.depthwise else PLAN)
+    models = args.models.split(",") if args.models else MODELS
+    layers = collect_layers(("resnet18",) if args.quick else models, args.quick, plan)
     print(f"{len(layers)} layers; target {target}; {args.threads} threads", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         libdir = pathlib.Path(tmp)
@@ -376,14 +388,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "tvm": tvm.__version__,
         "rounds": f"{args.rounds} (TVM and torch each in its own process)",
         "plan": plan,
-        "mode": "quick (ResNet-18 3x3)" if args.quick else "all layers",
+        "mode": "quick (ResNet-18 3x3)" if args.quick else "all layers of " + ",".join(models),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
     }
     table = markdown(rows, header)
     print(table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"layer_speedup-{cpu}{'-quick' if args.quick else ''}"
+    suffix = ("-quick" if args.quick else "") + (f"-{args.name}" if args.name else "")
+    stem = args.out_dir / f"layer_speedup-{cpu}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps({"header": header, "layers": rows}, indent=1))
     stem.with_suffix(".md").write_text(table)
     print(f"wrote {stem}.json and .md")

@@ -13,7 +13,18 @@ Rule syntax (rules separated by ``;``)::
 Keys: ``c`` — reduced input channels per group, ``C`` (unchanged), ``C/k`` (divided, rounded
 down, at least 1) or an int; ``n`` — the reduced kernel size, ``N`` (unchanged), an int or
 ``hxw``; ``min_channels`` — skip layers with fewer input channels per group;
-``depthwise`` — ``yes`` to include depthwise convs (default ``no``).
+``min_expansion`` — skip layers with fewer than that many output channels per input channel
+(``4`` keeps a 1×1 conv 64 → 256, skips 256 → 64); ``depthwise`` — ``yes`` to include depthwise
+convs (default ``no``); ``grouped`` — ``yes`` to include grouped convs with several input
+channels per group (default ``no``).
+
+Why the defaults leave depthwise and grouped convs alone, and what
+:data:`~tvm_structconv.models.DEFAULT_PLAN` structures: the compiled structured kernel turns the
+MAC ratio into speed (a quotient of realized speedup over MAC ratio of 0.8 or more, measured per
+layer by ``benchmarks/layer_speedup.py``) for dense 3×3 convs of 16 or more input channels and
+for expanding 1×1 convs of 128 or more; the sum-pool costs about ``log2(C − c)`` adds per input
+channel and pixel, which a 1×1 conv with few output channels (a projection), a 3-channel stem or
+a grouped conv with few channels per group does not repay (quotients 0.3–0.8).
 """
 
 from __future__ import annotations
@@ -53,6 +64,10 @@ class Rule:
         Layers with fewer input channels per group are left alone.
     depthwise
         Whether depthwise convs (one input channel per group) match.
+    grouped
+        Whether grouped convs with several input channels per group match.
+    min_expansion
+        Layers with fewer output than ``min_expansion`` × input channels are left alone.
     """
 
     kernel_size: Optional[Tuple[int, int]]
@@ -61,17 +76,44 @@ class Rule:
     reduced_kernel_size: Optional[Tuple[int, int]] = None
     min_channels: int = 1
     depthwise: bool = False
+    grouped: bool = False
+    min_expansion: Fraction = Fraction(0)
 
     def matches(self, layer: nn.Module) -> bool:
         """Whether ``layer`` is of this rule's kind."""
+        return self.refusal(layer) is None
+
+    def refusal(self, layer: nn.Module) -> Optional[str]:
+        """Why this rule does not structure ``layer``, or ``None`` when it matches.
+
+        ``"other kind"`` when the layer is not of the rule's kernel size or type at all.
+        """
         if self.kernel_size is None:
-            return isinstance(layer, nn.Linear)
+            if not isinstance(layer, nn.Linear):
+                return "other kind"
+            return self._size_refusal(layer.in_features, layer.out_features / layer.in_features)
         if not isinstance(layer, nn.Conv2d) or tuple(layer.kernel_size) != self.kernel_size:
-            return False
+            return "other kind"
         per_group = layer.in_channels // layer.groups
         if per_group == 1 and layer.groups > 1 and not self.depthwise:
-            return False
-        return per_group >= self.min_channels
+            return "depthwise (the rule has depthwise=no)"
+        if per_group > 1 and layer.groups > 1 and not self.grouped:
+            return f"grouped, {layer.groups} groups (the rule has grouped=no)"
+        return self._size_refusal(per_group, layer.out_channels / layer.in_channels)
+
+    def _size_refusal(self, per_group: int, expansion: float) -> Optional[str]:
+        """Why ``min_channels`` or ``min_expansion`` refuse a layer, or ``None``."""
+        if per_group < self.min_channels:
+            return (
+                f"{per_group} input channels per group, under the rule's "
+                f"min_channels={self.min_channels}"
+            )
+        if expansion < self.min_expansion:
+            return (
+                f"{expansion:.3g} output channels per input channel, under the rule's "
+                f"min_expansion={self.min_expansion}"
+            )
+        return None
 
     def structure_for(self, layer: nn.Module) -> Structure:
         """The structure this rule gives ``layer`` (which it must match)."""
@@ -136,6 +178,28 @@ class Plan:
                 return rule.structure_for(layer)
         return None
 
+    def skipped(self, model: nn.Module) -> Dict[str, str]:
+        """``{module name: why}`` for every Conv2d and Linear of ``model`` the plan leaves alone.
+
+        The reasons: excluded by name, no rule of its kind, refused by the first rule of its
+        kind (depthwise, fewer channels than ``min_channels``), or a structure that would
+        reduce nothing (``c = C`` and ``n = N``).
+        """
+        reasons = {}
+        for name, layer in structurable_layers(model):
+            if name in self.layers and self.layers[name] is None:
+                reasons[name] = "excluded by name in the plan"
+                continue
+            structure = self.structure_for(name, layer)
+            if structure is not None:
+                if structure.is_trivial:
+                    reasons[name] = "its structure reduces nothing (c = C and n = N)"
+                continue
+            refusals = [r.refusal(layer) for r in self.rules]
+            specific = [reason for reason in refusals if reason != "other kind"]
+            reasons[name] = specific[0] if specific else f"no rule for {_kind(layer)}"
+        return reasons
+
     def apply(self, model: nn.Module) -> Dict[str, Structure]:
         """``{module name: structure}`` for every layer of ``model`` the plan structures.
 
@@ -163,6 +227,14 @@ def structurable_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             yield name, module
+
+
+def _kind(layer: nn.Module) -> str:
+    """``"3x3 convs"`` or ``"Linear layers"``: a layer's kind as plan rules name it."""
+    if isinstance(layer, nn.Linear):
+        return "Linear layers"
+    height, width = layer.kernel_size
+    return f"{height}x{width} convs"
 
 
 _KIND = re.compile(r"^(?:(\d+)x(\d+)|linear)$")
@@ -206,12 +278,20 @@ def _parse_rule(text: str) -> Rule:
             if not value.isdigit():
                 raise PlanError(f"rule {text!r}: min_channels must be an int, got {value!r}")
             values["min_channels"] = int(value)
-        elif key == "depthwise":
+        elif key in ("depthwise", "grouped"):
             if value not in ("yes", "no"):
-                raise PlanError(f"rule {text!r}: depthwise must be yes or no, got {value!r}")
-            values["depthwise"] = value == "yes"
+                raise PlanError(f"rule {text!r}: {key} must be yes or no, got {value!r}")
+            values[key] = value == "yes"
+        elif key == "min_expansion":
+            try:
+                values["min_expansion"] = Fraction(value)
+            except (ValueError, ZeroDivisionError):
+                raise PlanError(
+                    f"rule {text!r}: min_expansion must be a number, got {value!r}"
+                ) from None
         else:
             raise PlanError(
-                f"rule {text!r}: unknown option {key!r} (known: c, n, min_channels, depthwise)"
+                f"rule {text!r}: unknown option {key!r} "
+                "(known: c, n, min_channels, min_expansion, depthwise, grouped)"
             )
     return Rule(**values)  # type: ignore[arg-type]
