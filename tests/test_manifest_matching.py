@@ -52,6 +52,10 @@ def test_a_transposed_linear_weight_and_a_grouped_conv_are_matched():
     conv = grouped.project(rng.standard_normal((6, 4, 3, 3)))
     weights = {"onnx::MatMul_3": (fc.T, 1), "onnx::Conv_4": (conv, 2)}
     assert manifest.unmatched(weights, TOL) == []
+    three = Structure(9, 3, 3, 2, groups=3)  # 6 filters: the quick check takes all of them
+    kernel = three.project(rng.standard_normal((6, 3, 3, 3)))
+    grouped_three = Manifest({"g3.weight": LayerSpec.of(three)})
+    assert grouped_three.unmatched({"onnx::Conv_9": (kernel, 3)}, TOL) == []
     # the same kernel in a conv of other groups is another layer
     assert manifest.unmatched({**weights, "onnx::Conv_4": (conv, 1)}, TOL) == ["g.weight"]
     # a weight already named by another entry is not taken by value

@@ -257,17 +257,22 @@ class Manifest:
             Largest accepted relative residual (as in :func:`detect`).
         """
         candidates = [
-            (array, groups)
+            (array, groups, float(np.linalg.norm(array)))
             for name, (weight, groups) in weights.items()
             if name not in self.layers and np.ndim(weight) in (2, 4)
             for array in _orientations(np.asarray(weight, dtype=np.float64))
         ]
-        return [
-            name
-            for name, spec in self.layers.items()
-            if name not in weights
-            and not any(_satisfies(spec, array, groups, tol) for array, groups in candidates)
-        ]
+        unmatched = []
+        for name, spec in self.layers.items():
+            if name in weights:
+                continue
+            # the likeliest first: c = C plans record the layer's own channel count
+            ordered = sorted(
+                candidates, key=lambda c: abs(c[0].shape[1] * c[1] - spec.reduced_channels)
+            )
+            if not any(_satisfies(spec, *candidate, tol) for candidate in ordered):
+                unmatched.append(name)
+        return unmatched
 
     def _structure(self, name: str, shape: Tuple[int, ...], groups: int) -> Structure:
         try:
@@ -312,13 +317,23 @@ def _orientations(weight: np.ndarray) -> List[np.ndarray]:
     return [weight, weight.T] if weight.ndim == 2 else [weight]
 
 
-def _satisfies(spec: LayerSpec, weight: np.ndarray, groups: int, tol: float) -> bool:
-    """Whether ``weight`` has ``spec``'s structure within relative residual ``tol``."""
+def _satisfies(spec: LayerSpec, weight: np.ndarray, groups: int, norm: float, tol: float) -> bool:
+    """Whether ``weight`` (of Frobenius norm ``norm``) has ``spec``'s structure within relative
+    residual ``tol``.
+
+    The structure acts on each output filter alone, so a few filters are checked first: their
+    residual can only be smaller than the whole weight's, and a weight of another layer fails
+    there at a fraction of the cost.
+    """
     try:
         structure = spec.structure(weight.shape, groups)
     except ValueError:  # the spec does not fit this shape
         return False
-    return structure.residual(weight.reshape(structure.weight_shape(weight.shape[0]))) <= tol
+    kernel = weight.reshape(structure.weight_shape(weight.shape[0]))
+    few = kernel[: groups * -(-4 // groups)]  # 4 or more filters, a multiple of the groups
+    if structure.residual(few) * float(np.linalg.norm(few)) > tol * norm:
+        return False
+    return structure.residual(kernel) <= tol
 
 
 def _is_positive_int(value: Any) -> bool:
