@@ -591,11 +591,12 @@ def run_benchmark(
     """
     from tvm_structconv.frontend import load_model
     from tvm_structconv.peers import PeerUnavailable
-    from tvm_structconv.targets import make_target
+    from tvm_structconv.targets import ALIASES, make_target
 
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
         raise PeerUnavailable(f"unknown peer {unknown[0]!r}; known peers: {', '.join(PEERS)}")
+    targets = [ALIASES.get(target, target) for target in targets]  # x86_64 is x86: timed here
     for target in targets:
         make_target(target)  # unknown names fail before any work
     if not isinstance(model, ModelSource):
