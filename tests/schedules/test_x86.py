@@ -1,6 +1,8 @@
 """The x86 hand schedule of the fused conv: numerics against torch over many shapes, target
 parameters read from the target, the fused epilogue, tiling choices and the rule's answers."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -141,9 +143,20 @@ def test_trivial_structure_is_the_ordinary_conv(groups):
 
 def test_avx2_code_for_an_avx2_target():
     avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+    structure = Structure(16, 3, 16, 2)
+    data = te.placeholder((1, 9, 9, 16), name="data")
+    block = tiling.channel_block(avx2, 32, 1, 9)
+    weight = te.placeholder((32 // block, 2, 2, 16, block), name="alpha")
+    out = ops.structured_conv2d_nhwc(data, weight, structure, padding=(1, 1, 1, 1))
+    sch = conv.StructuredConv2dRule().apply(te.create_prim_func([data, weight, out]), avx2, False)
+    assembly = tvm.compile(sch.mod, target=avx2).mod.inspect_source("asm")
+    # every FMA accumulates 8 lanes in a ymm register (none in xmm: a target read as SSE
+    # packs 4 channels per block); nothing of AVX-512
+    fmas = {reg: len(re.findall(rf"vfmadd\w+ps\s[^\n]*%{reg}", assembly)) for reg in ("xmm", "ymm")}
+    assert fmas["ymm"] > 0 and fmas["xmm"] == 0, fmas
+    assert "%zmm" not in assembly
     if not tvm.target.codegen.target_has_features("avx2", HOST):
         pytest.skip("this host cannot run AVX2 code")
-    structure = Structure(16, 3, 16, 2)
     x, alpha = random_case(structure, 32, (9, 9), 3)
     got = scheduled_conv(x, alpha, structure, padding=(1, 1, 1, 1), target=avx2)
     np.testing.assert_allclose(
@@ -188,7 +201,21 @@ def test_fused_bias_relu_and_residual_epilogue():
     lowered = scheduled_pipeline(HOST)(builder.get())
     kernels = [f for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert len(kernels) == 1, "bias, ReLU, residual add and clip fuse into the conv"
-    assert kernels[0].attrs["tirx.is_scheduled"]
+    (kernel,) = kernels
+    assert kernel.attrs["tirx.is_scheduled"]
+    # the epilogue is applied in the write-back of the register tile: the one block writing
+    # the output reads the local accumulator, and no buffer holds an epilogue stage
+    sch = s_tir.Schedule(kernel)
+    root = sch.get_sblock("root")
+    blocks = [sch.get(b) for b in [root, *sch.get_child_blocks(root)]]
+    allocated = [buffer for b in blocks for buffer in b.alloc_buffers]
+    assert all(b.scope() == "local" or b.name.startswith("pool") for b in allocated), allocated
+    # the output is the one buffer written that the function does not allocate
+    (write_back,) = [
+        b for b in blocks if any(all(not w.source.same_as(a) for a in allocated) for w in b.writes)
+    ]
+    assert "local" in {read.source.scope() for read in write_back.reads}
+    assert len(write_back.reads) == 3, "the tile, the bias and the residual"
 
 
 @pytest.mark.parametrize(
