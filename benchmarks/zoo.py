@@ -13,7 +13,7 @@ Writes ``benchmarks/results/zoo-<cpu>.{md,json}`` (``--out`` moves them): the co
 the README.
 
 With ``--time`` it measures speed instead (default families: those the speed issue measured,
-224 px): each family ``structurize``d with its plan (or ``--plan``), exported to ONNX and
+224 px): each family ``structurize``d with its speed plan (or ``--plan``), exported to ONNX and
 ``.pt2``, and timed with ``structconv bench``'s machinery: the project's original and
 structured builds, onnxruntime on the original model and on the structured one written as
 plain AveragePool + small Conv, and ``torch.compile`` on the original; every runtime in its
@@ -197,7 +197,7 @@ def main_time(args) -> int:
         with tempfile.TemporaryDirectory() as scratch:
             row = time_family(
                 family,
-                args.plan or FAMILIES[family].plan,
+                args.plan or FAMILIES[family].speed_plan,
                 max(side, FAMILIES[family].min_size),
                 args,
                 Path(scratch),
@@ -209,7 +209,7 @@ def main_time(args) -> int:
         f"Speed on real models, {time.strftime('%Y-%m-%d')}, host CPU {cpu}: batch 1, fp32, "
         f"{side}x{side}, {threads} threads, {args.rounds} interleaved rounds of {args.repeat} "
         "samples, medians; random weights; structured with "
-        f"{args.plan or 'each family plan (tvm_structconv.zoo.FAMILIES)'}. "
+        f"{args.plan or 'each family speed plan (tvm_structconv.zoo.FAMILIES)'}. "
         "Ratios above 1: ours faster.\n\n"
     )
     out.with_suffix(".md").write_text(

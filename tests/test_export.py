@@ -12,7 +12,7 @@ from tvm_structconv.manifest import Manifest, ManifestError
 from tvm_structconv.nn import structurize, to_ordinary
 from tvm_structconv.plan import Plan
 
-PLAN = Plan.parse("3x3:c=C/2,n=2;linear:c=C/2")
+PLAN = Plan.parse("3x3:c=C/2,n=2,grouped=yes;linear:c=C/2")
 
 
 def _structured_model():

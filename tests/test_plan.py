@@ -96,11 +96,11 @@ def test_skipped_layers_say_why():
     plan = Plan(rules=Plan.parse("3x3:n=2,min_channels=8;1x1:c=C,min_expansion=4").rules)
     plan.layers["1"] = None
     assert plan.skipped(model()) == {
-        "0": "3 input channels per group, under the rule's min_channels=8",
+        "0": "fewer input channels per group than the rule's min_channels=8 (has 3)",
         "1": "excluded by name in the plan",
         "2": "depthwise (the rule has depthwise=no)",
-        "3": "2 output channels per input channel, under the rule's min_expansion=4",
-        "4": "grouped, 4 groups (the rule has grouped=no)",
+        "3": "fewer output channels per input channel than the rule's min_expansion=4 (has 2)",
+        "4": "grouped (the rule has grouped=no)",
         "5": "no rule for Linear layers",
     }
     assert Plan.parse("1x1:c=C").skipped(model())["3"] == (

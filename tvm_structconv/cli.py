@@ -196,15 +196,31 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from tvm_structconv.export import export
     from tvm_structconv.models import create_structured
+    from tvm_structconv.plan import Plan
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     built = create_structured(args.name, plan=args.plan, seed=args.seed, image_size=args.image_size)
+    print(f"plan {args.plan}: {len(built.structures)} layers structured")
+    for line in _skipped_summary(Plan.parse(args.plan).skipped(built.model)):
+        print(line)
     for suffix in (".onnx", ".pt2"):
         path = out / f"{args.name}{suffix}"
         export(built.model, path, built.example_input, built.manifest)
         print(path)
     return 0
+
+
+def _skipped_summary(skipped: dict, examples: int = 3) -> list:
+    """One line per reason a plan left layers alone: the count and the first few names."""
+    by_reason: dict = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason.split(" (has ")[0], []).append(name)
+    lines = []
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:examples]) + (" …" if len(names) > examples else "")
+        lines.append(f"left alone: {len(names)} layers, {reason}: {shown}")
+    return lines
 
 
 def _compile_reported(args: argparse.Namespace):
@@ -510,6 +526,8 @@ def _demo(args: argparse.Namespace, threads: int) -> int:
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``structconv``."""
+    from tvm_structconv.models.structured import DEFAULT_PLAN
+
     parser = argparse.ArgumentParser(
         prog="structconv",
         description="Compile models with Structured Convolutions into sum-pool + small-conv "
@@ -551,9 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("name", help="built-in model name (see `structconv models`)")
     export.add_argument("-o", "--output", required=True, help="output folder")
-    export.add_argument(
-        "--plan", default="3x3:n=2,c=C", help="structure plan (default %(default)s)"
-    )
+    export.add_argument("--plan", default=DEFAULT_PLAN, help="structure plan (default %(default)s)")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--image-size", type=int, default=224)
     export.set_defaults(func=cmd_export)

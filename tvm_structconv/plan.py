@@ -98,20 +98,20 @@ class Rule:
         if per_group == 1 and layer.groups > 1 and not self.depthwise:
             return "depthwise (the rule has depthwise=no)"
         if per_group > 1 and layer.groups > 1 and not self.grouped:
-            return f"grouped, {layer.groups} groups (the rule has grouped=no)"
+            return "grouped (the rule has grouped=no)"
         return self._size_refusal(per_group, layer.out_channels / layer.in_channels)
 
     def _size_refusal(self, per_group: int, expansion: float) -> Optional[str]:
         """Why ``min_channels`` or ``min_expansion`` refuse a layer, or ``None``."""
         if per_group < self.min_channels:
             return (
-                f"{per_group} input channels per group, under the rule's "
-                f"min_channels={self.min_channels}"
+                "fewer input channels per group than the rule's "
+                f"min_channels={self.min_channels} (has {per_group})"
             )
         if expansion < self.min_expansion:
             return (
-                f"{expansion:.3g} output channels per input channel, under the rule's "
-                f"min_expansion={self.min_expansion}"
+                "fewer output channels per input channel than the rule's "
+                f"min_expansion={self.min_expansion} (has {expansion:.3g})"
             )
         return None
 
@@ -180,6 +180,9 @@ class Plan:
 
     def skipped(self, model: nn.Module) -> Dict[str, str]:
         """``{module name: why}`` for every Conv2d and Linear of ``model`` the plan leaves alone.
+
+        A reason that names the layer's own value ends with it in ``(has …)``; the text before
+        is the same for every layer left alone for that reason.
 
         The reasons: excluded by name, no rule of its kind, refused by the first rule of its
         kind (depthwise, fewer channels than ``min_channels``), or a structure that would

@@ -41,6 +41,7 @@ from tvm_structconv.messages import one_line
 from tvm_structconv.models import DEFAULT_PLAN
 
 __all__ = [
+    "COVERAGE_PLAN",
     "DEFAULT_BUILDS",
     "EXPORTERS",
     "FAMILIES",
@@ -57,6 +58,10 @@ __all__ = [
 EXPORTERS = ("torchscript", "dynamo", "pt2")
 
 
+#: Every 3x3 conv structured, grouped ones included: what the coverage checks compile.
+COVERAGE_PLAN = "3x3:n=2,c=C,grouped=yes"
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family: where its definition lives and what input it needs.
@@ -70,8 +75,12 @@ class Family:
     arch
         The builder's name in that library.
     plan
-        The structure plan of its structured variant: every 3x3 conv ``c = C, n = 2`` by
-        default; ConvNeXt has no 3x3 conv and spends its time in Linear layers.
+        The structure plan of its structured variant in the coverage checks: every 3x3 conv,
+        grouped ones too, ``c = C, n = 2`` by default (:data:`COVERAGE_PLAN`, what the compiler
+        must handle); ConvNeXt has no 3x3 conv and spends its time in Linear layers.
+    speed_plan
+        The plan its timing uses (``benchmarks/zoo.py --time``): what the compiled kernels turn
+        into speed, :data:`~tvm_structconv.models.DEFAULT_PLAN` by default.
     min_size
         Smallest input side the model accepts or exports at (Inception-v3: 75; VGG: 224,
         since the TorchScript exporter cannot export its adaptive pool up to 7x7).
@@ -81,7 +90,8 @@ class Family:
     library: str
     arch: str
     min_size: int = 32
-    plan: str = DEFAULT_PLAN
+    plan: str = COVERAGE_PLAN
+    speed_plan: str = DEFAULT_PLAN
 
 
 FAMILIES: Dict[str, Family] = {
@@ -103,7 +113,14 @@ FAMILIES: Dict[str, Family] = {
         Family("efficientnet_b0", "torchvision", "efficientnet_b0"),
         Family("regnet_x", "torchvision", "regnet_x_400mf"),
         Family("regnet_y", "torchvision", "regnet_y_400mf"),
-        Family("convnext_tiny", "torchvision", "convnext_tiny", plan="4x4:n=2,c=C;linear:c=C/2"),
+        Family(
+            "convnext_tiny",
+            "torchvision",
+            "convnext_tiny",
+            plan="4x4:n=2,c=C;linear:c=C/2",
+            # its MLPs' first Linear (C -> 4C) as the default plan's 1x1 expansions
+            speed_plan="linear:c=C/2,min_channels=160,min_expansion=4",
+        ),
         Family("ghostnet", "timm", "ghostnet_100"),
         Family("mixnet", "timm", "mixnet_s"),
         Family("repvgg", "timm", "repvgg_a0"),

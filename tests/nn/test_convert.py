@@ -28,7 +28,7 @@ class _Net(nn.Module):
         return self.head(self.block(self.stem(x)).flatten(1))
 
 
-PLAN = Plan.parse("3x3:c=C/2,n=2;linear:c=C/4")
+PLAN = Plan.parse("3x3:c=C/2,n=2,grouped=yes;linear:c=C/4")
 PLANNED = {"stem": (1, (2, 2)), "block.2": (4, (2, 2)), "head": (18, (1, 1))}
 
 

@@ -24,7 +24,7 @@ def _model(dtype=torch.float64) -> nn.Sequential:
     ).to(dtype)
 
 
-PLAN = Plan.parse("3x3:c=C/2,n=2;linear:c=C/2")
+PLAN = Plan.parse("3x3:c=C/2,n=2,grouped=yes;linear:c=C/2")
 
 
 def _dense_residual(weight: np.ndarray, reduced_channels: int, reduced_kernel: int) -> float:

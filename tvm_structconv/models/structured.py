@@ -24,10 +24,17 @@ from tvm_structconv.structure import IntPair, Structure, as_pair
 
 __all__ = ["DEFAULT_PLAN", "CALIBRATION_PIXELS", "StructuredModel", "create_structured"]
 
-DEFAULT_PLAN = "3x3:n=2,c=C"
-"""Every 3×3 non-depthwise conv becomes a 2×2 conv on a 2×2 spatial sum-pool (``c = C, n = 2``).
+DEFAULT_PLAN = "3x3:n=2,c=C,min_channels=16;1x1:c=C/2,min_channels=160,min_expansion=4"
+"""What the compiled kernels turn into speed: per layer, a realized speedup of 0.8 × the MAC
+ratio or more (x86, ``benchmarks/layer_speedup.py``; the rest realises 0.2–0.8).
 
-ResNet-18 at 224×224: 1.81 GMAC -> 0.88 GMAC."""
+* Every dense 3×3 conv of 16 or more input channels becomes a 2×2 conv on a 2×2 spatial
+  sum-pool (``c = C, n = 2``); 3-channel stems (0.5), depthwise and grouped convs are left alone.
+* Every 1×1 conv of 160 or more input channels that expands them 4× or more (ResNet-50's last
+  conv of a bottleneck, MobileNetV2's late expansions) pools pairs of half the channels
+  (``c = C/2``); projections and narrow 1×1 convs do not repay the channel sum-pool.
+
+ResNet-18 at 224×224: 1.81 GMAC -> 0.88 GMAC (its 3×3 convs only)."""
 
 CALIBRATION_PIXELS = 4 * 224 * 224
 """Pixels of the random images whose statistics become the BatchNorm running statistics."""
