@@ -119,13 +119,13 @@ def test_the_plot_draws_measured_rows_with_labels_above_the_whiskers(tmp_path, m
     assert ticks == ["tvm\nx86", "onnxruntime\nhost", "torch\nhost"]  # no aarch64 slot
     expected = {
         (
-            f"{row.latency.median_ms:.1f}" + ("\nunstable" if row.instability else ""),
+            f"{row.latency.median_ms:.3g}" + ("\nunstable" if row.instability else ""),
             row.latency.p90_ms,
         )
         for row in measured
     }
     assert len(labels) == len(measured) and set(labels) == expected
-    assert ("135.8\nunstable", report.row("host", "torch", "original").latency.p90_ms) in labels
+    assert ("136\nunstable", report.row("host", "torch", "original").latency.p90_ms) in labels
 
 
 def test_rows_that_cannot_run_are_listed_once_and_never_run(tmp_path):

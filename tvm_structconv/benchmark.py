@@ -297,6 +297,7 @@ class BenchReport:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
 
         # rows that did not run are in the table, not in the plot
         measured = [row for row in self.rows if row.latency is not None]
@@ -319,13 +320,10 @@ class BenchReport:
                     edgecolor="#d62728" if row.instability else None,
                     yerr=[[0], [p90 - median]],
                     capsize=3,
-                    label=variant
-                    if index == 0 or not axes.get_legend_handles_labels()[1].count(variant)
-                    else None,
                 )
                 # above the whisker, so the whisker never crosses the number
                 axes.annotate(
-                    f"{median:.1f}" + ("\nunstable" if row.instability else ""),
+                    f"{median:.3g}" + ("\nunstable" if row.instability else ""),
                     (index + offset, p90),
                     xytext=(0, 3),
                     textcoords="offset points",
@@ -339,9 +337,12 @@ class BenchReport:
         axes.set_ylabel("median latency, ms (whisker: p90)")
         axes.margins(y=0.2)  # room for the labels above the tallest whisker
         axes.set_title(f"{self.model}: batch 1, fp32, {self.threads} threads")
-        handles, labels = axes.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        axes.legend(unique.values(), unique.keys())
+        legend = [Patch(color=color, label=variant) for variant, color in colors.items()]
+        if any(row.instability for row in measured):
+            legend.append(
+                Patch(facecolor="white", edgecolor="#d62728", hatch="//", label="unstable")
+            )
+        axes.legend(handles=legend)
         figure.tight_layout()
         figure.savefig(path, dpi=130)
         plt.close(figure)
