@@ -23,6 +23,7 @@ __all__ = [
     "vector_bits",
     "vector_lanes",
     "vector_registers",
+    "vector_partition",
     "vector_split",
     "vector_widths",
 ]
@@ -116,3 +117,19 @@ def vector_split(
     outer, inner = sch.split(loop, [None, width])
     sch.vectorize(inner)
     return outer
+
+
+def vector_partition(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int) -> None:
+    """Vectorize ``loop`` in whole registers even when ``lanes`` does not divide its extent.
+
+    :func:`vector_split` of an extent with no whole-register divisor (255, 241, 129 channels of
+    a window sum's stages) falls back to a narrow vector or none; here the loop is partitioned
+    into a part of whole registers, vectorized, and a scalar remainder of fewer than ``lanes``.
+    A loop that ``lanes`` divides, or shorter than ``lanes``, gets :func:`vector_split`.
+    """
+    total = extent(sch, loop)
+    if total <= lanes or total % lanes == 0:
+        vector_split(sch, loop, lanes)
+        return
+    whole, _ = sch.loop_partition(loop, [total // lanes * lanes, None])
+    vector_split(sch, whole, lanes)
