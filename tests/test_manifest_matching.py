@@ -128,3 +128,16 @@ def test_detect_that_finds_nothing_says_so(tmp_path, capsys):
         "export?)\n"
     )
     assert json.loads(Manifest({}).dumps())["layers"] == {}
+
+
+def test_compile_model_refuses_another_models_manifest_too(onnx_net):
+    """The library path (compile_model, bench) refuses what the command line refuses."""
+    from tvm_structconv.build import compile_model
+    from tvm_structconv.frontend import load_model
+
+    model, manifest = onnx_net
+    imported = load_model(model, manifest=Manifest.load(manifest))
+    with pytest.raises(ManifestError, match="is this manifest for another model"):
+        compile_model(imported, "x86")
+    compiled = compile_model(imported, "x86", allow_unmatched=True)
+    assert "layer1.0.conv1.weight" in compiled.report.format()

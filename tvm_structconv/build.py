@@ -58,6 +58,7 @@ from tvm_structconv.transform import (
     tuned_functions,
 )
 from tvm_structconv.transform.fast_legalize import legalize_ops
+from tvm_structconv.transform.structured_conv import default_tolerance
 from tvm_structconv.tuning_logs import has_database, load_database, logs_dir
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ __all__ = [
     "compile_model",
     "cuda_pipeline",
     "lowering_passes",
+    "check_manifest_matches",
     "prepare_module",
     "schedule_passes",
     "scheduled_pipeline",
@@ -190,12 +192,37 @@ def flatten_outputs(result) -> List[np.ndarray]:
     return [array for item in result for array in flatten_outputs(item)]
 
 
+def check_manifest_matches(imported: ImportedModel, tol: Optional[float] = None) -> None:
+    """Refuse a manifest whose entries match no weight of the model by name or by value.
+
+    Raises
+    ------
+    ManifestError
+        Naming the first unmatched entry and how many more there are.
+    """
+    if set(imported.manifest.layers) <= set(imported.weight_names.values()):
+        return  # every entry names a weight: the rewrite checks each one's structure
+    weights = imported.weights()
+    dtype = next(iter(weights.values()))[0].dtype if weights else "float32"
+    unmatched = imported.manifest.unmatched(
+        weights, tol if tol is not None else default_tolerance(dtype)
+    )
+    if unmatched:
+        more = f" and {len(unmatched) - 1} more" if len(unmatched) > 1 else ""
+        raise ManifestError(
+            f"{imported.manifest.source}: {unmatched[0]!r}{more} match no weight of "
+            f"{imported.source} by name or by value; is this manifest for another model? "
+            "(--allow-unmatched compiles anyway and leaves them alone)"
+        )
+
+
 def prepare_module(
     imported: ImportedModel,
     structured: bool = True,
     tol: Optional[float] = None,
     match_by_value: bool = False,
     layout: Optional[ConvLayout] = None,
+    allow_unmatched: bool = False,
 ) -> PreparedModule:
     """Run the project's passes on ``imported.mod``.
 
@@ -213,6 +240,9 @@ def prepare_module(
         becomes the NHWC fused op with ``alpha`` packed in the layout's blocks (what the CPU
         schedules are written for), and so does every Linear layer (a 1×1 conv: a packed,
         tiled GEMM).
+    allow_unmatched
+        Compile an ONNX model even when manifest entries match none of its weights by name or
+        by value (:func:`check_manifest_matches`); they are left alone.
 
     Returns
     -------
@@ -223,7 +253,8 @@ def prepare_module(
     Raises
     ------
     ManifestError
-        If the manifest names weights the model does not have and value matching is off.
+        If the manifest names weights the model does not have and value matching is off (an
+        ONNX model: none of them by value either, unless ``allow_unmatched``).
     StructureMismatchError
         If a layer's weights do not satisfy its recorded structure.
     """
@@ -249,6 +280,8 @@ def prepare_module(
                     + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                 )
             # ONNX exporters rename weights they fold (onnx::Conv_14): find those by value
+            if not allow_unmatched:
+                check_manifest_matches(imported, tol)
             notes.append(
                 f"{len(missing)} manifest names are not initializer names of the ONNX model "
                 "(renamed by the exporter); their weights are matched by value"
@@ -347,6 +380,7 @@ def compile_model(
     match_by_value: bool = False,
     schedules: bool = True,
     tuning_logs: Union[bool, str, os.PathLike] = True,
+    allow_unmatched: bool = False,
 ) -> CompiledModel:
     """Compile ``imported`` for ``target`` (a name from :mod:`tvm_structconv.targets` or a Target).
 
@@ -360,7 +394,7 @@ def compile_model(
     ``tuning_logs``: ``True`` applies the target's database
     (:func:`~tvm_structconv.tuning_logs.logs_dir`) when there is one, ``False`` ignores tuning
     logs, a folder names the database to apply. The notes say which was applied and how many
-    functions it scheduled.
+    functions it scheduled. ``allow_unmatched``: see :func:`prepare_module`.
 
     Raises
     ------
@@ -382,7 +416,9 @@ def compile_model(
         pipeline = cuda_pipeline(target) if target.kind.name == "cuda" else "default"
     layout = conv_layout(target, scheduled)
     try:
-        prepared = prepare_module(imported, structured, tol, match_by_value, layout)
+        prepared = prepare_module(
+            imported, structured, tol, match_by_value, layout, allow_unmatched
+        )
     except (ManifestError, StructureMismatchError):
         raise
     except Exception as error:

@@ -31,6 +31,7 @@ class Progress:
 
 # --------------------------------------------------------------------------- helpers
 def _load(args: argparse.Namespace):
+    from tvm_structconv.build import check_manifest_matches
     from tvm_structconv.frontend import load_model
     from tvm_structconv.manifest import Manifest
 
@@ -38,35 +39,10 @@ def _load(args: argparse.Namespace):
     manifest = Manifest({}, "<--detect>") if args.detect else args.manifest
     imported = load_model(args.model, manifest=manifest, input_shapes=_input_shapes(args))
     if not args.detect and not args.allow_unmatched:
-        _check_manifest_matches(imported, getattr(args, "tol", None))
+        # before any work: a manifest of another model fails at once (compile_model would
+        # refuse it too, after BatchNorm folding)
+        check_manifest_matches(imported, getattr(args, "tol", None))
     return imported
-
-
-def _check_manifest_matches(imported, tol: Optional[float]) -> None:
-    """Refuse a manifest whose entries match no weight of the model by name or by value.
-
-    Raises
-    ------
-    ManifestError
-        Naming the first unmatched entry and how many more there are.
-    """
-    from tvm_structconv.manifest import ManifestError
-    from tvm_structconv.transform.structured_conv import default_tolerance
-
-    if set(imported.manifest.layers) <= set(imported.weight_names.values()):
-        return  # every entry names a weight: the rewrite checks each one's structure
-    weights = imported.weights()
-    dtype = next(iter(weights.values()))[0].dtype if weights else "float32"
-    unmatched = imported.manifest.unmatched(
-        weights, tol if tol is not None else default_tolerance(dtype)
-    )
-    if unmatched:
-        more = f" and {len(unmatched) - 1} more" if len(unmatched) > 1 else ""
-        raise ManifestError(
-            f"{imported.manifest.source}: {unmatched[0]!r}{more} match no weight of "
-            f"{imported.source} by name or by value; is this manifest for another model? "
-            "(--allow-unmatched compiles anyway and leaves them alone)"
-        )
 
 
 def _input_shapes(args: argparse.Namespace) -> Optional[dict]:
@@ -236,6 +212,7 @@ def _compile_reported(args: argparse.Namespace):
         tol=args.tol,
         match_by_value=args.detect,
         tuning_logs=_tuning_logs(args, target),
+        allow_unmatched=args.allow_unmatched,
     )
     for note in compiled.notes:
         print(f"note: {note}")
@@ -284,6 +261,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             tol=args.tol,
             match_by_value=args.detect,
             tuning_logs=_tuning_logs(args, target),
+            allow_unmatched=args.allow_unmatched,
         )
         absolute, relative = max_errors(compiled.run(*inputs), expected)
         worst = max(worst, relative)
@@ -372,6 +350,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 trials_per_iter=args.trials_per_iter,
                 rpc_tracker=args.rpc_tracker,
                 device_key=args.device_key,
+                allow_unmatched=args.allow_unmatched,
                 seed=args.seed,
             )
             print(f"{label}:")

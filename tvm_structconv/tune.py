@@ -359,6 +359,7 @@ def tune_model(
     progress: bool = True,
     seed: Optional[int] = None,
     timeout: float = 60.0,
+    allow_unmatched: bool = False,
 ) -> TuneResult:
     """Tune the convs of ``imported`` for ``target`` with MetaSchedule and its XGBoost model.
 
@@ -390,6 +391,8 @@ def tune_model(
         Seed of the search.
     timeout
         Seconds a candidate may run.
+    allow_unmatched
+        See :func:`~tvm_structconv.build.prepare_module`.
 
     Raises
     ------
@@ -411,7 +414,9 @@ def tune_model(
         raise TuneError(f"--trials must be positive, got {trials}")
     # before any work: a target this host cannot time without a tracker fails at once
     runner = _runner(target, rpc_tracker, device_key, timeout)
-    mod = prepare_module(imported, structured, layout=conv_layout(target)).mod
+    mod = prepare_module(
+        imported, structured, layout=conv_layout(target), allow_unmatched=allow_unmatched
+    ).mod
     tasks = conv_tasks(mod, target)
     if not tasks:
         raise TuneError("the model has no conv to tune")
