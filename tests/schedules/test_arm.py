@@ -16,13 +16,13 @@ from tvm_structconv.structure import Structure
 from tvm_structconv.targets import make_target
 
 from conv_oracle import HOST, oracle, random_case
-from strategies import structures
+from strategies import output_channels, structures
 
 AARCH64 = make_target("aarch64")
 
 
-def nhwc_func(structure, out_channels, size, target, stride=1, padding=1):
-    width = (size + 2 * padding - structure.kernel_size[1]) // stride + 1
+def nhwc_func(structure, out_channels, size, target, stride=(1, 1), padding=1):
+    width = (size + 2 * padding - structure.kernel_size[1]) // stride[1] + 1
     block = tiling.channel_block(target, out_channels, structure.groups, width)
     data = te.placeholder((1, size, size, structure.in_channels), name="data")
     reduced_kernel = structure.reduced_kernel_size
@@ -35,21 +35,20 @@ def nhwc_func(structure, out_channels, size, target, stride=1, padding=1):
         ),
         name="alpha",
     )
-    out = ops.structured_conv2d_nhwc(data, alpha, structure, (stride, stride), (padding,) * 4)
+    out = ops.structured_conv2d_nhwc(data, alpha, structure, stride, (padding,) * 4)
     return te.create_prim_func([data, alpha, out]), block, [int(d) for d in out.shape]
 
 
 @settings(max_examples=25)
 @given(
     structures(max_channels=12, max_kernel=3),
-    st.sampled_from([8, 16]),
-    st.integers(1, 2),
+    st.data(),
+    st.tuples(st.integers(1, 2), st.integers(1, 2)),  # stride per axis
     st.integers(5, 12),
     st.integers(1, 2**31 - 1),
 )
-def test_channel_unrolled_template_is_exact(structure, out_channels, stride, size, seed):
-    if out_channels % structure.groups:
-        out_channels = structure.groups * 8
+def test_channel_unrolled_template_is_exact(structure, data, stride, size, seed):
+    out_channels = data.draw(output_channels(structure.groups), "out_channels")
     func, block, out_shape = nhwc_func(structure, out_channels, size, HOST, stride)
     sch = s_tir.Schedule(func)
     assert conv.schedule_structured_conv2d(sch, ops.find_structured_block(sch), HOST, unroll=4)

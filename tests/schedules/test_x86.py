@@ -19,7 +19,7 @@ from tvm_structconv.schedules.target_info import vector_lanes, vector_registers
 from tvm_structconv.structure import Structure
 
 from conv_oracle import HOST, oracle, random_case
-from strategies import structures
+from strategies import conv_geometries, output_channels, structures
 
 
 def scheduled_conv(
@@ -71,22 +71,15 @@ def scheduled_conv(
 
 
 @settings(max_examples=60)
-@given(
-    structures(max_channels=6, max_kernel=3),
-    st.integers(1, 3),  # out channels per group
-    st.integers(1, 3),  # stride
-    st.tuples(*[st.integers(0, 2)] * 4),  # top, left, bottom, right
-    st.integers(1, 2),  # dilation
-    st.tuples(st.integers(0, 9), st.integers(0, 9)),  # extra input rows, columns
-    st.integers(0, 2**31 - 1),
-)
-def test_scheduled_op_equals_torch_over_random_shapes(
-    structure, out_per_group, stride, padding, dilation, extra, seed
-):
-    kernel_h, kernel_w = structure.kernel_size
-    size = (dilation * (kernel_h - 1) + 1 + extra[0], dilation * (kernel_w - 1) + 1 + extra[1])
-    x, alpha = random_case(structure, out_per_group * structure.groups, size, seed)
-    got = scheduled_conv(x, alpha, structure, (stride, stride), padding, (dilation, dilation))
+@given(structures(max_channels=6, max_kernel=3), st.data(), st.integers(0, 2**31 - 1))
+def test_scheduled_op_equals_torch_over_random_shapes(structure, data, seed):
+    """Stride, padding and dilation drawn per axis; output channels off the vector block."""
+    out_channels = data.draw(output_channels(structure.groups), "out_channels")
+    geometry = data.draw(conv_geometries(max_extra=9), "geometry")
+    size = geometry.input_size(structure.kernel_size)
+    x, alpha = random_case(structure, out_channels, size, seed)
+    stride, padding, dilation = geometry.stride, geometry.padding, geometry.dilation
+    got = scheduled_conv(x, alpha, structure, stride, padding, dilation)
     expected = oracle(x, alpha, structure, stride, padding, dilation)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -94,21 +87,34 @@ def test_scheduled_op_equals_torch_over_random_shapes(
 @settings(max_examples=25)
 @given(
     structures(max_channels=8, max_kernel=3),
-    st.sampled_from([8, 16, 24]),  # out channels
-    st.integers(1, 2),  # stride
+    st.data(),
+    st.tuples(st.integers(1, 2), st.integers(1, 2)),  # stride per axis
     st.integers(4, 12),  # input size
     st.integers(1, 2**31 - 1),  # tiling seed
 )
-def test_tunable_schedule_is_exact_for_every_sampled_tiling(
-    structure, out_channels, stride, size, seed
-):
-    if out_channels % structure.groups:
-        out_channels = structure.groups * 8
+def test_tunable_schedule_is_exact_for_every_sampled_tiling(structure, data, stride, size, seed):
+    # whole vector blocks only until the partial-block case below is fixed
+    out_channels = data.draw(st.sampled_from([8, 16, 24]), "out_channels") * structure.groups
     kernel_h, kernel_w = structure.kernel_size
     x, alpha = random_case(structure, out_channels, (size + kernel_h, size + kernel_w), seed)
-    got = scheduled_conv(x, alpha, structure, (stride, stride), (1, 1, 1, 1), tiling_seed=seed)
+    got = scheduled_conv(x, alpha, structure, stride, (1, 1, 1, 1), tiling_seed=seed)
     np.testing.assert_allclose(
         got, oracle(x, alpha, structure, stride, (1, 1, 1, 1), 1), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="target_info.vector_partition takes int() of the pad stage's symbolic loop extent "
+    "under a sampled tiling (found by output channels off the vector block)",
+)
+def test_tunable_schedule_with_a_partial_vector_block():
+    structure = Structure(2, 1, 2, 1, groups=2)  # depthwise 1x1: the pad is the only stage
+    x, alpha = random_case(structure, 6, (5, 5), 1)
+    got = scheduled_conv(x, alpha, structure, (1, 1), (1, 1, 1, 1), tiling_seed=6)
+    np.testing.assert_allclose(
+        got, oracle(x, alpha, structure, 1, (1, 1, 1, 1), 1), rtol=1e-4, atol=1e-4
     )
 
 
