@@ -50,7 +50,11 @@ class Group:
 
 
 GROUPS = [
-    Group("structure", ["tvm_structconv/structure.py"], ["tests/test_structure.py"]),
+    Group(
+        "structure",
+        ["tvm_structconv/structure.py"],
+        ["tests/test_structure.py", "tests/test_structure_contract.py"],
+    ),
     Group(
         "manifest",
         ["tvm_structconv/manifest.py"],
