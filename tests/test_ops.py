@@ -187,3 +187,18 @@ def test_structured_dense_equals_linear_with_composed_weight():
     got = run_te(lambda data, a: ops.structured_dense(data, a, structure), [x, alpha])
     expected = x.astype(np.float64) @ structure.compose(alpha.astype(np.float64)).T
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_structured_dense_over_a_batch_of_tokens_is_named_and_tagged():
+    """A 3-D input (batch, tokens, features): the leading axes pass through unchanged."""
+    structure = Structure(10, 1, 4, 1)
+    rng = np.random.default_rng(1)
+    alpha = rng.standard_normal((6, 4)).astype("float32")
+    x = rng.standard_normal((2, 3, 10)).astype("float32")
+    got = run_te(lambda data, a: ops.structured_dense(data, a, structure), [x, alpha])
+    expected = x.astype(np.float64) @ structure.compose(alpha.astype(np.float64)).T
+    assert got.shape == (2, 3, 6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    out = ops.structured_dense(te.placeholder((2, 3, 10)), te.placeholder((6, 4)), structure)
+    assert (out.op.name, out.op.tag) == ("structured_dense", "structured_dense")
+    assert out.op.input_tensors[0].op.name == "pool_channel"
