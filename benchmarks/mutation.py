@@ -58,7 +58,7 @@ GROUPS = [
     Group(
         "manifest",
         ["tvm_structconv/manifest.py"],
-        ["tests/test_manifest.py", "tests/test_manifest_format.py"],
+        ["tests/test_manifest.py", "tests/test_manifest_format.py", "tests/test_detect_edges.py"],
     ),
     Group("nn", ["tvm_structconv/nn/*"], ["tests/nn"]),
     Group("ops", ["tvm_structconv/ops.py"], ["tests/test_ops.py", "tests/test_ops_blocks.py"]),
