@@ -1,12 +1,19 @@
 """structured_conv2d / structured_linear against torch's conv2d / linear, composed kernel."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvm_structconv.nn.functional import structured_conv2d, structured_linear, sum_pool
+from tvm_structconv.nn.functional import (
+    structured_conv2d,
+    structured_linear,
+    sum_pool,
+    window_sum,
+    window_sum_adjoint,
+)
 from tvm_structconv.structure import Structure
 
 from strategies import structures
@@ -119,3 +126,75 @@ def test_bad_inputs_are_refused():
         )
     with pytest.raises(ValueError, match="1x1 structure"):
         structured_linear(torch.zeros(2, 4), torch.zeros(1, 2, 2, 2), structure)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(1, 9),  # length
+    st.integers(1, 9),  # window
+    st.integers(1, 3),  # dilation
+    st.integers(0, 99),
+)
+def test_window_sum_against_numpy_and_its_adjoint(length, size, dilation, seed):
+    length += dilation * (size - 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, length, 3))
+    expected = sum(
+        x[:, k * dilation : length - dilation * (size - 1) + k * dilation] for k in range(size)
+    )
+    summed = window_sum(torch.from_numpy(x), 1, size, dilation)
+    np.testing.assert_allclose(summed.numpy(), expected, rtol=1e-12, atol=1e-12)
+    # the adjoint: <S x, y> == <x, S* y> for every y
+    y = torch.from_numpy(rng.standard_normal(summed.shape))
+    back = window_sum_adjoint(y, 1, size, dilation)
+    assert back.shape == x.shape
+    torch.testing.assert_close((summed * y).sum(), (torch.from_numpy(x) * back).sum())
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    structures(max_channels=3, max_kernel=3),
+    st.integers(1, 2),  # stride
+    st.tuples(*[st.integers(0, 2)] * 4),  # (left, right, top, bottom)
+    st.integers(1, 2),  # dilation
+    st.booleans(),  # channels-last input
+    st.integers(0, 99),
+)
+def test_fast_backward_passes_gradcheck(structure, stride, padding, dilation, channels_last, seed):
+    generator = torch.Generator().manual_seed(seed)
+    out_channels = structure.groups
+    alpha = torch.randn(
+        structure.alpha_shape(out_channels), generator=generator, dtype=torch.float64
+    )
+    bias = torch.randn(out_channels, generator=generator, dtype=torch.float64)
+    size = [dilation * (k - 1) + 2 for k in structure.kernel_size]
+    x = torch.randn((1, structure.in_channels, *size), generator=generator, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    inputs = tuple(t.requires_grad_() for t in (x, alpha, bias))
+    assert torch.autograd.gradcheck(
+        lambda x, alpha, bias: structured_conv2d(
+            x, alpha, structure, bias, stride=stride, padding=padding, dilation=dilation
+        ),
+        inputs,
+    )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients_equal_conv2d_on_the_composed_kernel(channels_last):
+    """Input, alpha and bias gradients against conv2d with A·alpha (float32, c < C)."""
+    torch.manual_seed(0)
+    structure = Structure(12, 3, 5, 2)  # channel window D = 8, spatial window 2x2
+    x = torch.randn(3, 12, 9, 9)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    upstream = torch.randn(3, 6, 9, 9)
+    fast = [torch.randn(structure.alpha_shape(6)), torch.randn(6), x]
+    fast = [t.clone().requires_grad_() for t in fast]
+    oracle = [t.detach().clone().requires_grad_() for t in fast]
+    alpha, bias, inp = fast
+    structured_conv2d(inp, alpha, structure, bias, padding=1).backward(upstream)
+    alpha, bias, inp = oracle
+    F.conv2d(inp, structure.compose(alpha), bias, padding=1).backward(upstream)
+    for mine, theirs in zip(fast, oracle):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-3)

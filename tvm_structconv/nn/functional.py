@@ -13,7 +13,13 @@ import torch.nn.functional as F
 
 from tvm_structconv.structure import IntPair, Structure, as_pair
 
-__all__ = ["sum_pool", "structured_conv2d", "structured_linear"]
+__all__ = [
+    "window_sum",
+    "window_sum_adjoint",
+    "sum_pool",
+    "structured_conv2d",
+    "structured_linear",
+]
 
 Padding = Union[int, Tuple[int, int], Tuple[int, int, int, int]]
 
@@ -32,31 +38,108 @@ def _padding_lrtb(padding: Padding) -> Tuple[int, int, int, int]:
     )
 
 
-def sum_pool(x: torch.Tensor, structure: Structure, dilation: IntPair = 1) -> torch.Tensor:
+def window_sum(x: torch.Tensor, dim: int, size: int, dilation: int = 1) -> torch.Tensor:
+    """Sums of ``size`` elements of ``x`` spaced ``dilation`` apart along ``dim``, stride 1.
+
+    ``y[i] = Σ_{k<size} x[i + k·dilation]``, so ``dim`` shrinks by ``dilation·(size − 1)``. Done
+    with running sums by doubling (sums of 1, 2, 4 … elements, then the binary digits of
+    ``size``): about ``2·log2(size)`` strided adds, whatever the window, and no rounding
+    error that grows with the window as a cumulative-sum difference would have.
+    """
+    if size == 1:
+        return x
+    length = x.shape[dim] - dilation * (size - 1)
+    block, span, total, offset = x, 1, None, 0  # block[i] = Σ_{k<span} x[i + k·dilation]
+    remaining = size
+    while True:
+        if remaining & 1:
+            part = block.narrow(dim, offset * dilation, length)
+            total = part if total is None else total + part
+            offset += span
+        remaining >>= 1
+        if not remaining:
+            return total
+        shift = span * dilation
+        block = block.narrow(dim, 0, block.shape[dim] - shift) + block.narrow(
+            dim, shift, block.shape[dim] - shift
+        )
+        span *= 2
+
+
+def window_sum_adjoint(grad: torch.Tensor, dim: int, size: int, dilation: int = 1) -> torch.Tensor:
+    """The adjoint of :func:`window_sum`: ``dim`` grows back by ``dilation·(size − 1)``.
+
+    ``x̄[j] = Σ_{k<size} ȳ[j − k·dilation]``: the same window sum over ``ȳ`` zero-padded by
+    ``dilation·(size − 1)`` on both sides.
+    """
+    if size == 1:
+        return grad
+    margin = dilation * (size - 1)
+    pad = [0, 0] * (grad.dim() - 1 - dim % grad.dim()) + [margin, margin]
+    return window_sum(F.pad(grad, pad), dim, size, dilation)
+
+
+def _pool_channels(x: torch.Tensor, structure: Structure, adjoint: bool) -> torch.Tensor:
+    """Window sum (or its adjoint) over the channels of ``x``, inside each group."""
+    depth = structure.pool_window[0]
+    if depth == 1:
+        return x
+    batch, channels, height, width = x.shape
+    grouped = x.reshape(batch, structure.groups, channels // structure.groups, height, width)
+    pooled = (window_sum_adjoint if adjoint else window_sum)(grouped, 2, depth)
+    return pooled.reshape(batch, -1, height, width)
+
+
+def _pool(
+    x: torch.Tensor, structure: Structure, dilation: Tuple[int, int], adjoint: bool
+) -> torch.Tensor:
+    _, window_h, window_w = structure.pool_window
+    spatial = window_sum_adjoint if adjoint else window_sum
+    x = spatial(x, 2, window_h, dilation[0])
+    x = spatial(x, 3, window_w, dilation[1])
+    return _pool_channels(x, structure, adjoint)
+
+
+class _PaddedSumPool(torch.autograd.Function):
+    """``sum_pool(zero_pad(x))`` with a hand-written backward: the adjoint window sums, cropped.
+
+    Autograd through the strided adds would zero-fill a full-size gradient for every slice;
+    the adjoint is the same few adds on the gradient instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, structure, dilation, padding):  # type: ignore[override]
+        ctx.structure, ctx.dilation, ctx.padding = structure, dilation, padding
+        padded = F.pad(x, padding) if any(padding) else x
+        return _pool(padded, structure, dilation, adjoint=False)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        padded = _pool(grad, ctx.structure, ctx.dilation, adjoint=True)
+        left, right, top, bottom = ctx.padding
+        if any(ctx.padding):
+            height, width = padded.shape[-2:]
+            padded = padded[..., top : height - bottom, left : width - right]
+        return padded, None, None, None
+
+
+def sum_pool(
+    x: torch.Tensor, structure: Structure, dilation: IntPair = 1, padding: Padding = 0
+) -> torch.Tensor:
     """Sum-pool ``x`` over (channel, height, width) with the window ``structure.pool_window``.
 
     The channel window slides within each group of ``structure.group_channels`` channels and
     never crosses into the next group; the spatial window is dilated by ``dilation``, stride 1,
-    no padding. ``x`` of shape ``(B, in_channels, H, W)`` gives
-    ``(B, reduced_channels, H − dh·(Mh−1), W − dw·(Mw−1))``.
+    after zero ``padding`` (as in :func:`structured_conv2d`). ``x`` of shape
+    ``(B, in_channels, H, W)`` gives ``(B, reduced_channels, H' − dh·(Mh−1), W' − dw·(Mw−1))``
+    for the padded size ``H' × W'``. Separable running sums (:func:`window_sum`), forward and
+    backward, in any memory format.
     """
     if x.dim() != 4 or x.shape[1] != structure.in_channels:
         raise ValueError(
             f"input must be (B, {structure.in_channels}, H, W), got shape {tuple(x.shape)}"
         )
-    dilation_h, dilation_w = as_pair(dilation, "dilation")
-    depth, window_h, window_w = structure.pool_window
-    batch, _, height, width = x.shape
-    if depth > 1:  # channel window, inside each group: a (D, 1) window over (channel, pixel)
-        grouped = x.reshape(batch * structure.groups, 1, structure.group_channels, height * width)
-        x = F.avg_pool2d(grouped, (depth, 1), stride=1) * float(depth)
-        x = x.reshape(batch, structure.reduced_channels, height, width)
-    if (window_h, window_w) == (1, 1):
-        return x
-    if (dilation_h, dilation_w) == (1, 1):
-        return F.avg_pool2d(x, (window_h, window_w), stride=1) * float(window_h * window_w)
-    ones = torch.ones((x.shape[1], 1, window_h, window_w), dtype=x.dtype, device=x.device)
-    return F.conv2d(x, ones, dilation=(dilation_h, dilation_w), groups=x.shape[1])
+    return _PaddedSumPool.apply(x, structure, as_pair(dilation, "dilation"), _padding_lrtb(padding))
 
 
 def structured_conv2d(
@@ -94,8 +177,7 @@ def structured_conv2d(
             f"alpha has shape {tuple(alpha.shape)}, expected "
             f"{structure.alpha_shape(alpha.shape[0])} for {structure}"
         )
-    padded = F.pad(x, _padding_lrtb(padding))
-    pooled = sum_pool(padded, structure, dilation)
+    pooled = sum_pool(x, structure, dilation, padding)
     return F.conv2d(pooled, alpha, bias, stride=stride, dilation=dilation, groups=structure.groups)
 
 
@@ -119,8 +201,6 @@ def structured_linear(
             f"alpha has shape {tuple(alpha.shape)}, expected "
             f"(out_features, {structure.reduced_channels})"
         )
-    depth = structure.pool_window[0]
     leading = x.shape[:-1]
-    flat = x.reshape(-1, 1, structure.in_channels)
-    pooled = F.avg_pool1d(flat, depth, stride=1) * float(depth) if depth > 1 else flat
+    pooled = sum_pool(x.reshape(-1, structure.in_channels, 1, 1), structure)
     return F.linear(pooled.reshape(*leading, structure.reduced_channels), alpha, bias)
