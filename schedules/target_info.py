@@ -125,8 +125,11 @@ def vector_partition(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: in
     :func:`vector_split` of an extent with no whole-register divisor (255, 241, 129 channels of
     a window sum's stages) falls back to a narrow vector or none; here the loop is partitioned
     into a part of whole registers, vectorized, and a scalar remainder of fewer than ``lanes``.
-    A loop that ``lanes`` divides, or shorter than ``lanes``, gets :func:`vector_split`.
+    A loop that ``lanes`` divides, or shorter than ``lanes``, gets :func:`vector_split`; a loop
+    of symbolic extent (a stage under MetaSchedule's sampled tiles) stays as it is.
     """
+    if not isinstance(sch.get(loop).extent, tvm.tirx.IntImm):
+        return
     total = extent(sch, loop)
     if total <= lanes or total % lanes == 0:
         vector_split(sch, loop, lanes)

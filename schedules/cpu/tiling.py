@@ -38,6 +38,7 @@ __all__ = [
     "choose_tiling",
     "pixel_budget",
     "pixel_tile",
+    "tile_score",
 ]
 
 #: Largest number of output rows one parallel task computes (bounds the ``S`` tile).
@@ -69,7 +70,7 @@ def pixel_tile(
     return max(divisors(out_width, pixel_budget(block, lanes, registers, channel_unroll)))
 
 
-def _tile_score(out_width: int, block: int, lanes: int, registers: int) -> float:
+def tile_score(out_width: int, block: int, lanes: int, registers: int) -> float:
     """Expected fraction of peak of one tile shape: latency hiding × load intensity × lane use."""
     vectors = -(-block // lanes)
     pixels = pixel_tile(out_width, block, lanes, registers)
@@ -85,14 +86,14 @@ def channel_block(target: Target, out_channels: int, groups: int, out_width: int
     A divisor of ``out_channels`` (and of the outputs per group for a grouped conv with several
     outputs per group) of at most two vector registers, whole registers or a power of two
     (:func:`~tvm_structconv.schedules.target_info.vector_widths`), picked by
-    :func:`_tile_score`: on AVX2 a 7-wide output gets one register of channels × 7 pixels
+    :func:`tile_score`: on AVX2 a 7-wide output gets one register of channels × 7 pixels
     rather than two × 1.
     """
     lanes, registers = vector_lanes(target), vector_registers(target)
     per_group = out_channels // groups
     bound = out_channels if groups == 1 or per_group == 1 else per_group
     candidates = vector_widths(bound, lanes, 2)
-    return max(candidates, key=lambda d: (round(_tile_score(out_width, d, lanes, registers), 3), d))
+    return max(candidates, key=lambda d: (round(tile_score(out_width, d, lanes, registers), 3), d))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ from tvm_structconv.schedules.base import TargetRule, target_family
 from tvm_structconv.schedules.cpu import tiling
 from tvm_structconv.schedules.cpu.fallback import Fallback
 from tvm_structconv.schedules.gpu.conv import StructuredConv2dCUDA
-from tvm_structconv.schedules.packing import conv_layout, divisor_block, portable_block_size
+from tvm_structconv.schedules.packing import (
+    MAX_PADDING,
+    conv_layout,
+    cpu_block_size,
+    divisor_block,
+    portable_block_size,
+)
+from tvm_structconv.schedules.target_info import vector_lanes
 from tvm_structconv.targets import make_target
 
 from conv_oracle import HOST
@@ -46,10 +53,11 @@ def test_cpu_targets_pack_nhwc_with_the_conv_rules_block(target, per_group, grou
     layout = conv_layout(target)
     block = layout.block_size(out_channels, groups, width)
     assert layout.layout == "NHWC"
-    assert block == tiling.channel_block(target, out_channels, groups, width)
-    assert out_channels % block == 0
-    if groups > 1 and per_group > 1:
-        assert per_group % block == 0  # one block reads one group's channels
+    if groups > 1:  # never padded: the conv rule's divisor of the outputs (per group)
+        assert block == tiling.channel_block(target, out_channels, groups, width)
+        assert out_channels % block == 0
+        if per_group > 1:
+            assert per_group % block == 0  # one block reads one group's channels
 
 
 def test_other_targets_and_unscheduled_builds_keep_nchw():
@@ -87,3 +95,38 @@ def test_a_rule_declines_other_families_and_schedule_failures():
             return sch
 
     assert Failing().apply(func, HOST, False) is None
+
+
+AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+
+
+@pytest.mark.parametrize(
+    "target, out_channels, groups, width, block",
+    [
+        (AVX512, 1000, 1, 13, 32),  # 1008 outputs: two whole zmm registers, not 8 lanes
+        (AVX512, 200, 1, 14, 16),  # 208 outputs
+        (AVX512, 24, 1, 56, 8),  # 32 would add a third of zero filters: the divisor
+        (AVX512, 120, 2, 14, 4),  # grouped: always a divisor of the outputs per group
+        (AVX2, 1000, 1, 13, 8),  # 8 lanes divide 1000: nothing to pad
+    ],
+)
+def test_cpu_block_pads_to_whole_registers_within_the_limit(
+    target, out_channels, groups, width, block
+):
+    assert cpu_block_size(target, out_channels, groups, width) == block
+    assert conv_layout(target).block_size(out_channels, groups, width) == block
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([HOST, AVX2, AVX512, make_target("aarch64")]),
+    st.integers(1, 1100),
+    st.integers(1, 60),
+)
+def test_a_padded_block_is_whole_registers_and_pads_at_most_an_eighth(target, outputs, width):
+    block = cpu_block_size(target, outputs, 1, width)
+    padding = -(-outputs // block) * block - outputs
+    assert padding <= outputs * MAX_PADDING
+    if padding:
+        assert block % vector_lanes(target) == 0
+        assert block == max(block, tiling.channel_block(target, outputs, 1, width))

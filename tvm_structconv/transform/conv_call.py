@@ -163,7 +163,12 @@ def emit_conv2d(
     structure: Structure,
     block_size: BlockSize = portable_block_size,
 ) -> relax.Expr:
-    """``call_te`` of the fused op computing ``conv`` from ``alpha`` (OIHW) and ``structure``."""
+    """``call_te`` of the fused op computing ``conv`` from ``alpha`` (OIHW) and ``structure``.
+
+    NHWC: ``alpha`` packed in blocks of ``block_size``'s output channels; a block that does
+    not divide the outputs (:data:`~tvm_structconv.schedules.packing.BlockSize`) gets zero
+    filters up to a multiple of it, and the padded outputs are sliced off.
+    """
     settings = dict(
         structure=structure,
         strides=list(conv.strides),
@@ -173,14 +178,26 @@ def emit_conv2d(
     )
     if conv.layout == "NCHW":
         compute = functools.partial(ops.structured_conv2d, **settings)
-        weight = alpha
-    else:
-        block = block_size(alpha.shape[0], structure.groups, conv.out_width)
-        compute = functools.partial(ops.structured_conv2d_nhwc, **settings)
-        weight = ops.pack_alpha(alpha, block)
-    return builder.call_te(
-        compute, conv.data, relax.const(weight), primfunc_name_hint="structured_conv2d"
+        return builder.call_te(
+            compute, conv.data, relax.const(alpha), primfunc_name_hint="structured_conv2d"
+        )
+    out_channels = alpha.shape[0]
+    block = block_size(out_channels, structure.groups, conv.out_width)
+    padded = -(-out_channels // block) * block
+    if padded != out_channels:  # zero filters fill the last block; their outputs are cut off
+        alpha = np.concatenate(
+            [alpha, np.zeros((padded - out_channels, *alpha.shape[1:]), alpha.dtype)]
+        )
+    compute = functools.partial(ops.structured_conv2d_nhwc, **settings)
+    out = builder.call_te(
+        compute,
+        conv.data,
+        relax.const(ops.pack_alpha(alpha, block)),
+        primfunc_name_hint="structured_conv2d",
     )
+    if padded == out_channels:
+        return out
+    return builder.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[out_channels]))
 
 
 @dataclass(frozen=True)
