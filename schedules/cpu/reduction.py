@@ -2,9 +2,11 @@
 
 :class:`ChannelReduction` takes a function of one reduction block whose innermost spatial axis
 is the innermost axis of its output (NHWC max-pool and global average pool, ``x @ Wᵀ`` with the
-transposed weight folded to a constant), with injective blocks before it (padding, inlined)
-and after it (bias, divide: inlined into the write-back). Parallel over the outer spatial
-axes, reduction loops next, a vector of output channels innermost, accumulated in registers.
+transposed weight folded to a constant), with injective blocks before it (elementwise ones
+inlined; padding computed as a pass of its own, since its ``if_then_else`` inlined into the
+window reads made a 3×3 max-pool 4× slower: 0.29 -> 0.07 ms on 14×14×528) and after it (bias,
+divide: inlined into the write-back). Parallel over the outer spatial axes, reduction loops
+next, a vector of output channels innermost, accumulated in registers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tvm_structconv.schedules.cpu.blocks import (
     root_blocks,
     work,
 )
+from tvm_structconv.schedules.cpu.injective import schedule_elementwise
 from tvm_structconv.schedules.target_info import extent, vector_lanes, vector_widths
 
 __all__ = ["ChannelReduction"]
@@ -50,7 +53,10 @@ class ChannelReduction(TargetRule):
         if not spatial or not _vectorizable_along(stmt, stmt.iter_vars[spatial[-1]].var):
             return None
         for block in producers:
-            sch.compute_inline(block)
+            if sch.get(block).name_hint.startswith("pad"):
+                schedule_elementwise(sch, block, target)
+            else:
+                sch.compute_inline(block)
         for block in epilogue[:-1]:
             sch.compute_inline(block)
 

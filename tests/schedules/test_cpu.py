@@ -1,8 +1,9 @@
 """The generic CPU rules: pools, global pooling, dense and elementwise ops scheduled and exact."""
 
 import numpy as np
+import pytest
 import tvm
-from tvm import relax, s_tir, te
+from tvm import relax, s_tir, te, topi
 
 from tvm_structconv.build import scheduled_pipeline
 from tvm_structconv.schedules.cpu.injective import Injective
@@ -94,3 +95,31 @@ def test_dense_with_fewer_outputs_than_a_vector():
         lambda v: relax.op.add(relax.op.matmul(v, relax.const(weight)), relax.const(bias)), [x]
     )
     np.testing.assert_allclose(got, x.astype(np.float64) @ weight + bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels, size, stride", [(528, 14, 1), (13, 9, 2), (48, 7, 1)])
+def test_max_pool_padding_is_its_own_vector_pass_and_exact(channels, size, stride):
+    """Padding inlined into the window reads (an if_then_else per read) ran 4x slower."""
+    x = te.placeholder((1, size, size, channels), name="x")
+    y = topi.nn.pool2d(x, (3, 3), (stride, stride), (1, 1), (1,) * 4, "max", layout="NHWC")
+    sch = ChannelReduction().apply(te.create_prim_func([x, y]), HOST, False)
+    assert sch is not None
+    reads = [region.source.name for region in sch.get(sch.get_sblock("pool_max_update")).reads]
+    assert "pad_temp" in reads  # the padded tensor is read, not recomputed per window read
+    pad_loops = sch.get_loops(sch.get_sblock("pad_temp"))
+    assert any(sch.get(loop).kind == tvm.tirx.ForKind.VECTORIZED for loop in pad_loops)
+    data = np.random.default_rng(1).standard_normal((1, size, size, channels)).astype("float32")
+    out_size = (size + 2 - 3) // stride + 1
+    result = tvm.runtime.tensor(np.zeros((1, out_size, out_size, channels), "float32"))
+    tvm.compile(sch.mod, target=HOST)(tvm.runtime.tensor(data), result)
+    padded = np.pad(data, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    span = (out_size - 1) * stride + 1
+    expected = np.max(
+        [
+            padded[:, i : i + span : stride, j : j + span : stride]
+            for i in range(3)
+            for j in range(3)
+        ],
+        axis=0,
+    )
+    np.testing.assert_array_equal(result.numpy(), expected)
