@@ -49,7 +49,7 @@ def test_str_names_every_size_and_groups_only_when_grouped():
 @pytest.mark.parametrize(
     "tensor, message",
     [
-        ([[1.0]], "must be a numpy array or torch tensor"),
+        ([[1.0]], "must be a numpy array or torch tensor, got <class 'list'>"),
         (np.ones((2, 4)), "must be 4-D \\(or 2-D for a 1x1/Linear layer\\), got shape \\(2, 4\\)"),
         (np.ones((2, 4, 3)), "must be 4-D"),
         (np.ones((2, 4, 3, 2)), "has shape \\(2, 4, 3, 2\\), expected \\(2, 4, 3, 3\\)"),
@@ -124,3 +124,19 @@ def test_residual_of_a_zero_kernel_is_zero_and_a_torch_residual_has_a_gradient()
     residual.backward()
     assert 0 < float(residual) < 1 and weight.grad is not None
     assert float(residual) == pytest.approx(structure.residual(weight.detach().numpy()))
+
+
+def test_pair_arguments_are_named_in_their_errors():
+    with pytest.raises(ValueError, match="^reduced_kernel_size must be an int or a pair"):
+        Structure(4, 3, 2, (1, 2, 3))
+    with pytest.raises(ValueError, match="^kernel_size must be an int or a pair"):
+        Structure(4, "3", 2, 2)
+    with pytest.raises(ValueError, match="^output_size must be an int or a pair"):
+        Structure(4, 3, 2, 2).cost(4, output_size=(1, 2, 3))
+
+
+def test_the_residual_of_a_small_weight_is_relative():
+    structure = Structure(4, 3, 2, 2)
+    weight = np.random.default_rng(0).standard_normal((2, 4, 3, 3))
+    assert structure.residual(1e-3 * weight) == pytest.approx(structure.residual(weight))
+    assert structure.residual(1e-3 * weight) > 0.1
