@@ -149,6 +149,11 @@ def test_window_sum_against_numpy_and_its_adjoint(length, size, dilation, seed):
     back = window_sum_adjoint(y, 1, size, dilation)
     assert back.shape == x.shape
     torch.testing.assert_close((summed * y).sum(), (torch.from_numpy(x) * back).sum())
+    # both differentiable, each with the other as its backward
+    inputs = (torch.from_numpy(x[:1, :, :1]).requires_grad_(),)
+    assert torch.autograd.gradcheck(lambda t: window_sum(t, 1, size, dilation), inputs)
+    inputs = (y[:1, :, :1].clone().requires_grad_(),)
+    assert torch.autograd.gradcheck(lambda t: window_sum_adjoint(t, 1, size, dilation), inputs)
 
 
 @settings(max_examples=6, deadline=None)

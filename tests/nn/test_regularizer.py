@@ -164,3 +164,33 @@ def test_invalid_arguments():
         StructuralRegularizer(_model(), PLAN, strength=-1.0)
     with pytest.raises(ValueError, match="no layer"):
         StructuralRegularizer(_model(), Plan.parse("5x5:n=2"))
+
+
+@pytest.mark.parametrize("plan", ["3x3:c=C,n=2;linear:c=C/2", "3x3:c=C/2,n=2;1x1:c=C/2"])
+def test_cached_batched_residuals_equal_structure_residual(plan):
+    """Value and gradient, per layer, against Structure.residual: layers of equal shape
+    batched, identity factors skipped, the cache reused across calls and rebuilt by dtype."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        *[nn.Conv2d(6, 6, 3, padding=1) for _ in range(3)],  # three of one shape: one batch
+        nn.Conv2d(6, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 1),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 6),
+    ).double()
+    regularizer = StructuralRegularizer(model, Plan.parse(plan), strength=0.5)
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float64, 1e-12), (torch.float32, 1e-5)):
+        model.to(dtype)
+        model.zero_grad()
+        regularizer().backward()
+        got = {
+            name: model.get_submodule(name).weight.grad.clone() for name in regularizer.structures
+        }
+        for name, structure in regularizer.structures.items():
+            weight = model.get_submodule(name).weight.detach().clone().requires_grad_()
+            expected = structure.residual(weight)
+            (0.5 * expected).backward()
+            actual = regularizer.residuals()[name]
+            assert actual.dtype == dtype
+            torch.testing.assert_close(actual, expected.detach(), rtol=tolerance, atol=tolerance)
+            torch.testing.assert_close(got[name], weight.grad, rtol=tolerance, atol=tolerance)

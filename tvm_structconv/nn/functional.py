@@ -41,6 +41,48 @@ def _padding_lrtb(padding: Padding) -> Tuple[int, int, int, int]:
 def window_sum(x: torch.Tensor, dim: int, size: int, dilation: int = 1) -> torch.Tensor:
     """Sums of ``size`` elements of ``x`` spaced ``dilation`` apart along ``dim``, stride 1.
 
+    ``y[i] = Σ_{k<size} x[i + k·dilation]``, so ``dim`` shrinks by ``dilation·(size − 1)``.
+    Differentiable; its backward is :func:`window_sum_adjoint` (and the other way round), not
+    autograd through the slices, which would zero-fill a full-size gradient for each.
+    See :func:`_window_sum` for how it sums.
+    """
+    return x if size == 1 else _WindowSum.apply(x, dim, size, dilation)
+
+
+def window_sum_adjoint(grad: torch.Tensor, dim: int, size: int, dilation: int = 1) -> torch.Tensor:
+    """The adjoint of :func:`window_sum`: ``dim`` grows back by ``dilation·(size − 1)``.
+
+    ``x̄[j] = Σ_{k<size} ȳ[j − k·dilation]``: the same window sum over ``ȳ`` zero-padded by
+    ``dilation·(size − 1)`` on both sides. Differentiable (its backward is the window sum).
+    """
+    return grad if size == 1 else _WindowSumAdjoint.apply(grad, dim, size, dilation)
+
+
+class _WindowSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim, size, dilation):  # type: ignore[override]
+        ctx.window = (dim, size, dilation)
+        return _window_sum(x, dim, size, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return window_sum_adjoint(grad, *ctx.window), None, None, None
+
+
+class _WindowSumAdjoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad, dim, size, dilation):  # type: ignore[override]
+        ctx.window = (dim, size, dilation)
+        return _window_sum_adjoint(grad, dim, size, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return window_sum(grad, *ctx.window), None, None, None
+
+
+def _window_sum(x: torch.Tensor, dim: int, size: int, dilation: int = 1) -> torch.Tensor:
+    """Sums of ``size`` elements of ``x`` spaced ``dilation`` apart along ``dim``, stride 1.
+
     ``y[i] = Σ_{k<size} x[i + k·dilation]``, so ``dim`` shrinks by ``dilation·(size − 1)``. Done
     with running sums by doubling (sums of 1, 2, 4 … elements, then the binary digits of
     ``size``): about ``2·log2(size)`` strided adds, whatever the window, and no rounding
@@ -66,17 +108,12 @@ def window_sum(x: torch.Tensor, dim: int, size: int, dilation: int = 1) -> torch
         span *= 2
 
 
-def window_sum_adjoint(grad: torch.Tensor, dim: int, size: int, dilation: int = 1) -> torch.Tensor:
-    """The adjoint of :func:`window_sum`: ``dim`` grows back by ``dilation·(size − 1)``.
-
-    ``x̄[j] = Σ_{k<size} ȳ[j − k·dilation]``: the same window sum over ``ȳ`` zero-padded by
-    ``dilation·(size − 1)`` on both sides.
-    """
+def _window_sum_adjoint(grad: torch.Tensor, dim: int, size: int, dilation: int = 1) -> torch.Tensor:
     if size == 1:
         return grad
     margin = dilation * (size - 1)
     pad = [0, 0] * (grad.dim() - 1 - dim % grad.dim()) + [margin, margin]
-    return window_sum(F.pad(grad, pad), dim, size, dilation)
+    return _window_sum(F.pad(grad, pad), dim, size, dilation)
 
 
 def _pool_channels(x: torch.Tensor, structure: Structure, adjoint: bool) -> torch.Tensor:
@@ -86,7 +123,7 @@ def _pool_channels(x: torch.Tensor, structure: Structure, adjoint: bool) -> torc
         return x
     batch, channels, height, width = x.shape
     grouped = x.reshape(batch, structure.groups, channels // structure.groups, height, width)
-    pooled = (window_sum_adjoint if adjoint else window_sum)(grouped, 2, depth)
+    pooled = (_window_sum_adjoint if adjoint else _window_sum)(grouped, 2, depth)
     return pooled.reshape(batch, -1, height, width)
 
 
@@ -94,7 +131,7 @@ def _pool(
     x: torch.Tensor, structure: Structure, dilation: Tuple[int, int], adjoint: bool
 ) -> torch.Tensor:
     _, window_h, window_w = structure.pool_window
-    spatial = window_sum_adjoint if adjoint else window_sum
+    spatial = _window_sum_adjoint if adjoint else _window_sum
     x = spatial(x, 2, window_h, dilation[0])
     x = spatial(x, 3, window_w, dilation[1])
     return _pool_channels(x, structure, adjoint)

@@ -3,22 +3,94 @@
 Added to the task loss, it pulls every planned layer's kernel toward its structured subspace
 (training step 1 of 3: regularize, decompose, optionally train ``alpha`` directly), whether the
 model is trained from scratch or fine-tuned. Each term is
-:meth:`Structure.residual <tvm_structconv.structure.Structure.residual>`, computed through the
-small Kronecker factors one kernel axis at a time, never through a dense ``C·N² × C·N²``
-projector, so its cost does not depend on the batch and is small beside a training step.
+:meth:`Structure.residual <tvm_structconv.structure.Structure.residual>`, computed here through
+the per-axis projectors ``P = B B⁺`` (the projector of ``A = B_C ⊗ B_Nh ⊗ B_Nw`` is
+``P_C ⊗ P_Nh ⊗ P_Nw``), never through a dense ``C·N² × C·N²`` one: the two spatial projectors
+as one ``N² × N²`` matrix; the channel projector through window sums and a ``c × c`` product,
+and only when the channel window is wider than one (with ``c = C`` it is the identity, skipped).
+The factors are cached per device and dtype, and the layers of equal shape and structure are
+stacked into one product. Its cost does not depend on the batch.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+import functools
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from tvm_structconv.nn.functional import window_sum, window_sum_adjoint
 from tvm_structconv.plan import Plan
-from tvm_structconv.structure import Structure
+from tvm_structconv.structure import Structure, banded_ones
 
 __all__ = ["StructuralRegularizer"]
+
+
+def _projector(full: int, reduced: int) -> Optional[np.ndarray]:
+    """``B B⁺`` of the ``full × reduced`` banded factor; None when it is the identity."""
+    if full == reduced:
+        return None
+    band = banded_ones(full, reduced)
+    return band @ np.linalg.pinv(band)
+
+
+@dataclass
+class _Projectors:
+    """The projectors of one structure, on one device and dtype; None for an identity.
+
+    ``spatial`` is ``(P_Nh ⊗ P_Nw)ᵀ``, applied on the right of the ``(…, C, Nh·Nw)`` kernel.
+    ``channel_gram_inverse`` is ``(B_Cᵀ B_C)⁻¹`` (``c × c``): the channel projector is applied
+    as ``P_C x = B_C (B_Cᵀ B_C)⁻¹ B_Cᵀ x``, where ``B_Cᵀ`` is a window sum over the channels and
+    ``B_C`` its adjoint, so it costs ``c²`` multiplies per column instead of ``C²``.
+    """
+
+    channel_window: int
+    channel_gram_inverse: Optional[torch.Tensor]
+    spatial: Optional[torch.Tensor]
+
+    @functools.cached_property
+    def spatial_complement(self) -> torch.Tensor:
+        """``I − spatial``: applied on the right, it leaves the spatial residual."""
+        assert self.spatial is not None
+        return (
+            torch.eye(len(self.spatial), dtype=self.spatial.dtype, device=self.spatial.device)
+            - self.spatial
+        )
+
+    def project_channels(self, kernel: torch.Tensor) -> torch.Tensor:
+        """``P_C`` applied along axis 1 of a ``(rows, C, columns)`` tensor."""
+        if self.channel_gram_inverse is None:
+            return kernel
+        rows, channels, columns = kernel.shape
+        # channels first: the window sums add whole contiguous rows, and the c × c product
+        # is one large matrix product
+        flat = kernel.transpose(0, 1).reshape(channels, rows * columns)
+        summed = window_sum(flat, 0, self.channel_window)  # B_Cᵀ x
+        solved = window_sum_adjoint(self.channel_gram_inverse @ summed, 0, self.channel_window)
+        return solved.reshape(channels, rows, columns).transpose(0, 1)
+
+    @classmethod
+    def of(cls, structure: Structure, like: torch.Tensor) -> _Projectors:
+        (height, width), (reduced_h, reduced_w) = (
+            structure.kernel_size,
+            structure.reduced_kernel_size,
+        )
+        rows, columns = _projector(height, reduced_h), _projector(width, reduced_w)
+        spatial = None
+        if rows is not None or columns is not None:
+            spatial = np.kron(
+                np.eye(height) if rows is None else rows,
+                np.eye(width) if columns is None else columns,
+            ).T
+        window = structure.pool_window[0]
+        gram_inverse = None
+        if window > 1:
+            band = banded_ones(structure.group_channels, structure.group_reduced_channels)
+            gram_inverse = like.new_tensor(np.linalg.inv(band.T @ band))
+        return cls(window, gram_inverse, None if spatial is None else like.new_tensor(spatial))
 
 
 class StructuralRegularizer:
@@ -59,6 +131,12 @@ class StructuralRegularizer:
         self._layers: List[Tuple[str, nn.Module, Structure]] = [
             (name, modules[name], structure) for name, structure in structures.items()
         ]
+        batches: Dict[Tuple[Structure, Tuple[int, ...]], List[Tuple[str, nn.Module]]] = {}
+        for name, module, structure in self._layers:
+            key = (structure, tuple(module.weight.shape))
+            batches.setdefault(key, []).append((name, module))
+        self._batches = [(structure, layers) for (structure, _), layers in batches.items()]
+        self._projectors: Dict[Tuple[Structure, torch.device, torch.dtype], _Projectors] = {}
 
     @property
     def structures(self) -> Dict[str, Structure]:
@@ -67,12 +145,40 @@ class StructuralRegularizer:
 
     def residuals(self) -> Dict[str, torch.Tensor]:
         """``{module name: r(W)}``, each a differentiable 0-d tensor (not scaled by ``λ``)."""
-        return {name: structure.residual(module.weight) for name, module, structure in self._layers}
+        values: Dict[str, torch.Tensor] = {}
+        for structure, layers in self._batches:
+            weights = [module.weight for _, module in layers]
+            batch = weights[0][None] if len(weights) == 1 else torch.stack(weights)
+            for (name, _), value in zip(layers, self._batch_residuals(structure, batch)):
+                values[name] = value
+        return {name: values[name] for name, _, _ in self._layers}
 
     def __call__(self) -> torch.Tensor:
         """``λ · Σ r(W)``: a differentiable 0-d tensor on the weights' device."""
         total = torch.stack(list(self.residuals().values())).sum()
         return self.strength * total
+
+    def _batch_residuals(self, structure: Structure, weights: torch.Tensor) -> torch.Tensor:
+        """``r(W)`` of each of the stacked kernels ``(layers, Cout, C, *kernel)``."""
+        projectors = self._projectors_for(structure, weights)
+        layers, out_channels, channels = weights.shape[:3]
+        flat = weights.reshape(layers * out_channels, channels, -1)  # (L·Cout, C, Nh·Nw)
+        if projectors.channel_gram_inverse is None and projectors.spatial is not None:
+            # c = C: W − W·Pᵀ = W·(I − P)ᵀ, one product and no subtraction
+            difference = flat @ projectors.spatial_complement
+        else:
+            projected = flat if projectors.spatial is None else flat @ projectors.spatial
+            difference = flat - projectors.project_channels(projected)
+        difference = difference.reshape(layers, -1)
+        norms = torch.linalg.vector_norm(weights.reshape(layers, -1), dim=1)
+        residuals = torch.linalg.vector_norm(difference, dim=1)
+        return residuals / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+
+    def _projectors_for(self, structure: Structure, like: torch.Tensor) -> _Projectors:
+        key = (structure, like.device, like.dtype)
+        if key not in self._projectors:
+            self._projectors[key] = _Projectors.of(structure, like)
+        return self._projectors[key]
 
     def __repr__(self) -> str:
         return f"StructuralRegularizer({len(self._layers)} layers, strength={self.strength})"
