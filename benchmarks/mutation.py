@@ -117,15 +117,10 @@ def mutmut_config(group: Group) -> str:
     )
 
 
-def run_group(group: Group, workdir: pathlib.Path, fresh: bool, max_children: int) -> Dict:
-    """Run mutmut on one group; return every mutant's status and the counts."""
-    staged = stage(group, workdir, fresh)
-    mutmut = [sys.executable, "-m", "mutmut"]
-    command = [*mutmut, "run", "--max-children", str(max_children)]
-    print(f"[mutation] {group.name}: {' '.join(command[2:])} in {staged}", file=sys.stderr)
-    subprocess.run(command, cwd=staged, check=False, stdout=subprocess.DEVNULL)
+def statuses_of(staged: pathlib.Path) -> Dict[str, str]:
+    """``{mutant name: status}`` of the mutants in a staged copy."""
     listed = subprocess.run(
-        [*mutmut, "results", "--all", "true"],
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
         cwd=staged,
         check=True,
         capture_output=True,
@@ -136,6 +131,30 @@ def run_group(group: Group, workdir: pathlib.Path, fresh: bool, max_children: in
         name, _, status = line.strip().rpartition(": ")
         if name:
             statuses[name] = status
+    return statuses
+
+
+def run_group(
+    group: Group, workdir: pathlib.Path, fresh: bool, max_children: int, survivors: bool = False
+) -> Dict:
+    """Run mutmut on one group; return every mutant's status and the counts.
+
+    With ``survivors``, only the survivors of the last run of the group are run again, against
+    the tests as they are now (after new tests were written for them).
+    """
+    again = (
+        sorted(n for n, s in statuses_of(workdir / group.name).items() if s == SURVIVED)
+        if (survivors and (workdir / group.name / "mutants").is_dir())
+        else []
+    )
+    staged = stage(group, workdir, fresh and not survivors)
+    if again:
+        # which tests reach which function is collected again: new tests must be run too
+        (staged / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    print(f"[mutation] {group.name}: {' '.join(command[2:])} in {staged}", file=sys.stderr)
+    subprocess.run([*command, *again], cwd=staged, check=False, stdout=subprocess.DEVNULL)
+    statuses = statuses_of(staged)
     counts = collections.Counter(statuses.values())
     return {"group": asdict(group), "counts": dict(counts), "statuses": statuses}
 
@@ -193,6 +212,11 @@ def main(argv: Sequence[str] = None) -> int:
         "e.g. tvm_structconv/schedules/cpu/tiling.py",
     )
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="run only the last run's survivors again, against the tests as they are now",
+    )
     parser.add_argument("--max-children", type=int, default=2, help="mutants run at once")
     parser.add_argument("--show-survivors", action="store_true", help="print survivors' diffs")
     parser.add_argument("--output", help="JSON path (default: results/mutation-<date>.json)")
@@ -208,7 +232,9 @@ def main(argv: Sequence[str] = None) -> int:
             parser.error("--only narrows one group: give one name to --groups")
         groups = [Group(groups[0].name, args.only.split(","), groups[0].tests)]
     workdir = pathlib.Path(args.workdir)
-    results = [run_group(group, workdir, args.fresh, args.max_children) for group in groups]
+    results = [
+        run_group(group, workdir, args.fresh, args.max_children, args.survivors) for group in groups
+    ]
     for result in results:
         counts = result["counts"]
         print(f"{result['group']['name']:<10} {100 * score(counts):5.1f} %  {counts}")
