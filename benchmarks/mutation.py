@@ -58,7 +58,12 @@ GROUPS = [
     Group(
         "manifest",
         ["tvm_structconv/manifest.py"],
-        ["tests/test_manifest.py", "tests/test_manifest_format.py", "tests/test_detect_edges.py"],
+        [
+            "tests/test_manifest.py",
+            "tests/test_manifest_format.py",
+            "tests/test_manifest_matching.py",
+            "tests/test_detect_edges.py",
+        ],
     ),
     Group("nn", ["tvm_structconv/nn/*"], ["tests/nn"]),
     Group("ops", ["tvm_structconv/ops.py"], ["tests/test_ops.py", "tests/test_ops_blocks.py"]),
@@ -70,6 +75,8 @@ GROUPS = [
 KILLED, SURVIVED, NO_TESTS, TIMEOUT = "killed", "survived", "no tests", "timeout"
 #: Statuses of a mutant the tests caught (a mutant that crashes the interpreter is caught).
 CAUGHT = (KILLED, TIMEOUT, "segfault")
+#: Statuses ``--survivors`` runs again.
+RETRIED = (SURVIVED, NO_TESTS)
 
 
 def stage(group: Group, workdir: pathlib.Path, fresh: bool) -> pathlib.Path:
@@ -139,11 +146,12 @@ def run_group(
 ) -> Dict:
     """Run mutmut on one group; return every mutant's status and the counts.
 
-    With ``survivors``, only the survivors of the last run of the group are run again, against
-    the tests as they are now (after new tests were written for them).
+    With ``survivors``, only the survivors (and the mutants no test reached) of the last run of
+    the group are run again, against the tests as they are now (after new tests were written
+    for them).
     """
     again = (
-        sorted(n for n, s in statuses_of(workdir / group.name).items() if s == SURVIVED)
+        sorted(n for n, s in statuses_of(workdir / group.name).items() if s in RETRIED)
         if (survivors and (workdir / group.name / "mutants").is_dir())
         else []
     )
@@ -215,7 +223,8 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument(
         "--survivors",
         action="store_true",
-        help="run only the last run's survivors again, against the tests as they are now",
+        help="run only the last run's survivors (and mutants no test reached) again, against "
+        "the tests as they are now",
     )
     parser.add_argument("--max-children", type=int, default=2, help="mutants run at once")
     parser.add_argument("--show-survivors", action="store_true", help="print survivors' diffs")
