@@ -1,5 +1,8 @@
 """StructuredConv2d / StructuredLinear against nn.Conv2d / nn.Linear with the composed kernel."""
 
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -7,7 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tvm_structconv.nn import StructuredConv2d, StructuredLinear
+from tvm_structconv.nn import StructuredConv2d, StructuredLinear, structured_parameter_groups
+from tvm_structconv.nn.functional import structured_conv2d
 from tvm_structconv.structure import Structure
 
 from strategies import structures
@@ -207,3 +211,28 @@ def test_linear_round_trip():
     torch.testing.assert_close(layer.to_linear().weight, linear.weight)
     x = torch.randn(4, 9, dtype=torch.float64)
     torch.testing.assert_close(layer(x), linear(x))
+
+
+def test_parameter_groups_equal_sgd_on_an_equalized_alpha():
+    """One SGD step with structured_parameter_groups on alpha equals SGD (lr, wd) on
+    alpha0 = alpha/√scale used as alpha0·√scale in the forward (the equalized learning rate)."""
+    torch.manual_seed(0)
+    layer = StructuredConv2d(6, 4, 3, 2, 2, padding=1, bias=False, dtype=torch.float64)
+    model = nn.Sequential(layer, nn.BatchNorm2d(4, dtype=torch.float64))
+    scale = layer.learning_rate_scale
+    assert scale == 1 / (5 * 2 * 2)  # D = 6 - 2 + 1, Mh = Mw = 2
+    groups = structured_parameter_groups(model, lr=0.1, weight_decay=0.01)
+    assert [len(group["params"]) for group in groups] == [2, 1]  # BatchNorm's two | alpha
+    assert groups[1]["lr"] == pytest.approx(0.1 * scale)
+    assert groups[1]["weight_decay"] == pytest.approx(0.01 / scale)
+    x = torch.randn(3, 6, 5, 5, dtype=torch.float64)
+    # the oracle: plain SGD on alpha0
+    alpha0 = (layer.alpha.detach() / math.sqrt(scale)).requires_grad_()
+    pooled = structured_conv2d(x, alpha0 * math.sqrt(scale), layer.structure, padding=1)
+    copy.deepcopy(model[1])(pooled).square().mean().backward()
+    with torch.no_grad():
+        expected = (alpha0 - 0.1 * (alpha0.grad + 0.01 * alpha0)) * math.sqrt(scale)
+    optimizer = torch.optim.SGD(groups, lr=0.1)
+    model(x).square().mean().backward()
+    optimizer.step()
+    torch.testing.assert_close(layer.alpha.detach(), expected)

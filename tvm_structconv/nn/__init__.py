@@ -5,7 +5,11 @@ Never imports TVM. ``functional`` holds the reference ops (sum-pool, then the re
 
 from tvm_structconv.nn import functional
 from tvm_structconv.nn.convert import structurize, to_ordinary
-from tvm_structconv.nn.layers import StructuredConv2d, StructuredLinear
+from tvm_structconv.nn.layers import (
+    StructuredConv2d,
+    StructuredLinear,
+    structured_parameter_groups,
+)
 from tvm_structconv.nn.regularizer import StructuralRegularizer
 
 __all__ = [
@@ -13,6 +17,7 @@ __all__ = [
     "StructuredConv2d",
     "StructuredLinear",
     "StructuralRegularizer",
+    "structured_parameter_groups",
     "structurize",
     "to_ordinary",
 ]
