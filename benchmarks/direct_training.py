@@ -9,8 +9,8 @@ Per seed (which fixes the data, the initialization and the batch order of every 
 plan, the small CNN is trained three ways on the same budget: (1) two-step: ordinary convs
 with the structural regularizer (λ = 1), then projected (``structurize``) and BatchNorm
 re-estimated; (2) direct: ``StructuredConv2d`` trained from scratch with plain SGD; (3)
-direct with ``structured_parameter_groups`` (each ``alpha``'s learning rate divided by the
-pool window ``K = D·Mh·Mw``, its weight decay multiplied by ``K``).
+direct with ``precondition_alpha_gradients`` (SGD on ``alpha`` made the projected SGD step
+on the composed kernel). ``--scaled-lr`` adds ``structured_parameter_groups`` to (2) and (3).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tvm_structconv.nn import (
     StructuralRegularizer,
     StructuredConv2d,
+    precondition_alpha_gradients,
     structured_parameter_groups,
     structurize,
 )
@@ -41,7 +42,7 @@ from tvm_structconv.plan import Plan
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WIDTHS = (16, 32, 64, 64)
 PLANS = ("3x3:c=C/2,n=2", "3x3:c=C/2,n=3")
-VARIANTS = ("two-step", "direct", "direct, scaled lr")
+VARIANTS = ("two-step", "direct", "direct, preconditioned")
 
 
 def small_cnn(widths: Sequence[int] = WIDTHS) -> nn.Sequential:
@@ -85,6 +86,7 @@ def train(
     seed: int,
     regularizer: Optional[StructuralRegularizer] = None,
     scaled: bool = False,
+    preconditioned: bool = False,
 ) -> nn.Module:
     """SGD, Nesterov momentum 0.9, weight decay 5e-4, one-cycle LR up to 0.1, batch 64."""
     lr, decay, batch_size = 0.1, 5e-4, 64
@@ -92,6 +94,8 @@ def train(
         groups = structured_parameter_groups(model, lr, decay)
     else:
         groups = [{"params": list(model.parameters()), "lr": lr, "weight_decay": decay}]
+    if preconditioned:
+        precondition_alpha_gradients(model)
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     steps = math.ceil(len(data["train_y"]) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -133,7 +137,9 @@ def recalibrate_batchnorm(model: nn.Module, data: Dict[str, torch.Tensor]) -> nn
     return model.eval()
 
 
-def run_seed(plan_text: str, seed: int, epochs: int, train_size: int) -> Dict[str, float]:
+def run_seed(
+    plan_text: str, seed: int, epochs: int, train_size: int, scaled: bool = False
+) -> Dict[str, float]:
     """The three variants' test accuracies for one plan and seed."""
     train_x, train_y = distorted_digits(train_size, seed=2 * seed)
     test_x, test_y = distorted_digits(2000, seed=2 * seed + 1)
@@ -144,9 +150,10 @@ def run_seed(plan_text: str, seed: int, epochs: int, train_size: int) -> Dict[st
     train(model, data, epochs, seed, StructuralRegularizer(model, plan, 1.0))
     structured, _ = structurize(model, plan)
     results = {"two-step": accuracy(recalibrate_batchnorm(structured, data), data)}
-    for variant, scaled in (("direct", False), ("direct, scaled lr", True)):
+    for variant, preconditioned in (("direct", False), ("direct, preconditioned", True)):
         torch.manual_seed(seed)
-        model = train(structured_cnn(plan), data, epochs, seed, scaled=scaled)
+        model = structured_cnn(plan)
+        model = train(model, data, epochs, seed, scaled=scaled, preconditioned=preconditioned)
         results[variant] = accuracy(model, data)
     return results
 
@@ -162,7 +169,7 @@ def markdown(results: Dict[str, List[Dict[str, float]]], header: str) -> str:
         header,
         "",
         "| plan | " + " | ".join(f"{v} %" for v in VARIANTS) + " | direct − two-step "
-        "| direct, scaled lr − two-step |",
+        "| direct, preconditioned − two-step |",
         "|---" * (len(VARIANTS) + 3) + "|",
     ]
     for plan_text, runs in results.items():
@@ -180,6 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--train-size", type=int, default=3000)
     parser.add_argument("--plans", nargs="+", default=list(PLANS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scaled-lr", action="store_true", help="structured_parameter_groups")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -188,7 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for plan_text in args.plans:
         for seed in range(args.seeds):
             results.setdefault(plan_text, []).append(
-                run_seed(plan_text, seed, args.epochs, args.train_size)
+                run_seed(plan_text, seed, args.epochs, args.train_size, args.scaled_lr)
             )
             print(plan_text, seed, results[plan_text][-1], flush=True)
     minutes = (time.perf_counter() - start) / 60

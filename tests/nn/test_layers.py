@@ -3,6 +3,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -10,9 +11,14 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tvm_structconv.nn import StructuredConv2d, StructuredLinear, structured_parameter_groups
+from tvm_structconv.nn import (
+    StructuredConv2d,
+    StructuredLinear,
+    precondition_alpha_gradients,
+    structured_parameter_groups,
+)
 from tvm_structconv.nn.functional import structured_conv2d
-from tvm_structconv.structure import Structure
+from tvm_structconv.structure import Structure, banded_ones
 
 from strategies import structures
 
@@ -236,3 +242,24 @@ def test_parameter_groups_equal_sgd_on_an_equalized_alpha():
     model(x).square().mean().backward()
     optimizer.step()
     torch.testing.assert_close(layer.alpha.detach(), expected)
+
+
+def test_preconditioned_alpha_step_is_the_projected_step_of_w():
+    """With the hook, A·grad(alpha) == P·grad(W) (dense Kronecker A, P = A A⁺ as the oracle)."""
+    torch.manual_seed(0)
+    layer = StructuredConv2d(6, 3, 3, 3, 2, padding=1, dtype=torch.float64)
+    handles = precondition_alpha_gradients(layer)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    upstream = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    layer(x).backward(upstream)
+    weight = layer.structure.compose(layer.alpha.detach()).requires_grad_()
+    F.conv2d(x, weight, padding=1).backward(upstream)
+    basis = np.kron(banded_ones(6, 3), np.kron(banded_ones(3, 2), banded_ones(3, 2)))
+    projected = weight.grad.reshape(3, -1).numpy() @ (basis @ np.linalg.pinv(basis)).T
+    step = layer.alpha.grad.reshape(3, -1).numpy() @ basis.T
+    np.testing.assert_allclose(step, projected, atol=1e-10)
+    for handle in handles:
+        handle.remove()
+    layer.alpha.grad = None
+    layer(x).backward(upstream)  # without the hook: Aᵀ grad(W), not the projection
+    assert not np.allclose(layer.alpha.grad.reshape(3, -1).numpy() @ basis.T, projected)

@@ -8,6 +8,7 @@ from tvm_structconv.nn.convert import structurize, to_ordinary
 from tvm_structconv.nn.layers import (
     StructuredConv2d,
     StructuredLinear,
+    precondition_alpha_gradients,
     structured_parameter_groups,
 )
 from tvm_structconv.nn.regularizer import StructuralRegularizer
@@ -18,6 +19,7 @@ __all__ = [
     "StructuredLinear",
     "StructuralRegularizer",
     "structured_parameter_groups",
+    "precondition_alpha_gradients",
     "structurize",
     "to_ordinary",
 ]

@@ -14,13 +14,19 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from tvm_structconv.nn.functional import structured_conv2d, structured_linear
-from tvm_structconv.structure import IntPair, Structure, as_pair
+from tvm_structconv.structure import IntPair, Structure, as_pair, banded_ones
 
-__all__ = ["StructuredConv2d", "StructuredLinear", "structured_parameter_groups"]
+__all__ = [
+    "StructuredConv2d",
+    "StructuredLinear",
+    "precondition_alpha_gradients",
+    "structured_parameter_groups",
+]
 
 ConvPadding = Union[str, int, Tuple[int, int]]
 
@@ -389,3 +395,52 @@ def structured_parameter_groups(
             structured.add(id(module.alpha))
     others = [p for p in model.parameters() if id(p) not in structured]
     return [{"params": others, "lr": lr, "weight_decay": weight_decay}, *groups]
+
+
+def _gram_inverse_factors(structure: Structure, like: torch.Tensor) -> List[torch.Tensor]:
+    """``(BᵀB)⁻¹`` of the channel, height and width factors of ``A``, like ``like``."""
+    (height, width), (reduced_h, reduced_w) = structure.kernel_size, structure.reduced_kernel_size
+    sizes = (
+        (structure.group_channels, structure.group_reduced_channels),
+        (height, reduced_h),
+        (width, reduced_w),
+    )
+    factors = []
+    for full, reduced in sizes:
+        band = banded_ones(full, reduced)
+        factors.append(like.new_tensor(np.linalg.inv(band.T @ band)))
+    return factors
+
+
+def precondition_alpha_gradients(model: nn.Module) -> List[torch.utils.hooks.RemovableHandle]:
+    """Make any optimizer step on ``alpha`` the projected step on the composed kernel ``W``.
+
+    Registers on every structured layer's ``alpha`` a gradient hook ``g ← (AᵀA)⁻¹ g`` (one
+    small matrix per kernel axis, the Kronecker factors of ``A``). Plain SGD on ``alpha``
+    moves ``W = A·alpha`` by ``−lr·A Aᵀ ∇_W``: the Gram matrix ``AᵀA`` is far from the
+    identity (with ``c = C/2`` its channel factor's eigenvalues span from about 1 to
+    ``D·c``), so some directions of ``W`` learn hundreds of times faster than others. With the
+    hook the step is ``−lr·A (AᵀA)⁻¹ Aᵀ ∇_W = −lr·P ∇_W``, the orthogonal projection of the
+    ordinary layer's step onto the structured kernels (weight decay and momentum, applied
+    by the optimizer after the hook, stay those of ``W``): direct training then follows the
+    ordinary model restricted to its structure.
+
+    Returns
+    -------
+    list of RemovableHandle
+        One per ``alpha``; ``handle.remove()`` undoes it.
+    """
+    handles = []
+    for module in model.modules():
+        if isinstance(module, (StructuredConv2d, StructuredLinear)):
+            alpha, structure = module.alpha, module.structure
+            channel, rows, columns = _gram_inverse_factors(structure, alpha.detach())
+            linear = alpha.dim() == 2
+
+            def hook(grad, channel=channel, rows=rows, columns=columns, linear=linear):
+                grad4 = grad[:, :, None, None] if linear else grad
+                solved = torch.einsum("ij,ojhw,kh,lw->oikl", channel, grad4, rows, columns)
+                return solved[:, :, 0, 0] if linear else solved
+
+            handles.append(alpha.register_hook(hook))
+    return handles
