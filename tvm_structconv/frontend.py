@@ -26,6 +26,7 @@ from tvm import relax
 from tvm_structconv.export import sidecar_path
 from tvm_structconv.manifest import Manifest
 from tvm_structconv.messages import last_line
+from tvm_structconv.onnx_converters import relax_converters
 from tvm_structconv.onnx_static import InputShapeError, make_static
 
 __all__ = ["FrontendError", "ImportedModel", "InputSpec", "load_model"]
@@ -262,7 +263,7 @@ def _from_onnx(path: Path, input_shapes: Optional[Mapping[str, Sequence[int]]]) 
     except InputShapeError as error:
         raise FrontendError(f"{path}: {error}") from None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), relax_converters():
             warnings.simplefilter("ignore")  # the importer warns for every renamed tensor
             mod = from_onnx(static.model, shape_dict=static.input_shapes, keep_params_in_input=True)
     except Exception as error:
