@@ -111,3 +111,12 @@ def test_a_spec_for_a_weight_that_is_neither_conv_nor_linear():
     manifest = Manifest({"w": LayerSpec(1, (1, 1))}, "m.json")
     with pytest.raises(ManifestError, match=r"m.json: 'w' does not fit its weight of shape"):
         manifest.structures_for_shapes({"w": (2, 3, 4)})
+
+
+def test_default_sources_and_groups():
+    with pytest.raises(ManifestError, match="^<dict>: "):
+        Manifest.from_dict({"layers": {}})
+    with pytest.raises(ManifestError, match="^<string>: "):
+        Manifest.loads("[]")
+    structure = LayerSpec(2, (2, 2)).structure((6, 4, 3, 3))
+    assert (structure.groups, structure.in_channels) == (1, 4)
