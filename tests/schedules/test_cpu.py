@@ -3,11 +3,14 @@
 import numpy as np
 import pytest
 import tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tvm import relax, s_tir, te, topi
 
 from tvm_structconv.build import scheduled_pipeline
-from tvm_structconv.schedules.cpu.injective import Injective
+from tvm_structconv.schedules.cpu.injective import Injective, concat_boundaries
 from tvm_structconv.schedules.cpu.reduction import ChannelReduction
+from tvm_structconv.schedules.target_info import vector_lanes
 
 HOST = tvm.target.Target(
     {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2}
@@ -123,3 +126,36 @@ def test_max_pool_padding_is_its_own_vector_pass_and_exact(channels, size, strid
         axis=0,
     )
     np.testing.assert_array_equal(result.numpy(), expected)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.lists(st.integers(1, 40) | st.sampled_from([16, 32, 64, 128]), min_size=2, max_size=5),
+    st.integers(1, 6),
+)
+def test_channel_concat_is_partitioned_per_input_and_exact(channels, width):
+    """A concat along NHWC channels + an elementwise op: where whole vectors fit each input,
+    one loop of vectors per input, and exact either way."""
+    inputs = [te.placeholder((1, 3, width, c), name=f"x{i}") for i, c in enumerate(channels)]
+    joined = topi.concatenate(inputs, axis=3)
+    out = te.compute(joined.shape, lambda *i: te.max(joined(*i), 0.0), name="relu")
+    sch = Injective().apply(te.create_prim_func([*inputs, out]), HOST, False)
+    assert sch is not None
+    boundaries = concat_boundaries_of(inputs)
+    assert boundaries == list(np.cumsum(channels)[:-1])
+    lanes = vector_lanes(HOST)
+    if all(c % lanes == 0 for c in channels):  # a vector loop inside each input
+        script = sch.mod.script()
+        assert script.count("_partition") == len(channels)
+        assert script.count("T.vectorized(") == len(channels)  # a vector loop in each part
+    rng = np.random.default_rng(width)
+    data = [rng.standard_normal((1, 3, width, c)).astype("float32") for c in channels]
+    result = tvm.runtime.tensor(np.zeros((1, 3, width, sum(channels)), "float32"))
+    tvm.compile(sch.mod, target=HOST)(*(tvm.runtime.tensor(d) for d in data), result)
+    np.testing.assert_array_equal(result.numpy(), np.maximum(np.concatenate(data, axis=3), 0))
+
+
+def concat_boundaries_of(inputs):
+    joined = topi.concatenate(inputs, axis=3)
+    sch = s_tir.Schedule(te.create_prim_func([*inputs, joined]))
+    return concat_boundaries(sch, sch.get_sblock("T_concat"))
