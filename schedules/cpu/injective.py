@@ -35,7 +35,7 @@ from tvm_structconv.schedules.target_info import (
     vector_widths,
 )
 
-__all__ = ["Injective", "schedule_elementwise"]
+__all__ = ["Injective", "concat_boundaries", "schedule_elementwise"]
 
 
 class Injective(TargetRule):
