@@ -977,9 +977,11 @@ alternating medians:
 
 {tables["direct_cost"].markdown()}
 
-With `c < C` the sum-pool of `StructuredConv2d` slides a window of `D = C − c + 1` channels
-(`avg_pool3d` in `tvm_structconv.nn.functional.sum_pool`); its forward + backward costs more
-than the whole ordinary conv on this CPU, which is why direct training is the slowest there.
+With `c < C` the sum-pool of `StructuredConv2d` slides a window of `D = C − c + 1` channels.
+Until issue 17 it was an `avg_pool` over that window, whose forward + backward cost more than
+the whole ordinary conv; it is now running sums by doubling with a hand-written adjoint
+backward (`tvm_structconv.nn.functional.window_sum`), about `2·log2(D)` adds per element; see
+section (e) for the layer timings.
 
 The residual is computed through the small Kronecker factors, one kernel axis at a time. The
 same residual of one layer through a dense projector `I − A A⁺` (precomputed, float32):
@@ -991,9 +993,9 @@ backward: the regularizer alone {resnet["regularizer_ms"]:.0f} ms; a training st
 {resnet["step1_ms"]:.0f} ms at batch 1 and {resnet["step8_ms"]:.0f} ms at batch 8, so the regularizer
 adds {100 * resnet["regularizer_ms"] / resnet["step1_ms"]:.0f} % at batch 1 and
 {100 * resnet["regularizer_ms"] / resnet["step8_ms"]:.0f} % at batch 8 (and proportionally less at
-larger batches). Most of it goes to the 512-channel convs of the last stage: with `c = C`
-their channel factor is the 512×512 identity, and `Structure.residual` multiplies by it and by
-its pseudo-inverse all the same.
+larger batches). Most of it went to the 512-channel convs of the last stage: with `c = C`
+their channel factor is the 512×512 identity, which `Structure.residual` multiplied by all the
+same; `StructuralRegularizer` now skips it (section (e)).
 
 ## (d) Fixed 3×3 kernels approximated by structured kernels (c = 1)
 
@@ -1009,8 +1011,48 @@ Top row: the kernels; bottom row: their best n = 2×2 approximation (same colour
 {_exact_kernels_text(tables["fixed"])}
 """
     path = out / "experiments.md"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text + training_side_section(), encoding="utf-8")
     return path
+
+
+def training_side_section(results: pathlib.Path = ROOT / "benchmarks" / "results") -> str:
+    """Section (e): the tables that ``training_speed.py`` and ``direct_training.py`` wrote."""
+    parts = []
+    for name, title in (
+        ("training_speed.md", "Speed of the structured layers and cost of the regularizer"),
+        ("direct_training.md", "Direct training of α against the two-step method"),
+    ):
+        path = results / name
+        if path.exists():
+            parts.append(f"### {title}\n\n{path.read_text(encoding='utf-8')}")
+    if not parts:
+        return ""
+    return (
+        "\n## (e) Training side after issue 17 (from `benchmarks/training_speed.py` and "
+        "`benchmarks/direct_training.py`)\n\n" + TRAINING_SIDE_NOTES + "\n\n" + "\n".join(parts)
+    )
+
+
+TRAINING_SIDE_NOTES = """The pool of `StructuredConv2d` / `StructuredLinear` is separable running sums
+(`window_sum`: sums of 1, 2, 4 … elements, then the binary digits of the window) in a custom
+`autograd.Function` whose backward is the adjoint sums of the gradient (a zero-padded window
+sum), cropped by the padding; `F.pad` is fused into it. The regularizer applies the per-axis
+projectors `P = B B⁺`, cached per device and dtype: the spatial pair as one `N² × N²` product,
+the channel projector as window sums and a `c × c` product and only when `c < C`; layers of
+equal shape are stacked. Direct training: `precondition_alpha_gradients` makes SGD on `alpha`
+the projected SGD step of the composed kernel (gradient hook `(AᵀA)⁻¹`);
+`structured_parameter_groups` only rescales each `alpha`'s learning rate by `1/(D·Mh·Mw)`.
+
+The data set of the direct-training table is `tvm_structconv.nn.synthetic.distorted_digits`:
+ten 5×7 digit glyphs drawn on 32×32 through random affine maps (rotation ±26°, scale
+0.8–1.25 per axis, shear, shift), random stroke width, two distractor strokes made of glyph
+parts, random contrast and Gaussian noise (σ = 0.3), all from one seed; nothing is downloaded
+and no data package is needed (CI's test extra has no scikit-learn). It is harder than the
+8×8 digits (the CNN above reaches about 99 % there, here about 70 % on this budget), so the
+variants separate.
+
+All timings come from a 2-core machine shared with other jobs (load 6–9 during the runs):
+ratios within one run, medians of interleaved rounds; absolute times vary between runs."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
