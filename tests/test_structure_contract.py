@@ -122,8 +122,9 @@ def test_residual_of_a_zero_kernel_is_zero_and_a_torch_residual_has_a_gradient()
     weight = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     residual = structure.residual(weight)
     residual.backward()
-    assert 0 < float(residual) < 1 and weight.grad is not None
-    assert float(residual) == pytest.approx(structure.residual(weight.detach().numpy()))
+    value = residual.item()
+    assert 0 < value < 1 and weight.grad is not None
+    assert value == pytest.approx(structure.residual(weight.detach().numpy()))
 
 
 def test_pair_arguments_are_named_in_their_errors():
