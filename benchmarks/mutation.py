@@ -73,6 +73,8 @@ GROUPS = [
 
 #: mutmut's status names, as ``mutmut results --all true`` prints them.
 KILLED, SURVIVED, NO_TESTS, TIMEOUT = "killed", "survived", "no tests", "timeout"
+#: A run stopped early (Ctrl-C) leaves the rest of its mutants unchecked.
+NOT_CHECKED = "not checked"
 #: Statuses of a mutant the tests caught (a mutant that crashes the interpreter is caught).
 CAUGHT = (KILLED, TIMEOUT, "segfault")
 #: Statuses ``--survivors`` runs again.
@@ -179,9 +181,9 @@ def markdown(results: List[Dict]) -> str:
     lines = [
         f"# Mutation testing, {datetime.date.today()} (mutmut)",
         "",
-        "| group | modules | tests | mutants | killed | timeout | survived | no tests | score "
-        "| commit | command |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| group | modules | tests | mutants | killed | timeout | survived | no tests "
+        "| not checked | score | commit | command |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for result in results:
         counts, group = result["counts"], result["group"]
@@ -190,13 +192,15 @@ def markdown(results: List[Dict]) -> str:
             f"| {sum(counts.values())} | {counts.get(KILLED, 0) + counts.get('segfault', 0)} "
             f"| {counts.get(TIMEOUT, 0)} "
             f"| {counts.get(SURVIVED, 0)} | {counts.get(NO_TESTS, 0)} "
+            f"| {counts.get(NOT_CHECKED, 0)} "
             f"| {100 * score(counts):.1f} % | {result['commit']} | `{result['command']}` |"
         )
     lines += [
         "",
         "Score: (killed + timeout) / (killed + timeout + survived); *killed* includes mutants "
         "that crash the interpreter (segfault); *no tests*: no test of the group reaches the "
-        "mutated function (listed apart, not in the score).",
+        "mutated function (listed apart, not in the score); *not checked*: left when a run was "
+        "stopped early (the score is over the mutants checked).",
     ]
     return "\n".join(lines) + "\n"
 
