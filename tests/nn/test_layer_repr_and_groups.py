@@ -1,0 +1,27 @@
+"""How structured layers print, and the optimizer groups' defaults and refusals (survivors of a
+mutation run of nn/layers.py)."""
+
+import pytest
+import torch.nn as nn
+
+from tvm_structconv.nn import StructuredConv2d
+from tvm_structconv.nn.layers import structured_parameter_groups
+
+
+def test_repr_names_only_what_differs_from_the_defaults():
+    plain = StructuredConv2d(4, 6, 3, 2, 2, padding=1)
+    assert plain.extra_repr() == (
+        "4, 6, kernel_size=(3, 3), reduced_channels=2, reduced_kernel_size=(2, 2), "
+        "stride=(1, 1), padding=(1, 1)"
+    )
+    full = StructuredConv2d(4, 6, 3, 2, 2, dilation=(1, 2), groups=2, bias=False)
+    assert full.extra_repr().endswith("padding=(0, 0), dilation=(1, 2), groups=2, bias=False")
+    assert "dilation=(2, 1)" in StructuredConv2d(4, 6, 3, 2, 2, dilation=(2, 1)).extra_repr()
+
+
+def test_parameter_groups_default_to_no_weight_decay_and_refuse_other_optimizers():
+    model = nn.Sequential(StructuredConv2d(4, 6, 3, 2, 2), nn.Conv2d(6, 2, 1))
+    groups = structured_parameter_groups(model, lr=0.1)
+    assert [group["weight_decay"] for group in groups] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam', got 'lion'"):
+        structured_parameter_groups(model, lr=0.1, optimizer="lion")
