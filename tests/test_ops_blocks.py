@@ -60,3 +60,15 @@ def test_functions_without_the_conv_are_answered_none():
     relax_function = relax.Function([x], x)
     assert ops.schedule_of_conv(relax_function) is None
     assert isinstance(elementwise, tvm.tirx.PrimFunc)
+
+
+def test_a_strided_1x1_pools_a_subsampled_input():
+    """The stage is named ``subsample``: the CPU schedule inlines stages by that name."""
+    structure = Structure(8, 1, 4, 1)
+    data = te.placeholder((1, 7, 7, 8), name="data")
+    alpha = te.placeholder((2, 1, 1, 4, 4), name="alpha")
+    out = ops.structured_conv2d_nhwc(data, alpha, structure, (2, 1))
+    sch, conv = ops.schedule_of_conv(te.create_prim_func([data, alpha, out]))
+    before, _ = ops.stages_around(sch, conv)
+    assert names(sch, before) == ["subsample", "pool_channel_2", "pool_channel_4", "pool_channel"]
+    assert [int(d) for d in sch.get(before[0]).writes[0].source.shape] == [1, 4, 7, 8]
