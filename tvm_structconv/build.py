@@ -43,6 +43,7 @@ from tvm_structconv.frontend import ImportedModel, InputSpec
 from tvm_structconv.manifest import ManifestError
 from tvm_structconv.messages import one_line
 from tvm_structconv.schedules.packing import ConvLayout, conv_layout
+from tvm_structconv.structure import default_tolerance
 from tvm_structconv.targets import make_target
 from tvm_structconv.toolchain import check_runnable, export_compiler
 from tvm_structconv.transform import (
@@ -58,7 +59,6 @@ from tvm_structconv.transform import (
     tuned_functions,
 )
 from tvm_structconv.transform.fast_legalize import legalize_ops
-from tvm_structconv.transform.structured_conv import default_tolerance
 from tvm_structconv.tuning_logs import has_database, load_database, logs_dir
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from tvm_structconv.manifest import Manifest, ManifestError
-from tvm_structconv.structure import Structure
+from tvm_structconv.structure import Structure, default_tolerance
 
 __all__ = ["export", "sidecar_path"]
 
@@ -106,7 +106,7 @@ def _check_projected(model: nn.Module, structures: Dict[str, Structure], source:
     for name, structure in structures.items():
         weight = parameters[name].detach()
         residual = float(structure.residual(weight.double().numpy()))
-        tolerance = 100.0 * torch.finfo(weight.dtype).eps
+        tolerance = default_tolerance(weight.dtype)
         if residual > tolerance:
             raise ManifestError(
                 f"{source}: {name!r} is {residual:.1e} off its recorded {structure} (relative "

@@ -23,7 +23,7 @@ import torch
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 IntPair = Union[int, Tuple[int, int]]
 
-__all__ = ["Structure", "LayerCost", "banded_ones", "as_pair"]
+__all__ = ["Structure", "LayerCost", "banded_ones", "as_pair", "default_tolerance"]
 
 
 def as_pair(value: IntPair, name: str) -> Tuple[int, int]:
@@ -48,6 +48,19 @@ def as_pair(value: IntPair, name: str) -> Tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=512)
+def default_tolerance(dtype: Union[str, np.dtype, torch.dtype]) -> float:
+    """Residual tolerance for weights of ``dtype``: 100 × its machine epsilon (fp32: 1.2e-5).
+
+    What the compiler accepts as structured, and what ``export()`` checks. A structured fp32
+    kernel, rounded once to fp32 and scaled per output channel (BatchNorm folding), has a
+    residual near ``eps``; a kernel that merely resembles a structured one has one many orders
+    of magnitude larger.
+    """
+    if isinstance(dtype, torch.dtype):
+        return 100.0 * torch.finfo(dtype).eps
+    return 100.0 * float(np.finfo(np.dtype(dtype)).eps)
+
+
 def banded_ones(full: int, reduced: int) -> np.ndarray:
     """The ``full × reduced`` banded 0/1 matrix ``B[j, i] = 1 iff i <= j < i + full - reduced + 1``.
 

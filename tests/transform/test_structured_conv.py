@@ -9,16 +9,16 @@ import functools
 
 import numpy as np
 import pytest
+import torch
 import tvm
 from tvm import relax
 
 from tvm_structconv import ops
 from tvm_structconv.manifest import LayerSpec, Manifest, ManifestError
-from tvm_structconv.structure import Structure
+from tvm_structconv.structure import Structure, default_tolerance
 from tvm_structconv.transform.structured_conv import (
     RewriteStructuredConv,
     StructureMismatchError,
-    default_tolerance,
     rewrite_structured_conv,
 )
 
@@ -218,3 +218,4 @@ def test_manifest_that_does_not_fit_the_conv_is_an_error():
 def test_default_tolerance_scales_with_dtype():
     assert default_tolerance("float32") == pytest.approx(1.1920929e-05)
     assert default_tolerance("float64") < 1e-13
+    assert default_tolerance(torch.float32) == default_tolerance("float32")

@@ -34,7 +34,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_structconv.manifest import Manifest, ManifestError, detect
 from tvm_structconv.schedules.packing import BlockSize, portable_block_size
-from tvm_structconv.structure import Structure
+from tvm_structconv.structure import Structure, default_tolerance
 from tvm_structconv.transform.conv_call import (
     LinearCall,
     bound_value,
@@ -51,7 +51,6 @@ __all__ = [
     "RewriteReport",
     "RewriteStructuredConv",
     "StructureMismatchError",
-    "default_tolerance",
     "rewrite_structured_conv",
 ]
 
@@ -65,16 +64,6 @@ class StructureMismatchError(ValueError):
 # Errors raised inside a pass cross TVM's FFI; registered, they come out with their own type.
 tvm_ffi.register_error(StructureMismatchError)
 tvm_ffi.register_error(ManifestError)
-
-
-def default_tolerance(dtype: str) -> float:
-    """Residual tolerance for weights of ``dtype``: 100 × its machine epsilon (fp32: 1.2e-5).
-
-    A structured fp32 kernel, rounded once to fp32 and scaled per output channel (BatchNorm
-    folding), has a residual near ``eps``; a kernel that merely resembles a structured one has
-    one many orders of magnitude larger.
-    """
-    return 100.0 * float(np.finfo(np.dtype(dtype)).eps)
 
 
 @dataclass(frozen=True)
