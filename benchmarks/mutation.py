@@ -77,8 +77,6 @@ KILLED, SURVIVED, NO_TESTS, TIMEOUT = "killed", "survived", "no tests", "timeout
 NOT_CHECKED = "not checked"
 #: Statuses of a mutant the tests caught (a mutant that crashes the interpreter is caught).
 CAUGHT = (KILLED, TIMEOUT, "segfault")
-#: Statuses ``--survivors`` runs again.
-RETRIED = (SURVIVED, NO_TESTS)
 
 
 def stage(group: Group, workdir: pathlib.Path, fresh: bool) -> pathlib.Path:
@@ -143,27 +141,12 @@ def statuses_of(staged: pathlib.Path) -> Dict[str, str]:
     return statuses
 
 
-def run_group(
-    group: Group, workdir: pathlib.Path, fresh: bool, max_children: int, survivors: bool = False
-) -> Dict:
-    """Run mutmut on one group; return every mutant's status and the counts.
-
-    With ``survivors``, only the survivors (and the mutants no test reached) of the last run of
-    the group are run again, against the tests as they are now (after new tests were written
-    for them).
-    """
-    again = (
-        sorted(n for n, s in statuses_of(workdir / group.name).items() if s in RETRIED)
-        if (survivors and (workdir / group.name / "mutants").is_dir())
-        else []
-    )
-    staged = stage(group, workdir, fresh and not survivors)
-    if again:
-        # which tests reach which function is collected again: new tests must be run too
-        (staged / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+def run_group(group: Group, workdir: pathlib.Path, fresh: bool, max_children: int) -> Dict:
+    """Run mutmut on one group; return every mutant's status and the counts."""
+    staged = stage(group, workdir, fresh)
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
     print(f"[mutation] {group.name}: {' '.join(command[2:])} in {staged}", file=sys.stderr)
-    subprocess.run([*command, *again], cwd=staged, check=False, stdout=subprocess.DEVNULL)
+    subprocess.run(command, cwd=staged, check=False, stdout=subprocess.DEVNULL)
     statuses = statuses_of(staged)
     counts = collections.Counter(statuses.values())
     return {"group": asdict(group), "counts": dict(counts), "statuses": statuses}
@@ -224,12 +207,6 @@ def main(argv: Sequence[str] = None) -> int:
         "e.g. tvm_structconv/schedules/cpu/tiling.py",
     )
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
-    parser.add_argument(
-        "--survivors",
-        action="store_true",
-        help="run only the last run's survivors (and mutants no test reached) again, against "
-        "the tests as they are now",
-    )
     parser.add_argument("--max-children", type=int, default=2, help="mutants run at once")
     parser.add_argument("--show-survivors", action="store_true", help="print survivors' diffs")
     parser.add_argument("--output", help="JSON path (default: results/mutation-<date>.json)")
@@ -245,9 +222,7 @@ def main(argv: Sequence[str] = None) -> int:
             parser.error("--only narrows one group: give one name to --groups")
         groups = [Group(groups[0].name, args.only.split(","), groups[0].tests)]
     workdir = pathlib.Path(args.workdir)
-    results = [
-        run_group(group, workdir, args.fresh, args.max_children, args.survivors) for group in groups
-    ]
+    results = [run_group(group, workdir, args.fresh, args.max_children) for group in groups]
     for result in results:
         counts = result["counts"]
         print(f"{result['group']['name']:<10} {100 * score(counts):5.1f} %  {counts}")
