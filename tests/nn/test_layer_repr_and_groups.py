@@ -25,3 +25,15 @@ def test_parameter_groups_default_to_no_weight_decay_and_refuse_other_optimizers
     assert [group["weight_decay"] for group in groups] == [0.0, 0.0]
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam', got 'lion'"):
         structured_parameter_groups(model, lr=0.1, optimizer="lion")
+
+
+def test_linear_layers_keep_or_drop_the_bias_both_ways():
+    from tvm_structconv.nn import StructuredLinear
+
+    assert StructuredLinear(6, 4, 3).bias is not None  # a bias by default, like nn.Linear
+    assert "bias=True" in StructuredLinear(6, 4, 3).extra_repr()
+    without = StructuredLinear.from_linear(nn.Linear(6, 4, bias=False), 3)
+    assert without.bias is None and "bias=False" in without.extra_repr()
+    assert without.to_linear().bias is None
+    with_bias = StructuredLinear.from_linear(nn.Linear(6, 4), 3)
+    assert with_bias.to_linear().bias is not None
