@@ -72,3 +72,7 @@ def test_a_strided_1x1_pools_a_subsampled_input():
     before, _ = ops.stages_around(sch, conv)
     assert names(sch, before) == ["subsample", "pool_channel_2", "pool_channel_4", "pool_channel"]
     assert [int(d) for d in sch.get(before[0]).writes[0].source.shape] == [1, 4, 7, 8]
+    # unstrided, the whole input is pooled: no subsample stage
+    out = ops.structured_conv2d_nhwc(data, alpha, structure, (1, 1))
+    sch, conv = ops.schedule_of_conv(te.create_prim_func([data, alpha, out]))
+    assert names(sch, ops.stages_around(sch, conv)[0])[0] == "pool_channel_2"
