@@ -37,3 +37,26 @@ def test_linear_layers_keep_or_drop_the_bias_both_ways():
     assert without.to_linear().bias is None
     with_bias = StructuredLinear.from_linear(nn.Linear(6, 4), 3)
     assert with_bias.to_linear().bias is not None
+
+
+def test_a_new_linear_layer_initializes_its_bias_like_nn_linear():
+    from tvm_structconv.nn import StructuredLinear
+
+    bias = StructuredLinear(6, 400, 3).bias.detach()
+    bound = 1 / 6**0.5  # uniform in ±1/√(in_features)
+    assert float(bias.abs().max()) <= bound and float(bias.std()) > bound / 4
+
+
+def test_structured_linear_names_a_wrong_input_or_alpha():
+    import torch
+
+    from tvm_structconv.nn.functional import structured_linear
+    from tvm_structconv.structure import Structure
+
+    structure = Structure(6, 1, 3, 1)
+    with pytest.raises(ValueError, match=r"^input has 5 features, expected 6$"):
+        structured_linear(torch.ones(2, 5), torch.ones(4, 3), structure)
+    with pytest.raises(
+        ValueError, match=r"^alpha has shape \(4, 2\), expected \(out_features, 3\)$"
+    ):
+        structured_linear(torch.ones(2, 6), torch.ones(4, 2), structure)
