@@ -146,7 +146,10 @@ def run_group(group: Group, workdir: pathlib.Path, fresh: bool, max_children: in
     staged = stage(group, workdir, fresh)
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
     print(f"[mutation] {group.name}: {' '.join(command[2:])} in {staged}", file=sys.stderr)
-    subprocess.run(command, cwd=staged, check=False, stdout=subprocess.DEVNULL)
+    try:
+        subprocess.run(command, cwd=staged, check=False, stdout=subprocess.DEVNULL)
+    except KeyboardInterrupt:  # stopped early: record what was checked
+        print(f"[mutation] {group.name}: stopped, recording what was checked", file=sys.stderr)
     statuses = statuses_of(staged)
     counts = collections.Counter(statuses.values())
     return {"group": asdict(group), "counts": dict(counts), "statuses": statuses}
