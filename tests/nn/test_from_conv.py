@@ -52,3 +52,12 @@ def test_a_dilated_conv_round_trips():
         x, layer.structure.project(conv.weight.detach()), padding=2, dilation=2
     )
     torch.testing.assert_close(layer(x), expected)
+
+
+def test_same_padding_round_trips_as_a_string():
+    conv = nn.Conv2d(4, 4, 3, padding="same", bias=False, dtype=torch.float64)
+    layer = StructuredConv2d.from_conv(conv, 2, 2)
+    assert layer.padding == "same" and layer.to_conv().padding == "same"
+    x = torch.randn(1, 4, 6, 7, dtype=torch.float64)
+    expected = nn.functional.conv2d(x, layer.structure.project(conv.weight.detach()), padding=1)
+    torch.testing.assert_close(layer(x), expected)
