@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import time
@@ -192,6 +193,7 @@ def main_time(args) -> int:
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"zoo-time-{cpu}"
     out.parent.mkdir(parents=True, exist_ok=True)
     side = int(args.size)
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     rows = []
     for family in (args.families or TIMED_FAMILIES).split(","):
         with tempfile.TemporaryDirectory() as scratch:
@@ -209,8 +211,9 @@ def main_time(args) -> int:
         f"Speed on real models, {time.strftime('%Y-%m-%d')}, host CPU {cpu}: batch 1, fp32, "
         f"{side}x{side}, {threads} threads, {args.rounds} interleaved rounds of {args.repeat} "
         "samples, medians; random weights; structured with "
-        f"{args.plan or 'each family speed plan (tvm_structconv.zoo.FAMILIES)'}. "
-        "Ratios above 1: ours faster.\n\n"
+        f"{args.plan or 'each family speed plan (tvm_structconv.zoo.FAMILIES)'}; load average "
+        f"at start {load} (other work on the machine makes 2-thread medians meaningless: "
+        "benchmarks/single_thread.py tolerates it). Ratios above 1: ours faster.\n\n"
     )
     out.with_suffix(".md").write_text(
         header + timing_table(rows) + f"\n\n![speed]({out.name}.png)\n"
