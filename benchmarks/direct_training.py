@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from paper_questions import with_fresh_structured_layers  # benchmarks/ is sys.path[0]
 
 from tvm_structconv.nn import (
     StructuralRegularizer,
-    StructuredConv2d,
     precondition_alpha_gradients,
     structured_parameter_groups,
     structurize,
@@ -60,23 +60,6 @@ def small_cnn(widths: Sequence[int] = WIDTHS) -> nn.Sequential:
         channels = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)]
     return nn.Sequential(*layers)
-
-
-def structured_cnn(plan: Plan) -> nn.Sequential:
-    """The small CNN with every planned conv a freshly initialized ``StructuredConv2d``."""
-    model = small_cnn()
-    for name, structure in plan.apply(model).items():
-        conv = model.get_submodule(name)
-        model[int(name)] = StructuredConv2d(
-            conv.in_channels,
-            conv.out_channels,
-            3,
-            structure.reduced_channels,
-            structure.reduced_kernel_size,
-            padding=1,
-            bias=False,
-        )
-    return model
 
 
 def train(
@@ -152,7 +135,7 @@ def run_seed(
     results = {"two-step": accuracy(recalibrate_batchnorm(structured, data), data)}
     for variant, preconditioned in (("direct", False), ("direct, preconditioned", True)):
         torch.manual_seed(seed)
-        model = structured_cnn(plan)
+        model = with_fresh_structured_layers(small_cnn(), plan)
         model = train(model, data, epochs, seed, scaled=scaled, preconditioned=preconditioned)
         results[variant] = accuracy(model, data)
     return results
