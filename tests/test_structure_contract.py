@@ -141,3 +141,12 @@ def test_the_residual_of_a_small_weight_is_relative():
     weight = np.random.default_rng(0).standard_normal((2, 4, 3, 3))
     assert structure.residual(1e-3 * weight) == pytest.approx(structure.residual(weight))
     assert structure.residual(1e-3 * weight) > 0.1
+
+
+def test_the_cached_banded_matrices_are_read_only():
+    from tvm_structconv.structure import banded_ones
+
+    band = banded_ones(5, 3)
+    assert band.dtype == np.float64 and band.tolist()[4] == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="read-only"):
+        band[0, 0] = 7.0  # a caller writing into it would corrupt every later use
