@@ -202,3 +202,18 @@ def test_structured_dense_over_a_batch_of_tokens_is_named_and_tagged():
     out = ops.structured_dense(te.placeholder((2, 3, 10)), te.placeholder((6, 4)), structure)
     assert (out.op.name, out.op.tag) == ("structured_dense", "structured_dense")
     assert out.op.input_tensors[0].op.name == "pool_channel"
+
+
+def test_nhwc_block_across_groups_of_one_output_with_several_reduced_channels():
+    """Two groups of one output each, packed in one block of 2: each output reads its own
+    group's two reduced channels (the general channel map of ``_pooled_channel``)."""
+    structure = Structure(8, 3, 4, 2, groups=2)
+    rng = np.random.default_rng(7)
+    alpha = rng.standard_normal(structure.alpha_shape(2)).astype("float32")
+    x = rng.standard_normal((1, 8, 6, 6)).astype("float32")
+    got = run_te(
+        lambda data, a: ops.structured_conv2d_nhwc(data, a, structure, padding=(1, 1, 1, 1)),
+        [x.transpose(0, 2, 3, 1).copy(), ops.pack_alpha(alpha, 2)],
+    )
+    expected = oracle(x, alpha, structure, 1, (1, 1, 1, 1), 1).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
