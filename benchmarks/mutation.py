@@ -224,6 +224,10 @@ def main(argv: Sequence[str] = None) -> int:
         if len(groups) != 1:
             parser.error("--only narrows one group: give one name to --groups")
         groups = [Group(groups[0].name, args.only.split(","), groups[0].tests)]
+    # the commit the staged copies are taken from (the tree may move on during a long run)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     workdir = pathlib.Path(args.workdir)
     results = [run_group(group, workdir, args.fresh, args.max_children) for group in groups]
     for result in results:
@@ -235,9 +239,6 @@ def main(argv: Sequence[str] = None) -> int:
                 if status == SURVIVED:
                     subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=staged)
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     command = "python benchmarks/mutation.py " + " ".join(argv or sys.argv[1:])
     output = pathlib.Path(args.output or RESULTS / f"mutation-{datetime.date.today()}.json")
     runs = json.loads(output.read_text())["groups"] if output.is_file() else []
