@@ -32,7 +32,14 @@ def test_bench_measures_tvm_and_peers(exported_small_net, tmp_path):
     assert all(row.latency is not None for row in onnx_rows)
     torch_row = report.row("host", "torch", "original")
     assert torch_row.latency is None and "torch needs a torch.export program" in torch_row.note
-    assert any("faster than onnxruntime" in line for line in report.ratios())
+    lines = report.ratios()
+    ort = onnx_rows[0]
+    if ours.trusted and ort.trusted:
+        assert any("faster than onnxruntime (host)" in line for line in lines), lines
+    else:  # a disturbed round (microsecond kernels): the line says why instead of a number
+        unstable = "structured tvm (x86)" if not ours.trusted else "onnxruntime (host)"
+        assert any(f"no ratio with {unstable}: its samples are unstable" in line for line in lines)
+        assert not any("faster than onnxruntime" in line for line in lines)
     table = report.format()
     assert "n/a" in table and "median ms" in table
 
