@@ -16,6 +16,7 @@ from tvm_structconv.schedules.packing import (
     conv_layout,
     cpu_block_size,
     divisor_block,
+    padded_channels,
     portable_block_size,
 )
 from tvm_structconv.schedules.target_info import vector_lanes
@@ -130,3 +131,10 @@ def test_a_padded_block_is_whole_registers_and_pads_at_most_an_eighth(target, ou
     if padding:
         assert block % vector_lanes(target) == 0
         assert block == max(block, tiling.channel_block(target, outputs, 1, width))
+
+
+@given(st.integers(1, 4096), st.integers(1, 64))
+def test_padded_channels_is_the_next_multiple_of_the_block(out_channels, block):
+    padded = padded_channels(out_channels, block)
+    assert padded % block == 0
+    assert out_channels <= padded < out_channels + block

@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 
 from tvm_structconv import ops
-from tvm_structconv.schedules.packing import BlockSize, portable_block_size
+from tvm_structconv.schedules.packing import BlockSize, padded_channels, portable_block_size
 from tvm_structconv.structure import Structure
 
 __all__ = [
@@ -183,7 +183,7 @@ def emit_conv2d(
         )
     out_channels = alpha.shape[0]
     block = block_size(out_channels, structure.groups, conv.out_width)
-    padded = -(-out_channels // block) * block
+    padded = padded_channels(out_channels, block)
     if padded != out_channels:  # zero filters fill the last block; their outputs are cut off
         alpha = np.concatenate(
             [alpha, np.zeros((padded - out_channels, *alpha.shape[1:]), alpha.dtype)]
