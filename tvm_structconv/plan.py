@@ -3,7 +3,10 @@
 A plan is a list of rules, each matching layers by kind and kernel size and saying which
 ``(c, n)`` they get, plus explicit per-layer entries that override the rules. Plans are written
 by hand (``Plan.parse("3x3:n=2,c=C/2")``) and used to build structured variants of models and
-to drive the regularizer and ``structurize`` on the training side.
+to drive the regularizer and ``structurize`` on the training side. A plan file (JSON,
+:meth:`Plan.save` / :meth:`Plan.load`) holds rules and per-layer entries; the latency-budget
+planner (:mod:`tvm_structconv.planner`) writes per-layer plans, and every ``--plan`` argument
+takes a file ending in ``.json`` as well as rule syntax (:meth:`Plan.from_argument`).
 
 Rule syntax (rules separated by ``;``)::
 
@@ -29,16 +32,22 @@ a grouped conv with few channels per group does not repay (quotients 0.3–0.8).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Dict, Iterator, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
 from tvm_structconv.structure import Structure
 
-__all__ = ["Rule", "Plan", "PlanError", "structurable_layers"]
+__all__ = ["PLAN_FORMAT", "Rule", "Plan", "PlanError", "structurable_layers"]
+
+#: The ``format`` field of a plan file (:meth:`Plan.save`).
+PLAN_FORMAT = "structconv-plan/1"
 
 
 class PlanError(ValueError):
@@ -131,6 +140,36 @@ class Rule:
             in_channels, kernel, reduced * groups, self.reduced_kernel_size or kernel, groups
         )
 
+    def to_text(self) -> str:
+        """The rule in plan syntax; ``Plan.parse(rule.to_text())`` gives the rule back.
+
+        Raises
+        ------
+        PlanError
+            If the channel fraction is not ``1/k`` (the syntax has no other fractions).
+        """
+        kind = "linear" if self.kernel_size is None else "{}x{}".format(*self.kernel_size)
+        if self.channels is not None:
+            channels = str(self.channels)
+        elif self.channel_fraction == 1:
+            channels = "C"
+        elif self.channel_fraction.numerator == 1:
+            channels = f"C/{self.channel_fraction.denominator}"
+        else:
+            raise PlanError(f"c={self.channel_fraction} x C has no plan syntax (only C/k)")
+        options = [f"c={channels}"]
+        if self.reduced_kernel_size is not None:
+            options.append("n={}x{}".format(*self.reduced_kernel_size))
+        if self.min_channels != 1:
+            options.append(f"min_channels={self.min_channels}")
+        if self.min_expansion != 0:
+            options.append(f"min_expansion={self.min_expansion}")
+        if self.depthwise:
+            options.append("depthwise=yes")
+        if self.grouped:
+            options.append("grouped=yes")
+        return f"{kind}:{','.join(options)}"
+
 
 @dataclass
 class Plan:
@@ -156,6 +195,80 @@ class Plan:
             raise PlanError(f"plan {text!r} has no rule")
         return cls(rules=rules)
 
+    @classmethod
+    def from_argument(cls, text: str) -> Plan:
+        """A ``--plan`` argument: a plan file (``.json``, :meth:`load`) or rule syntax."""
+        if text.strip().lower().endswith(".json"):
+            return cls.load(text)
+        return cls.parse(text)
+
+    def to_json(self) -> Dict[str, Any]:
+        """The plan as a JSON object (the body of a plan file).
+
+        ``{"format": "structconv-plan/1", "rules": "3x3:c=C,n=2x2", "layers": {"layer1.0.conv1":
+        {"c": 32, "n": [2, 2]}, "fc": null}}``: ``c`` is the layer's reduced channels in total
+        (as :class:`~tvm_structconv.structure.Structure`'s ``reduced_channels``), ``null``
+        leaves a layer alone; ``layers`` take precedence over ``rules``.
+        """
+        layers = {
+            name: None if entry is None else {"c": entry[0], "n": list(entry[1])}
+            for name, entry in self.layers.items()
+        }
+        rules = ";".join(rule.to_text() for rule in self.rules)
+        return {"format": PLAN_FORMAT, "rules": rules, "layers": layers}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "<plan>") -> Plan:
+        """The plan a :meth:`to_json` object describes.
+
+        Raises
+        ------
+        PlanError
+            If the object is not a plan of this format; the message names ``source``.
+        """
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise PlanError(f"{source}: not a plan file ('format' must be {PLAN_FORMAT!r})")
+        unknown = sorted(set(data) - {"format", "rules", "layers", "info"})
+        if unknown:
+            raise PlanError(f"{source}: unknown field {unknown[0]!r}")
+        rules_text = data.get("rules", "")
+        if not isinstance(rules_text, str):
+            raise PlanError(f"{source}: 'rules' must be plan text, got {rules_text!r}")
+        rules = [_parse_rule(part.strip()) for part in rules_text.split(";") if part.strip()]
+        entries = data.get("layers", {})
+        if not isinstance(entries, dict):
+            raise PlanError(f"{source}: 'layers' must map layer names to {{c, n}} or null")
+        layers = {name: _parse_layer_entry(entry, name, source) for name, entry in entries.items()}
+        if not rules and not layers:
+            raise PlanError(f"{source}: the plan has no rule and no layer")
+        return cls(rules=rules, layers=layers)
+
+    def save(self, path: Union[str, os.PathLike], info: Optional[Dict[str, Any]] = None) -> None:
+        """Write the plan file ``path`` (:meth:`to_json`); ``info`` is kept as a comment."""
+        data = self.to_json()
+        if info:
+            data["info"] = info
+        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> Plan:
+        """Read a plan file written by :meth:`save`.
+
+        Raises
+        ------
+        PlanError
+            If the file is missing, not JSON or not a plan; the message names the file.
+        """
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise PlanError(f"cannot read plan file {os.fspath(path)}: {error.strerror}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise PlanError(f"{os.fspath(path)}: not JSON ({error})") from None
+        return cls.from_json(data, os.fspath(path))
+
     def structure_for(self, name: str, layer: nn.Module) -> Optional[Structure]:
         """The structure for the layer called ``name``, or ``None`` if the plan leaves it alone."""
         if name in self.layers:
@@ -163,16 +276,18 @@ class Plan:
             if entry is None:
                 return None
             reduced_channels, reduced_kernel = entry
-            groups = getattr(layer, "groups", 1)
-            if isinstance(layer, nn.Conv2d):
-                return Structure(
-                    layer.in_channels,
-                    tuple(layer.kernel_size),
-                    reduced_channels,
-                    reduced_kernel,
-                    groups,
-                )
-            return Structure(layer.in_features, 1, reduced_channels, reduced_kernel)
+            try:
+                if isinstance(layer, nn.Conv2d):
+                    return Structure(
+                        layer.in_channels,
+                        tuple(layer.kernel_size),
+                        reduced_channels,
+                        reduced_kernel,
+                        layer.groups,
+                    )
+                return Structure(layer.in_features, 1, reduced_channels, reduced_kernel)
+            except ValueError as error:
+                raise PlanError(f"plan entry of layer {name!r} does not fit it: {error}") from None
         for rule in self.rules:
             if rule.matches(layer):
                 return rule.structure_for(layer)
@@ -238,6 +353,28 @@ def _kind(layer: nn.Module) -> str:
         return "Linear layers"
     height, width = layer.kernel_size
     return f"{height}x{width} convs"
+
+
+def _parse_layer_entry(entry: Any, name: str, source: str) -> Optional[Tuple[int, Tuple[int, int]]]:
+    """``{"c": 32, "n": [2, 2]}`` (or ``"n": 2``) → ``(32, (2, 2))``; ``null`` → ``None``."""
+    if entry is None:
+        return None
+    where = f"{source}: layer {name!r}"
+    if not isinstance(entry, dict) or set(entry) != {"c", "n"}:
+        raise PlanError(f"{where} must be {{'c': int, 'n': [h, w]}} or null, got {entry!r}")
+    channels, kernel = entry["c"], entry["n"]
+    if isinstance(kernel, int) and not isinstance(kernel, bool):
+        kernel = [kernel, kernel]
+    valid_kernel = (
+        isinstance(kernel, list)
+        and len(kernel) == 2
+        and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in kernel)
+    )
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise PlanError(f"{where}: c must be a positive int, got {channels!r}")
+    if not valid_kernel:
+        raise PlanError(f"{where}: n must be a positive int or [h, w], got {entry['n']!r}")
+    return channels, (kernel[0], kernel[1])
 
 
 _KIND = re.compile(r"^(?:(\d+)x(\d+)|linear)$")
