@@ -30,25 +30,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def fused_conv_calls(imported, structured: bool, target) -> List[tuple]:
     """``(function name, PrimFunc)`` of every conv call of ``main``, in call order."""
-    import tvm
-
     from tvm_structconv.build import prepare_module
-    from tvm_structconv.ops import find_structured_block
     from tvm_structconv.schedules.packing import conv_layout
-    from tvm_structconv.tune import called_functions, fuse
+    from tvm_structconv.tune import conv_calls
 
-    mod = prepare_module(imported, structured, layout=conv_layout(target)).mod
-    fused = fuse(mod, target)
-    functions = {
-        gvar.name_hint: func
-        for gvar, func in fused.functions.items()
-        if isinstance(func, tvm.tirx.PrimFunc)
-    }
-    return [
-        (name, functions[name])
-        for name in called_functions(fused)
-        if find_structured_block(functions[name]) is not None
-    ]
+    return conv_calls(prepare_module(imported, structured, layout=conv_layout(target)).mod, target)
 
 
 def build_both(func, target, database):

@@ -1,4 +1,5 @@
-"""The ``structconv`` command: demo, models, export, compile, verify, deploy, tune and bench."""
+"""The ``structconv`` command: demo, models, export, compile, verify, deploy, tune, plan and
+bench."""
 
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def _load(args: argparse.Namespace):
     from tvm_structconv.frontend import load_model
     from tvm_structconv.manifest import Manifest
 
+    if getattr(args, "plan", None):
+        from tvm_structconv.plan import Plan
+        from tvm_structconv.planner.source import ModelSource
+
+        # the plan's layers are projected onto their structures: the manifest is the plan's
+        source = ModelSource(args.model, input_shapes=_input_shapes(args))
+        return source.imported(source.plan_structures(Plan.from_argument(args.plan)))
     # --detect looks at the weights alone: no recorded structure is read
     manifest = Manifest({}, "<--detect>") if args.detect else args.manifest
     imported = load_model(args.model, manifest=manifest, input_shapes=_input_shapes(args))
@@ -109,7 +117,9 @@ def _add_allow_unmatched_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser):
+    """The model, its shapes and structure source, target and tuning logs; returns the
+    mutually exclusive group of the structure source (``--manifest``, ``--detect``)."""
     parser.add_argument("model", help="an ONNX file or a torch.export program (.pt2)")
     _add_input_shape_argument(parser)
     source = parser.add_mutually_exclusive_group()
@@ -143,6 +153,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     logs.add_argument(
         "--no-logs", action="store_true", help="ignore tuning logs: hand schedules only"
     )
+    return source
 
 
 def _tuning_logs(args: argparse.Namespace, target):
@@ -174,11 +185,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tvm_structconv.models import create_structured
     from tvm_structconv.plan import Plan
 
+    plan = Plan.from_argument(args.plan)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    built = create_structured(args.name, plan=args.plan, seed=args.seed, image_size=args.image_size)
+    built = create_structured(args.name, plan=plan, seed=args.seed, image_size=args.image_size)
     print(f"plan {args.plan}: {len(built.structures)} layers structured")
-    for line in _skipped_summary(Plan.parse(args.plan).skipped(built.model)):
+    for line in _skipped_summary(plan.skipped(built.model)):
         print(line)
     for suffix in (".onnx", ".pt2"):
         path = out / f"{args.name}{suffix}"
@@ -392,6 +404,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tvm_structconv.planner import UNIFORM_PLANS, plan_model, plot_frontier, uniform_point
+    from tvm_structconv.threads import pinned_threads
+
+    def progress(message: str) -> None:
+        print(f"[plan] {message}", file=sys.stderr, flush=True)
+
+    with pinned_threads():  # kernels are timed in this process: its pool takes this count
+        result = plan_model(
+            args.model,
+            _target(args),
+            speedup=args.speedup,
+            latency_ms=args.latency_ms,
+            image_size=args.image_size,
+            seed=args.seed,
+            input_shapes=_input_shapes(args),
+            rpc_tracker=args.rpc_tracker,
+            device_key=args.device_key,
+            calibration=args.calibration,
+            measure=not args.no_measure,
+            rounds=args.rounds,
+            progress=progress,
+        )
+    if args.output:
+        result.plan.save(args.output, info=result.info())
+        print(f"wrote {args.output}")
+    else:
+        import json
+
+        print(json.dumps(result.plan.to_json()))
+    if args.plot is not None:
+        path = args.plot or str(
+            Path(args.output or f"{result.model}-plan.json").with_suffix(".png")
+        )
+        uniform = []
+        for text in UNIFORM_PLANS:
+            try:
+                uniform.append(uniform_point(result, text))
+            except ValueError as error:
+                progress(f"uniform plan left off the plot: {error}")
+        plot_frontier(result, path, uniform)
+        print(f"wrote {path}")
+    print(result.summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tvm_structconv.threads import available_cores, pinned_threads
 
@@ -548,13 +606,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("name", help="built-in model name (see `structconv models`)")
     export.add_argument("-o", "--output", required=True, help="output folder")
-    export.add_argument("--plan", default=DEFAULT_PLAN, help="structure plan (default %(default)s)")
+    export.add_argument(
+        "--plan",
+        default=DEFAULT_PLAN,
+        help="structure plan: rule syntax or a plan file (.json, as `structconv plan` writes) "
+        "(default %(default)s)",
+    )
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--image-size", type=int, default=224)
     export.set_defaults(func=cmd_export)
 
     compile_ = commands.add_parser("compile", help="compile a model into a shared library")
-    _add_model_arguments(compile_)
+    _add_model_arguments(compile_).add_argument(
+        "--plan",
+        metavar="PLAN",
+        help="project the weights onto a plan (a plan file as `structconv plan` writes, or "
+        "rule syntax) and compile that: the layers it structures lose what lies outside "
+        "their structure",
+    )
     compile_.add_argument("-o", "--output", required=True, help="output library (.so)")
     compile_.add_argument(
         "--original",
@@ -655,6 +724,48 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--device-key", help="key the devices registered under")
     tune.add_argument("--seed", type=int, default=None, help="seed of the search")
     tune.set_defaults(func=cmd_tune)
+
+    plan = commands.add_parser(
+        "plan",
+        help="choose each layer's structure for a latency budget on a target, from latencies "
+        "measured there: writes a plan that export / compile --plan take",
+    )
+    plan.add_argument("model", help="built-in model name, ONNX file or .pt2 program")
+    budget = plan.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--speedup", type=float, help="speedup over the original build (1.6)")
+    budget.add_argument("--latency-ms", type=float, help="latency budget in milliseconds")
+    plan.add_argument("-o", "--output", help="plan file to write (default: print the plan)")
+    _add_input_shape_argument(plan)
+    _add_target_arguments(plan, "x86 (this host, default) or aarch64 (with --rpc-tracker)")
+    plan.add_argument(
+        "--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: time kernels on its devices"
+    )
+    plan.add_argument("--device-key", help="key the devices registered under")
+    plan.add_argument(
+        "--calibration",
+        metavar="DATA.npy",
+        help="inputs (B x input shape): damage is the output change on them, per layer "
+        "(default: the weights' projection residual)",
+    )
+    plan.add_argument(
+        "--plot",
+        nargs="?",
+        const="",
+        metavar="PNG",
+        help="draw damage vs latency: the planner's frontier and the uniform plans "
+        "(default path: the plan file's with .png)",
+    )
+    plan.add_argument("--image-size", type=int, default=224, help="input size of a built-in model")
+    plan.add_argument("--seed", type=int, default=0, help="weights of a built-in model, inputs")
+    plan.add_argument(
+        "--rounds", type=int, default=10, help="alternating rounds timing the whole models"
+    )
+    plan.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="do not compile and time the planned model (the summary gives the prediction)",
+    )
+    plan.set_defaults(func=cmd_plan)
 
     bench = commands.add_parser(
         "bench",

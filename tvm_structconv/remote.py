@@ -35,13 +35,18 @@ def parse_tracker(address: str) -> Tuple[str, int]:
 
 @dataclass(frozen=True)
 class RemoteJob:
-    """One library to time on a device of the key."""
+    """One library to time on a device of the key.
+
+    ``function``: ``None`` for a Relax VM executable (its ``main`` is timed), or the name of a
+    function the library exports (a single kernel: its arguments are ``inputs``, outputs too).
+    """
 
     label: str
     library: str
     inputs: Sequence[np.ndarray]
     repeat: int = 10
     min_repeat_ms: int = 100
+    function: Optional[str] = None
 
 
 class RemoteDevices:
@@ -112,13 +117,17 @@ class RemoteDevices:
         session.upload(job.library)
         library = session.load_module(os.path.basename(job.library))
         device = session.cpu()
-        vm = relax.VirtualMachine(library, device)
         import tvm
 
         arguments = [tvm.runtime.tensor(array, device) for array in job.inputs]
-        vm["main"](*arguments)
-        timer = vm.time_evaluator(
-            "main", device, number=1, repeat=job.repeat, min_repeat_ms=job.min_repeat_ms
+        if job.function is None:
+            runner = relax.VirtualMachine(library, device)
+            name = "main"
+        else:
+            runner, name = library, job.function
+        runner[name](*arguments)
+        timer = runner.time_evaluator(
+            name, device, number=1, repeat=job.repeat, min_repeat_ms=job.min_repeat_ms
         )
         return Latency(tuple(float(s) * 1e3 for s in timer(*arguments).results))
 

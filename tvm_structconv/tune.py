@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 
 import tvm
 import tvm_ffi
@@ -58,6 +58,7 @@ __all__ = [
     "TuneError",
     "TuneResult",
     "called_functions",
+    "conv_calls",
     "conv_tasks",
     "fuse",
     "tune_model",
@@ -94,6 +95,27 @@ def called_functions(mod: tvm.IRModule) -> List[str]:
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
     return calls
+
+
+def conv_calls(mod: tvm.IRModule, target: tvm.target.Target) -> List[Tuple[str, tvm.tirx.PrimFunc]]:
+    """``(function name, PrimFunc)`` of every conv call of a prepared module, in call order.
+
+    ``mod`` is what :func:`~tvm_structconv.build.prepare_module` returns; it is taken through
+    :func:`fuse`, so each function is a conv as the scheduled build compiles it: with its fused
+    epilogue (bias, ReLU, residual add), in the target's layout, before any schedule. The k-th
+    call is the k-th conv or Linear layer of the rewrite's report, in either build.
+    """
+    fused = fuse(mod, target)
+    functions = {
+        gvar.name_hint: func
+        for gvar, func in fused.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+    }
+    return [
+        (name, functions[name])
+        for name in called_functions(fused)
+        if find_structured_block(functions[name]) is not None
+    ]
 
 
 def conv_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> List[ms.ExtractedTask]:

@@ -1,0 +1,361 @@
+"""The planner's driver: table, damage, the knapsack, the planned build and its measurement.
+
+:func:`plan_model` answers "this model, that much faster on that target: which structure for
+each layer, at least damage?":
+
+1. the latency table of every layer × candidate on the target (cached, reused);
+2. the damage of each choice (residual, or calibration sensitivity);
+3. the original model compiled and timed once: what it spends outside the tabled kernels
+   (pools, transposes, the VM) is ``rest``, so a model's predicted latency is
+   ``rest + Σ chosen kernels``;
+4. the multiple-choice knapsack under the budget
+   (:func:`~tvm_structconv.planner.knapsack.solve_budget`);
+5. the planned model compiled and timed alternately with the original, in one run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+import tvm
+
+from tvm_structconv.build import compile_model
+from tvm_structconv.plan import Plan, PlanError
+from tvm_structconv.planner.damage import load_calibration, residual_damage, sensitivity_damage
+from tvm_structconv.planner.knapsack import solve_budget
+from tvm_structconv.planner.layers import Candidate
+from tvm_structconv.planner.source import ModelSource
+from tvm_structconv.planner.table import LatencyTable, measure_table, schedules_hash
+from tvm_structconv.planner.timers import LocalTimer, RemoteTimer
+from tvm_structconv.targets import make_target, target_key
+from tvm_structconv.threads import available_cores
+from tvm_structconv.toolchain import check_runnable
+
+__all__ = ["BudgetError", "PlanResult", "plan_model", "check_budget"]
+
+
+class BudgetError(PlanError):
+    """A latency budget that is malformed or that no plan meets."""
+
+
+def check_budget(speedup: Optional[float], latency_ms: Optional[float]) -> None:
+    """Refuse anything but exactly one finite budget: a speedup ``>= 1`` or a latency ``> 0``.
+
+    Raises
+    ------
+    BudgetError
+        Naming what is wrong.
+    """
+    if (speedup is None) == (latency_ms is None):
+        raise BudgetError("give exactly one budget: --speedup X or --latency-ms L")
+    if speedup is not None and not (math.isfinite(speedup) and speedup >= 1):
+        raise BudgetError(f"--speedup must be a number >= 1 (the original is 1), got {speedup}")
+    if latency_ms is not None and not (math.isfinite(latency_ms) and latency_ms > 0):
+        raise BudgetError(f"--latency-ms must be a positive number, got {latency_ms}")
+
+
+@dataclass
+class PlanResult:
+    """What :func:`plan_model` chose, predicted and measured.
+
+    Attributes
+    ----------
+    model
+        The model's name.
+    target
+        The target planned for.
+    plan
+        The per-layer plan (every tabled layer named; ``None`` entries are left alone).
+    table
+        The latency table.
+    damage
+        ``{weight name: damage per candidate}`` the knapsack minimized.
+    damage_kind
+        ``"residual"`` or ``"sensitivity"``.
+    choice
+        ``{weight name: chosen candidate index}``.
+    rest_ms
+        Time of the original model outside its tabled kernels.
+    original_ms
+        The original model's latency the budget was set from.
+    budget_ms
+        The latency budget.
+    predicted_ms
+        ``rest_ms`` + the chosen kernels.
+    measured_ms
+        ``{"original": ms, "planned": ms}`` timed alternately (empty without measuring).
+    device
+        ``"local"`` or ``"rpc-<key>"``.
+    """
+
+    model: str
+    target: tvm.target.Target
+    plan: Plan
+    table: LatencyTable
+    damage: Dict[str, List[float]]
+    damage_kind: str
+    choice: Dict[str, int]
+    rest_ms: float
+    original_ms: float
+    budget_ms: float
+    predicted_ms: float
+    measured_ms: Dict[str, float] = field(default_factory=dict)
+    device: str = "local"
+
+    def chosen(self, name: str) -> Candidate:
+        """The candidate chosen for the layer with weight ``name``."""
+        return self.table.candidates[name][self.choice[name]]
+
+    @property
+    def total_damage(self) -> float:
+        """The sum of the chosen candidates' damage."""
+        return sum(self.damage[name][index] for name, index in self.choice.items())
+
+    @property
+    def predicted_speedup(self) -> float:
+        """``original_ms / predicted_ms``."""
+        return self.original_ms / self.predicted_ms
+
+    @property
+    def measured_speedup(self) -> Optional[float]:
+        """Original over planned, timed alternately; ``None`` when not measured."""
+        if not self.measured_ms:
+            return None
+        return self.measured_ms["original"] / self.measured_ms["planned"]
+
+    def structured(self) -> List[str]:
+        """Weight names of the layers the plan structures."""
+        return [name for name, index in self.choice.items() if index != 0]
+
+    def info(self) -> Dict[str, object]:
+        """The numbers a plan file records beside the plan."""
+        return {
+            "model": self.model,
+            "target": target_key(self.target),
+            "device": self.device,
+            "budget_ms": round(self.budget_ms, 4),
+            "original_ms": round(self.original_ms, 4),
+            "predicted_ms": round(self.predicted_ms, 4),
+            "predicted_speedup": round(self.predicted_speedup, 4),
+            "measured_speedup": (
+                None if self.measured_speedup is None else round(self.measured_speedup, 4)
+            ),
+            "damage": round(self.total_damage, 6),
+            "damage_kind": self.damage_kind,
+        }
+
+    def summary(self) -> str:
+        """Per structured layer its choice, then a line ending with both speedups."""
+        lines = [
+            f"latency table {self.table.path}: {self.table.measured} kernels timed, "
+            f"{self.table.reused} reused"
+        ]
+        lines.append(
+            f"{'layer':<34} {'choice':<16} {'ms':>8} {'leave ms':>9} {self.damage_kind:>11}"
+        )
+        for name in self.structured():
+            index = self.choice[name]
+            lines.append(
+                f"{name:<34} {self.chosen(name).describe():<16} "
+                f"{self.table.latency_ms[name][index]:>8.4f} "
+                f"{self.table.latency_ms[name][0]:>9.4f} {self.damage[name][index]:>11.4f}"
+            )
+        layers = len(self.table.layers)
+        lines.append(
+            f"{len(self.structured())} of {layers} layers structured; budget "
+            f"{self.budget_ms:.4g} ms, original {self.original_ms:.4g} ms, predicted "
+            f"{self.predicted_ms:.4g} ms ({self.device}, {target_key(self.target)})"
+        )
+        measured = (
+            f"measured {self.measured_speedup:.2f}x"
+            if self.measured_speedup is not None
+            else "not measured"
+        )
+        lines.append(
+            f"damage {self.total_damage:.4f} ({self.damage_kind}); "
+            f"predicted {self.predicted_speedup:.2f}x, {measured}"
+        )
+        return "\n".join(lines)
+
+
+def table_header(target: tvm.target.Target, threads: int) -> Dict[str, str]:
+    """What cached kernel latencies must match: target, TVM, threads, schedules' source."""
+    return {
+        "target": str(target),
+        "tvm": tvm.__version__,
+        "threads": str(threads),
+        "schedules": schedules_hash(),
+    }
+
+
+def plan_model(
+    model: Union[str, os.PathLike, torch.nn.Module],
+    target: Union[str, tvm.target.Target] = "x86",
+    *,
+    speedup: Optional[float] = None,
+    latency_ms: Optional[float] = None,
+    example_input: Optional[torch.Tensor] = None,
+    image_size: int = 224,
+    seed: int = 0,
+    input_shapes: Optional[Dict[str, List[int]]] = None,
+    rpc_tracker: Optional[str] = None,
+    device_key: Optional[str] = None,
+    calibration: Union[None, str, os.PathLike, torch.Tensor] = None,
+    measure: bool = True,
+    rounds: int = 10,
+    progress: Callable[[str], None] = lambda message: None,
+) -> PlanResult:
+    """Choose each layer's structure to meet a latency budget on ``target`` at least damage.
+
+    Parameters
+    ----------
+    model
+        A built-in model name, a ``.pt2`` / ONNX file, or an ``nn.Module`` (with
+        ``example_input``).
+    target
+        A target name (``x86``, ``aarch64`` …) or Target; a CPU (LLVM) target.
+    speedup, latency_ms
+        The budget, exactly one: a speedup over the original build, or a latency.
+    example_input
+        The input an ``nn.Module`` is exported with.
+    image_size, seed
+        Input size and weights of a built-in model (``seed`` also draws the timed inputs).
+    input_shapes
+        Shapes of an ONNX model's symbolic inputs.
+    rpc_tracker, device_key
+        Time on the devices of this key at this tracker instead of this machine.
+    calibration
+        Inputs (a ``.npy`` file or a tensor): damage is then the output change on them.
+    measure
+        Compile the planned model and time it against the original.
+    rounds
+        Alternating rounds of the whole-model timing.
+    progress
+        Called with a line for each step.
+
+    Raises
+    ------
+    BudgetError
+        If the budget is malformed or cannot be met (the message gives the fastest latency).
+    TargetError, DeviceError, RemoteError, FrontendError
+        For an unknown target, one that cannot run here without RPC, an unreachable tracker,
+        or a model that cannot be read.
+    """
+    check_budget(speedup, latency_ms)
+    target = make_target(target) if isinstance(target, str) else target
+    if target.kind.name != "llvm":
+        raise PlanError(
+            f"plan measures CPU kernels (x86, aarch64 through RPC); {target.kind.name} is not "
+            "supported yet"
+        )
+    if rpc_tracker is not None:
+        if not device_key:
+            raise PlanError("--rpc-tracker needs --device-key")
+        timer: Union[LocalTimer, RemoteTimer] = RemoteTimer(target, rpc_tracker, device_key)
+        threads = int(target.attrs.get("num-cores", 1))
+    else:
+        check_runnable(target)
+        timer = LocalTimer(target)
+        current = os.environ.get("TVM_NUM_THREADS", "")
+        threads = int(current) if current.isdigit() else available_cores()
+    source = ModelSource(model, example_input, image_size, seed, input_shapes)
+    table = measure_table(source, target, timer, table_header(target, threads), progress=progress)
+    available = {
+        layer.name: [latency is not None for latency in table.latency_ms[layer.name]]
+        for layer in table.layers
+    }
+    if calibration is not None:
+        inputs = (
+            calibration
+            if isinstance(calibration, torch.Tensor)
+            else load_calibration(calibration, source_input_shape(source, table))
+        )
+        progress(f"calibration: output change of each choice on {len(inputs)} inputs")
+        damage = sensitivity_damage(source, table.layers, table.candidates, inputs, available)
+        kind = "sensitivity"
+    else:
+        damage = residual_damage(source, table.layers, table.candidates)
+        kind = "residual"
+    progress("compiling and timing the original model")
+    original = compile_model(source.imported({}), target, structured=False, tuning_logs=False)
+    inputs_np = [spec.random(seed) for spec in original.inputs]
+    original_ms = timer.time_models({"original": original}, inputs_np, rounds)["original"]
+    rest = max(0.0, original_ms - table.leave_ms())
+    budget = latency_ms if latency_ms is not None else original_ms / speedup
+    choice = choose(table, damage, budget - rest)
+    if choice is None:
+        fastest = rest + sum(min(lat for _, lat in table.choices(layer)) for layer in table.layers)
+        raise BudgetError(
+            f"the budget {budget:.4g} ms cannot be met on {target_key(target)}: the fastest "
+            f"reachable latency is {fastest:.4g} ms ({original_ms / fastest:.2f}x; original "
+            f"{original_ms:.4g} ms)"
+        )
+    plan = Plan(
+        layers={
+            layer.module_name: None
+            if choice[layer.name] == 0
+            else _entry(table.candidates[layer.name][choice[layer.name]])
+            for layer in table.layers
+        }
+    )
+    predicted = rest + sum(table.latency_ms[name][index] for name, index in choice.items())
+    result = PlanResult(
+        source.name,
+        target,
+        plan,
+        table,
+        damage,
+        kind,
+        choice,
+        rest,
+        original_ms,
+        budget,
+        predicted,
+        device=timer.label,
+    )
+    if measure:
+        progress("compiling the planned model, timing it against the original")
+        structures = {name: result.chosen(name).structure for name in result.structured()}
+        planned = compile_model(
+            source.imported(structures), target, structured=True, tuning_logs=False
+        )
+        result.measured_ms = timer.time_models(
+            {"original": original, "planned": planned}, inputs_np, rounds
+        )
+    return result
+
+
+def choose(
+    table: LatencyTable, damage: Dict[str, List[float]], kernel_budget: float
+) -> Optional[Dict[str, int]]:
+    """The least-damage candidate index per layer whose kernels fit ``kernel_budget`` ms."""
+    latencies, costs, indices = [], [], []
+    for layer in table.layers:
+        usable = [
+            index
+            for index, latency in enumerate(table.latency_ms[layer.name])
+            if latency is not None and math.isfinite(damage[layer.name][index])
+        ]
+        indices.append(usable)
+        latencies.append([table.latency_ms[layer.name][index] for index in usable])
+        costs.append([damage[layer.name][index] for index in usable])
+    picked = solve_budget(latencies, costs, kernel_budget)
+    if picked is None:
+        return None
+    return {layer.name: usable[pick] for layer, usable, pick in zip(table.layers, indices, picked)}
+
+
+def source_input_shape(source: ModelSource, table: LatencyTable) -> tuple:
+    """The model's input shape (for calibration data)."""
+    if source.example_input is not None:
+        return tuple(source.example_input.shape)
+    return tuple(source.imported({}).inputs[0].shape)
+
+
+def _entry(candidate: Candidate) -> tuple:
+    """A plan's per-layer entry ``(reduced channels, (nh, nw))``."""
+    return candidate.structure.reduced_channels, candidate.structure.reduced_kernel_size
