@@ -220,7 +220,15 @@ class ModelSource:
         for name, value in weights.items():
             state[name] = torch.as_tensor(value, dtype=state[name].dtype)
         with torch.no_grad():
-            return torch.func.functional_call(module, state, (inputs,))
+            if self.program is None:
+                return torch.func.functional_call(module, state, (inputs,))
+            # a torch.export program keeps the batch size it was exported with
+            return torch.cat(
+                [
+                    torch.func.functional_call(module, state, (inputs[index : index + 1],))
+                    for index in range(len(inputs))
+                ]
+            )
 
 
 def stand_in(shape: Sequence[int], groups: int) -> torch.nn.Module:
