@@ -39,6 +39,8 @@ class RemoteJob:
 
     ``function``: ``None`` for a Relax VM executable (its ``main`` is timed), or the name of a
     function the library exports (a single kernel: its arguments are ``inputs``, outputs too).
+    ``f_preproc``: ``time_evaluator``'s preprocessor run before each sample
+    (``cache_flush_cpu_non_first_arg`` times a kernel with cold weights).
     """
 
     label: str
@@ -47,6 +49,7 @@ class RemoteJob:
     repeat: int = 10
     min_repeat_ms: int = 100
     function: Optional[str] = None
+    f_preproc: str = ""
 
 
 class RemoteDevices:
@@ -127,7 +130,12 @@ class RemoteDevices:
             runner, name = library, job.function
         runner[name](*arguments)
         timer = runner.time_evaluator(
-            name, device, number=1, repeat=job.repeat, min_repeat_ms=job.min_repeat_ms
+            name,
+            device,
+            number=1,
+            repeat=job.repeat,
+            min_repeat_ms=job.min_repeat_ms,
+            f_preproc=job.f_preproc,
         )
         return Latency(tuple(float(s) * 1e3 for s in timer(*arguments).results))
 

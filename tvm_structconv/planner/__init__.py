@@ -24,13 +24,20 @@ from tvm_structconv.planner.frontier import (
     uniform_point,
 )
 from tvm_structconv.planner.knapsack import solve, solve_budget
-from tvm_structconv.planner.planning import BudgetError, PlanResult, check_budget, plan_model
+from tvm_structconv.planner.planning import (
+    BudgetError,
+    Planner,
+    PlanResult,
+    check_budget,
+    plan_model,
+)
 
 __all__ = [
     "UNIFORM_PLANS",
     "BudgetError",
     "FrontierPoint",
     "PlanResult",
+    "Planner",
     "check_budget",
     "frontier",
     "plan_model",

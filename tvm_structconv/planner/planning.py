@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import tvm
@@ -35,7 +35,12 @@ from tvm_structconv.targets import make_target, target_key
 from tvm_structconv.threads import available_cores
 from tvm_structconv.toolchain import check_runnable
 
-__all__ = ["BudgetError", "PlanResult", "plan_model", "check_budget"]
+__all__ = ["BudgetError", "PlanResult", "Planner", "plan_model", "check_budget"]
+
+
+#: Whether kernels are timed with their weights evicted from the caches first (in a whole
+#: model, each kernel's weights come from memory when the model's weights outgrow the caches).
+COLD_DEFAULT = False
 
 
 class BudgetError(PlanError):
@@ -182,14 +187,173 @@ class PlanResult:
         return "\n".join(lines)
 
 
-def table_header(target: tvm.target.Target, threads: int) -> Dict[str, str]:
-    """What cached kernel latencies must match: target, TVM, threads, schedules' source."""
+def table_header(target: tvm.target.Target, threads: int, mode: str = "warm") -> Dict[str, str]:
+    """What cached kernel latencies must match: target, TVM, threads, schedules' source and
+    how kernels were timed (``mode``: warm caches or cold weights)."""
     return {
         "target": str(target),
         "tvm": tvm.__version__,
         "threads": str(threads),
         "schedules": schedules_hash(),
+        "timing": mode,
     }
+
+
+class Planner:
+    """A model's latency table, damage and original build on a target: plans for any budget.
+
+    Construction does the expensive part once (the table, the damage, the original model
+    compiled and timed); :meth:`plan` then solves for a budget and :meth:`measure` compiles a
+    plan and times it against the original. Parameters are those of :func:`plan_model`.
+
+    Raises
+    ------
+    PlanError, TargetError, DeviceError, RemoteError, FrontendError
+        See :func:`plan_model`.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike, torch.nn.Module],
+        target: Union[str, tvm.target.Target] = "x86",
+        *,
+        example_input: Optional[torch.Tensor] = None,
+        image_size: int = 224,
+        seed: int = 0,
+        input_shapes: Optional[Dict[str, List[int]]] = None,
+        rpc_tracker: Optional[str] = None,
+        device_key: Optional[str] = None,
+        calibration: Union[None, str, os.PathLike, torch.Tensor] = None,
+        rounds: int = 10,
+        cold_weights: bool = COLD_DEFAULT,
+        progress: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        target = make_target(target) if isinstance(target, str) else target
+        if target.kind.name != "llvm":
+            raise PlanError(
+                f"plan measures CPU kernels (x86, aarch64 through RPC); {target.kind.name} is "
+                "not supported yet"
+            )
+        if rpc_tracker is not None:
+            if not device_key:
+                raise PlanError("--rpc-tracker needs --device-key")
+            self.timer: Union[LocalTimer, RemoteTimer] = RemoteTimer(
+                target, rpc_tracker, device_key, cold=cold_weights
+            )
+            threads = int(target.attrs.get("num-cores", 1))
+        else:
+            check_runnable(target)
+            self.timer = LocalTimer(target, cold=cold_weights)
+            current = os.environ.get("TVM_NUM_THREADS", "")
+            threads = int(current) if current.isdigit() else available_cores()
+        self.target, self.rounds, self.progress = target, rounds, progress
+        self.source = ModelSource(model, example_input, image_size, seed, input_shapes)
+        self.table = measure_table(
+            self.source,
+            target,
+            self.timer,
+            table_header(target, threads, self.timer.mode),
+            progress=progress,
+        )
+        self.damage, self.damage_kind = self._damage(calibration)
+        progress("compiling and timing the original model")
+        self.original = compile_model(
+            self.source.imported({}), target, structured=False, tuning_logs=False
+        )
+        self.inputs = [spec.random(seed) for spec in self.original.inputs]
+        self.original_ms = self.timer.time_models({"original": self.original}, self.inputs, rounds)[
+            "original"
+        ]
+        self.rest_ms = max(0.0, self.original_ms - self.table.leave_ms())
+
+    def _damage(self, calibration) -> Tuple[Dict[str, List[float]], str]:
+        """The damage table and its kind."""
+        table = self.table
+        if calibration is None:
+            return residual_damage(self.source, table.layers, table.candidates), "residual"
+        inputs = (
+            calibration
+            if isinstance(calibration, torch.Tensor)
+            else load_calibration(calibration, source_input_shape(self.source))
+        )
+        self.progress(f"calibration: output change of each choice on {len(inputs)} inputs")
+        available = {
+            layer.name: [latency is not None for latency in table.latency_ms[layer.name]]
+            for layer in table.layers
+        }
+        damage = sensitivity_damage(self.source, table.layers, table.candidates, inputs, available)
+        return damage, "sensitivity"
+
+    def fastest_ms(self) -> float:
+        """The predicted latency of the fastest plan."""
+        table = self.table
+        return self.rest_ms + sum(
+            min(latency for _, latency in table.choices(layer)) for layer in table.layers
+        )
+
+    def result(self, choice: Dict[str, int], budget_ms: float) -> PlanResult:
+        """The :class:`PlanResult` of a choice per layer (unmeasured)."""
+        table = self.table
+        plan = Plan(
+            layers={
+                layer.module_name: None
+                if choice[layer.name] == 0
+                else _entry(table.candidates[layer.name][choice[layer.name]])
+                for layer in table.layers
+            }
+        )
+        predicted = self.rest_ms + sum(
+            table.latency_ms[name][index] for name, index in choice.items()
+        )
+        return PlanResult(
+            self.source.name,
+            self.target,
+            plan,
+            table,
+            self.damage,
+            self.damage_kind,
+            dict(choice),
+            self.rest_ms,
+            self.original_ms,
+            budget_ms,
+            predicted,
+            device=self.timer.label,
+        )
+
+    def plan(
+        self, speedup: Optional[float] = None, latency_ms: Optional[float] = None
+    ) -> PlanResult:
+        """The least-damage plan within the budget (unmeasured).
+
+        Raises
+        ------
+        BudgetError
+            If the budget is malformed or below the fastest reachable latency.
+        """
+        check_budget(speedup, latency_ms)
+        budget = latency_ms if latency_ms is not None else self.original_ms / speedup
+        choice = choose(self.table, self.damage, budget - self.rest_ms)
+        if choice is None:
+            fastest = self.fastest_ms()
+            raise BudgetError(
+                f"the budget {budget:.4g} ms cannot be met on {target_key(self.target)}: the "
+                f"fastest reachable latency is {fastest:.4g} ms ({self.original_ms / fastest:.2f}x;"
+                f" original {self.original_ms:.4g} ms)"
+            )
+        return self.result(choice, budget)
+
+    def measure(self, result: PlanResult, rounds: Optional[int] = None) -> PlanResult:
+        """Compile ``result``'s plan and time it alternately with the original; fill
+        ``result.measured_ms`` and return ``result``."""
+        self.progress("compiling the planned model, timing it against the original")
+        structures = {name: result.chosen(name).structure for name in result.structured()}
+        planned = compile_model(
+            self.source.imported(structures), self.target, structured=True, tuning_logs=False
+        )
+        result.measured_ms = self.timer.time_models(
+            {"original": self.original, "planned": planned}, self.inputs, rounds or self.rounds
+        )
+        return result
 
 
 def plan_model(
@@ -198,16 +362,8 @@ def plan_model(
     *,
     speedup: Optional[float] = None,
     latency_ms: Optional[float] = None,
-    example_input: Optional[torch.Tensor] = None,
-    image_size: int = 224,
-    seed: int = 0,
-    input_shapes: Optional[Dict[str, List[int]]] = None,
-    rpc_tracker: Optional[str] = None,
-    device_key: Optional[str] = None,
-    calibration: Union[None, str, os.PathLike, torch.Tensor] = None,
     measure: bool = True,
-    rounds: int = 10,
-    progress: Callable[[str], None] = lambda message: None,
+    **options,
 ) -> PlanResult:
     """Choose each layer's structure to meet a latency budget on ``target`` at least damage.
 
@@ -220,22 +376,17 @@ def plan_model(
         A target name (``x86``, ``aarch64`` …) or Target; a CPU (LLVM) target.
     speedup, latency_ms
         The budget, exactly one: a speedup over the original build, or a latency.
-    example_input
-        The input an ``nn.Module`` is exported with.
-    image_size, seed
-        Input size and weights of a built-in model (``seed`` also draws the timed inputs).
-    input_shapes
-        Shapes of an ONNX model's symbolic inputs.
-    rpc_tracker, device_key
-        Time on the devices of this key at this tracker instead of this machine.
-    calibration
-        Inputs (a ``.npy`` file or a tensor): damage is then the output change on them.
     measure
         Compile the planned model and time it against the original.
-    rounds
-        Alternating rounds of the whole-model timing.
-    progress
-        Called with a line for each step.
+    **options
+        Passed to :class:`Planner`: ``example_input`` (what an ``nn.Module`` is exported
+        with), ``image_size`` and ``seed`` (a built-in model's input size and weights; the seed
+        also draws the timed inputs), ``input_shapes`` (an ONNX model's symbolic inputs),
+        ``rpc_tracker`` and ``device_key`` (time on the devices of this key at this tracker
+        instead of this machine), ``calibration`` (inputs, a ``.npy`` file or a tensor: damage
+        is then the output change on them), ``rounds`` (alternating rounds of the whole-model
+        timing), ``cold_weights`` (time kernels with their weights evicted from the caches) and
+        ``progress`` (called with a line for each step).
 
     Raises
     ------
@@ -245,88 +396,10 @@ def plan_model(
         For an unknown target, one that cannot run here without RPC, an unreachable tracker,
         or a model that cannot be read.
     """
-    check_budget(speedup, latency_ms)
-    target = make_target(target) if isinstance(target, str) else target
-    if target.kind.name != "llvm":
-        raise PlanError(
-            f"plan measures CPU kernels (x86, aarch64 through RPC); {target.kind.name} is not "
-            "supported yet"
-        )
-    if rpc_tracker is not None:
-        if not device_key:
-            raise PlanError("--rpc-tracker needs --device-key")
-        timer: Union[LocalTimer, RemoteTimer] = RemoteTimer(target, rpc_tracker, device_key)
-        threads = int(target.attrs.get("num-cores", 1))
-    else:
-        check_runnable(target)
-        timer = LocalTimer(target)
-        current = os.environ.get("TVM_NUM_THREADS", "")
-        threads = int(current) if current.isdigit() else available_cores()
-    source = ModelSource(model, example_input, image_size, seed, input_shapes)
-    table = measure_table(source, target, timer, table_header(target, threads), progress=progress)
-    available = {
-        layer.name: [latency is not None for latency in table.latency_ms[layer.name]]
-        for layer in table.layers
-    }
-    if calibration is not None:
-        inputs = (
-            calibration
-            if isinstance(calibration, torch.Tensor)
-            else load_calibration(calibration, source_input_shape(source, table))
-        )
-        progress(f"calibration: output change of each choice on {len(inputs)} inputs")
-        damage = sensitivity_damage(source, table.layers, table.candidates, inputs, available)
-        kind = "sensitivity"
-    else:
-        damage = residual_damage(source, table.layers, table.candidates)
-        kind = "residual"
-    progress("compiling and timing the original model")
-    original = compile_model(source.imported({}), target, structured=False, tuning_logs=False)
-    inputs_np = [spec.random(seed) for spec in original.inputs]
-    original_ms = timer.time_models({"original": original}, inputs_np, rounds)["original"]
-    rest = max(0.0, original_ms - table.leave_ms())
-    budget = latency_ms if latency_ms is not None else original_ms / speedup
-    choice = choose(table, damage, budget - rest)
-    if choice is None:
-        fastest = rest + sum(min(lat for _, lat in table.choices(layer)) for layer in table.layers)
-        raise BudgetError(
-            f"the budget {budget:.4g} ms cannot be met on {target_key(target)}: the fastest "
-            f"reachable latency is {fastest:.4g} ms ({original_ms / fastest:.2f}x; original "
-            f"{original_ms:.4g} ms)"
-        )
-    plan = Plan(
-        layers={
-            layer.module_name: None
-            if choice[layer.name] == 0
-            else _entry(table.candidates[layer.name][choice[layer.name]])
-            for layer in table.layers
-        }
-    )
-    predicted = rest + sum(table.latency_ms[name][index] for name, index in choice.items())
-    result = PlanResult(
-        source.name,
-        target,
-        plan,
-        table,
-        damage,
-        kind,
-        choice,
-        rest,
-        original_ms,
-        budget,
-        predicted,
-        device=timer.label,
-    )
-    if measure:
-        progress("compiling the planned model, timing it against the original")
-        structures = {name: result.chosen(name).structure for name in result.structured()}
-        planned = compile_model(
-            source.imported(structures), target, structured=True, tuning_logs=False
-        )
-        result.measured_ms = timer.time_models(
-            {"original": original, "planned": planned}, inputs_np, rounds
-        )
-    return result
+    check_budget(speedup, latency_ms)  # before any work
+    planner = Planner(model, target, **options)
+    result = planner.plan(speedup, latency_ms)
+    return planner.measure(result) if measure else result
 
 
 def choose(
@@ -349,7 +422,7 @@ def choose(
     return {layer.name: usable[pick] for layer, usable, pick in zip(table.layers, indices, picked)}
 
 
-def source_input_shape(source: ModelSource, table: LatencyTable) -> tuple:
+def source_input_shape(source: ModelSource) -> tuple:
     """The model's input shape (for calibration data)."""
     if source.example_input is not None:
         return tuple(source.example_input.shape)

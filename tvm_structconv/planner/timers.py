@@ -46,6 +46,21 @@ def kernel_arguments(func: tvm.tirx.PrimFunc, seed: int = 0) -> list:
     ]
 
 
+#: ``time_evaluator``'s preprocessor that evicts every argument but the first (the input
+#: activation) from the caches before each run: weights, bias and output come from memory.
+COLD = "cache_flush_cpu_non_first_arg"
+
+
+def _kernel_timer(module, device, cold: bool, min_repeat_ms: int, repeat: int = 1):
+    """A ``time_evaluator`` of ``main``: one run per sample with cold weights, or the mean of
+    runs filling ``min_repeat_ms`` with warm caches."""
+    if cold:
+        return module.time_evaluator("main", device, number=1, repeat=repeat, f_preproc=COLD)
+    return module.time_evaluator(
+        "main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
+    )
+
+
 class LocalTimer:
     """Time on this machine, in this process.
 
@@ -56,13 +71,24 @@ class LocalTimer:
     rounds
         Samples per kernel, taken round after round over all kernels.
     min_repeat_ms
-        Each sample is the mean of as many runs as last this long.
+        Warm timing: each sample is the mean of as many runs as last this long.
+    cold
+        Time each kernel run with its weights evicted from the caches first (``mode`` says
+        which was used).
     """
 
     label = "local"
 
-    def __init__(self, target: tvm.target.Target, rounds: int = 5, min_repeat_ms: int = 20) -> None:
+    def __init__(
+        self,
+        target: tvm.target.Target,
+        rounds: int = 5,
+        min_repeat_ms: int = 20,
+        cold: bool = False,
+    ) -> None:
         self.target, self.rounds, self.min_repeat_ms = target, rounds, min_repeat_ms
+        self.cold = cold
+        self.mode = "cold weights" if cold else "warm"
 
     def time_kernels(self, kernels: Mapping[str, tvm.tirx.PrimFunc]) -> Dict[str, float]:
         """``{key: minimum ms}`` of each kernel."""
@@ -72,14 +98,14 @@ class LocalTimer:
             executable = compile_kernel(func, self.target)
             arguments = [tvm.runtime.tensor(a, device) for a in kernel_arguments(func)]
             executable.mod["main"](*arguments)
-            timer = executable.mod.time_evaluator(
-                "main", device, number=1, repeat=1, min_repeat_ms=self.min_repeat_ms
+            timer = _kernel_timer(
+                executable.mod, device, self.cold, self.min_repeat_ms, 3 if self.cold else 1
             )
             timers[key] = (timer, arguments)
         best = {key: float("inf") for key in kernels}
         for _ in range(self.rounds):
             for key, (timer, arguments) in timers.items():
-                best[key] = min(best[key], float(timer(*arguments).mean) * 1e3)
+                best[key] = min(best[key], min(timer(*arguments).results) * 1e3)
         return best
 
     def time_models(
@@ -114,7 +140,7 @@ class RemoteTimer:
         ``HOST:PORT`` of the tracker.
     key
         The device key.
-    rounds, min_repeat_ms
+    rounds, min_repeat_ms, cold
         As for :class:`LocalTimer` (samples per job).
 
     Raises
@@ -130,8 +156,11 @@ class RemoteTimer:
         key: str,
         rounds: int = 5,
         min_repeat_ms: int = 20,
+        cold: bool = False,
     ) -> None:
         self.target, self.rounds, self.min_repeat_ms = target, rounds, min_repeat_ms
+        self.cold = cold
+        self.mode = "cold weights" if cold else "warm"
         self.devices = RemoteDevices(tracker, key)
         self.devices.servers()  # fails at once when there is none
         self.label = f"rpc-{key}"
@@ -150,9 +179,10 @@ class RemoteTimer:
                         key,
                         str(library),
                         kernel_arguments(func),
-                        repeat=self.rounds,
-                        min_repeat_ms=self.min_repeat_ms,
+                        repeat=3 * self.rounds if self.cold else self.rounds,
+                        min_repeat_ms=0 if self.cold else self.min_repeat_ms,
                         function="main",
+                        f_preproc=COLD if self.cold else "",
                     )
                 )
             results = self.devices.measure_all(jobs)

@@ -1,0 +1,415 @@
+"""The latency-budget planner on the built-in models: requested vs measured speedup, damage
+against the uniform plans, and local vs RPC plans.
+
+For each model (224×224, batch 1, fp32, x86 hand schedules, one TVM thread):
+
+* the planner's latency table (cached beside the tuning logs: a rerun reuses it);
+* for each requested speedup (1.3, 1.6, 2.0) the plan, its compiled model timed alternately
+  with the original (minima of ``--rounds`` alternating samples), predicted vs measured;
+* each uniform plan (``3x3:n=2,c=C`` …) compiled and timed the same way, and the planner asked
+  for the speedup that uniform plan measured: the damage of both at (about) equal latency;
+* the frontier plot (damage vs latency; uniform plans and planned models as points).
+
+With ``--rpc-check MODEL`` the table of that model is measured again through a TVM RPC
+tracker and server started on 127.0.0.1, and the plans for the requested speedups are compared
+with the local ones, layer by layer.
+
+    python benchmarks/planner.py                       # the three models (about 40 min)
+    python benchmarks/planner.py --models resnet18 --speedups 1.3 --rpc-check resnet18
+
+Writes ``benchmarks/results/planner-<cpu>.{json,md}`` and ``planner-<cpu>-<model>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODELS = ("resnet18", "resnet50", "mobilenet_v2")
+SPEEDUPS = (1.3, 1.6, 2.0)
+
+
+def _row(kind: str, label: str, result, requested: Optional[float] = None) -> Dict[str, object]:
+    """One line of the table from a measured :class:`~tvm_structconv.planner.PlanResult`."""
+    measured = result.measured_speedup
+    return {
+        "kind": kind,
+        "plan": label,
+        "requested": requested,
+        "predicted": result.predicted_speedup,
+        "measured": measured,
+        "error": None if requested is None else measured / requested - 1,
+        "original_ms": result.measured_ms["original"],
+        "planned_ms": result.measured_ms["planned"],
+        "predicted_ms": result.predicted_ms,
+        "damage": result.total_damage,
+        "structured": len(result.structured()),
+        "layers": len(result.table.layers),
+        "choice": {name: result.chosen(name).describe() for name in result.structured()},
+    }
+
+
+def run_model(name: str, args: argparse.Namespace) -> Dict[str, object]:
+    """Plan, measure and plot one model; its rows and table facts."""
+    from tvm_structconv.planner import (
+        UNIFORM_PLANS,
+        BudgetError,
+        FrontierPoint,
+        Planner,
+        plot_frontier,
+    )
+    from tvm_structconv.planner.frontier import uniform_choice
+
+    def progress(message: str) -> None:
+        print(f"[{name}] {message}", flush=True)
+
+    start = time.time()
+    planner = Planner(
+        name, "x86", image_size=args.image_size, rounds=args.rounds, progress=progress
+    )
+    setup_s = time.time() - start
+    rows: List[Dict[str, object]] = []
+    planned_points, uniform_points = [], []
+    base = None
+    for speedup in args.speedups:
+        try:
+            result = planner.measure(planner.plan(speedup=speedup))
+        except BudgetError as error:
+            rows.append(
+                {
+                    "kind": "planned",
+                    "plan": f"{speedup}x",
+                    "requested": speedup,
+                    "unreachable": str(error),
+                }
+            )
+            progress(str(error))
+            continue
+        base = base or result
+        rows.append(_row("planned", f"{speedup}x", result, speedup))
+        planned_points.append(
+            FrontierPoint(
+                f"{speedup}x",
+                result.predicted_ms,
+                result.total_damage,
+                result.choice,
+                result.measured_ms["planned"],
+            )
+        )
+        progress(result.summary().splitlines()[-1])
+    base = base or planner.plan(speedup=1.0)
+    for text in UNIFORM_PLANS:
+        uniform = planner.measure(planner.result(uniform_choice(base, text), math.nan))
+        row = _row("uniform", text, uniform)
+        rows.append(row)
+        uniform_points.append(
+            FrontierPoint(
+                text,
+                uniform.predicted_ms,
+                uniform.total_damage,
+                uniform.choice,
+                uniform.measured_ms["planned"],
+            )
+        )
+        progress(f"uniform {text}: {uniform.summary().splitlines()[-1]}")
+        if uniform.measured_speedup < 1.02:
+            continue
+        try:
+            matched = planner.measure(planner.plan(speedup=uniform.measured_speedup))
+        except BudgetError as error:
+            progress(str(error))
+            continue
+        matched_row = _row("planned", f"at {text}", matched, uniform.measured_speedup)
+        matched_row["uniform_damage"] = uniform.total_damage
+        rows.append(matched_row)
+        planned_points.append(
+            FrontierPoint(
+                f"= {text}",
+                matched.predicted_ms,
+                matched.total_damage,
+                matched.choice,
+                matched.measured_ms["planned"],
+            )
+        )
+    cpu = str(planner.target.attrs["mcpu"])
+    plot = args.out_dir / f"planner-{cpu}-{name}.png"
+    plot_frontier(base, plot, uniform_points, planned_points)
+    return {
+        "model": name,
+        "rows": rows,
+        "original_ms": planner.original_ms,
+        "rest_ms": planner.rest_ms,
+        "fastest_speedup": planner.original_ms / planner.fastest_ms(),
+        "layers": len(planner.table.layers),
+        "kernels_timed": planner.table.measured,
+        "kernels_reused": planner.table.reused,
+        "setup_s": setup_s,
+        "plot": plot.name,
+        "local_choices": {
+            row["plan"]: row["choice"]
+            for row in rows
+            if row["kind"] == "planned" and "choice" in row
+        },
+        "planner": planner,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rpc_check(name: str, local: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
+    """The plans of ``name`` from a table measured through RPC (127.0.0.1), against local."""
+    from tvm_structconv.planner import BudgetError, Planner
+
+    port, server_port = _free_port(), _free_port()
+    launch = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tracker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_tracker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-end",
+            str(port + 1),
+            "--silent",
+        ],
+        **launch,
+    )
+    time.sleep(3)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_server",
+            "--tracker",
+            f"127.0.0.1:{port}",
+            "--key",
+            "bench",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(server_port),
+            "--port-end",
+            str(server_port + 1),
+        ],
+        **launch,
+    )
+    try:
+        from tvm_structconv.remote import RemoteDevices, RemoteError
+
+        devices, deadline = RemoteDevices(f"127.0.0.1:{port}", "bench"), time.time() + 90
+        while True:  # servers register only every few seconds
+            try:
+                devices.servers()
+                break
+            except RemoteError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        planner = Planner(
+            name,
+            "x86",
+            image_size=args.image_size,
+            rounds=3,
+            rpc_tracker=f"127.0.0.1:{port}",
+            device_key="bench",
+            cold_weights=args.cold,
+            progress=lambda message: print(f"[rpc {name}] {message}", flush=True),
+        )
+        local_planner = local["planner"]
+        comparisons = []
+        for speedup in args.speedups:
+            try:
+                remote = planner.plan(speedup=speedup)
+                here = local_planner.plan(speedup=speedup)
+            except BudgetError as error:
+                comparisons.append({"requested": speedup, "unreachable": str(error)})
+                continue
+            differ = sorted(n for n in here.choice if here.choice[n] != remote.choice[n])
+            comparisons.append(
+                {
+                    "requested": speedup,
+                    "same_plan": not differ,
+                    "layers_differing": differ,
+                    "local_damage": here.total_damage,
+                    "rpc_damage": remote.total_damage,
+                    "local_structured": len(here.structured()),
+                    "rpc_structured": len(remote.structured()),
+                }
+            )
+        kernels = [
+            (local_planner.table.latency_ms[n][i], planner.table.latency_ms[n][i])
+            for n in local_planner.table.latency_ms
+            for i in range(len(local_planner.table.latency_ms[n]))
+            if local_planner.table.latency_ms[n][i] is not None
+        ]
+        ratios = sorted(r / h for h, r in kernels)
+        return {
+            "model": name,
+            "plans": comparisons,
+            "kernel_ratio_median": ratios[len(ratios) // 2],
+            "kernel_ratio_range": [ratios[0], ratios[-1]],
+            "rpc_original_ms": planner.original_ms,
+        }
+    finally:
+        for process in (server, tracker):
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+def markdown(models: List[Dict[str, object]], rpc: Optional[Dict[str, object]], header) -> str:
+    """The results as a markdown report."""
+    lines = [f"# Latency-budget planner, {header['cpu']}", ""]
+    lines += [f"* {key}: {value}" for key, value in header.items()]
+    lines += [
+        "",
+        "## Requested vs measured speedup",
+        "",
+        "| model | requested | predicted | measured | measured / requested | damage "
+        "| layers structured |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model in models:
+        for row in model["rows"]:
+            if row["kind"] != "planned" or not str(row["plan"]).endswith("x"):
+                continue
+            if "unreachable" in row:
+                lines.append(
+                    f"| {model['model']} | {row['requested']:.2f}x | unreachable: "
+                    f"{row['unreachable']} | | | | |"
+                )
+                continue
+            lines.append(
+                f"| {model['model']} | {row['requested']:.2f}x | {row['predicted']:.2f}x | "
+                f"{row['measured']:.2f}x | {1 + row['error']:.3f} | {row['damage']:.2f} | "
+                f"{row['structured']} of {row['layers']} |"
+            )
+    lines += [
+        "",
+        "## Damage at equal measured latency: uniform plans vs the planner",
+        "",
+        "| model | uniform plan | its measured speedup | its damage | planner's measured "
+        "speedup for that request | planner's damage | damage ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model in models:
+        uniform = {row["plan"]: row for row in model["rows"] if row["kind"] == "uniform"}
+        matched = {
+            row["plan"][3:]: row
+            for row in model["rows"]
+            if row["kind"] == "planned" and str(row["plan"]).startswith("at ")
+        }
+        for text, row in uniform.items():
+            if text in matched:
+                other = matched[text]
+                ratio = other["damage"] / row["damage"] if row["damage"] else float("nan")
+                lines.append(
+                    f"| {model['model']} | `{text}` | {row['measured']:.2f}x | {row['damage']:.2f} "
+                    f"| {other['measured']:.2f}x | {other['damage']:.2f} | {ratio:.2f} |"
+                )
+            else:
+                lines.append(
+                    f"| {model['model']} | `{text}` | {row['measured']:.2f}x | {row['damage']:.2f} "
+                    "| (not faster than the original) | | |"
+                )
+    lines += ["", "## Tables", ""]
+    for model in models:
+        lines.append(
+            f"* {model['model']}: {model['layers']} layers, {model['kernels_timed']} kernels timed "
+            f"({model['kernels_reused']} reused from the cache), setup {model['setup_s']:.0f} s; "
+            f"original {model['original_ms']:.2f} ms of which {model['rest_ms']:.2f} ms outside "
+            f"the tabled kernels; fastest plan {model['fastest_speedup']:.2f}x; plot "
+            f"`{model['plot']}`"
+        )
+    if rpc:
+        lines += ["", f"## RPC (server on 127.0.0.1) vs local, {rpc['model']}", ""]
+        lines.append(
+            f"Kernel latency RPC / local: median {rpc['kernel_ratio_median']:.3f}, range "
+            f"{rpc['kernel_ratio_range'][0]:.3f}–{rpc['kernel_ratio_range'][1]:.3f}."
+        )
+        lines += [
+            "",
+            "| requested | same plan | layers differing | local damage | RPC damage |",
+            "|---|---|---|---|---|",
+        ]
+        for item in rpc["plans"]:
+            if "unreachable" in item:
+                lines.append(f"| {item['requested']}x | unreachable | | | |")
+                continue
+            lines.append(
+                f"| {item['requested']}x | {'yes' if item['same_plan'] else 'no'} | "
+                f"{', '.join(item['layers_differing']) or '—'} | {item['local_damage']:.3f} | "
+                f"{item['rpc_damage']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Run the benchmark with one TVM thread and write the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--speedups", default=",".join(map(str, SPEEDUPS)))
+    parser.add_argument("--rounds", type=int, default=10, help="alternating whole-model samples")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--rpc-check", default=None, metavar="MODEL")
+    parser.add_argument(
+        "--cold", action="store_true", help="time kernels with cold weights (see timers.py)"
+    )
+    parser.add_argument("--out-dir", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    args.speedups = [float(value) for value in args.speedups.split(",")]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+
+    from tvm_structconv.threads import pinned_threads
+
+    with pinned_threads(1):
+        import tvm
+
+        from tvm_structconv.targets import make_target
+
+        cpu = str(make_target("x86").attrs["mcpu"])
+        header = {
+            "cpu": cpu,
+            "tvm": tvm.__version__,
+            "threads": "1 (TVM_NUM_THREADS=1)",
+            "timing": f"minimum of {args.rounds} alternating samples (original, planned) in "
+            "one process, each the mean of runs filling 100 ms",
+            "kernels": "hand schedules, minimum of 5 rounds over all kernels, 20 ms each",
+            "image size": str(args.image_size),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        }
+        models = [run_model(name, args) for name in args.models.split(",")]
+        rpc = None
+        if args.rpc_check:
+            local = next(m for m in models if m["model"] == args.rpc_check)
+            rpc = rpc_check(args.rpc_check, local, args)
+    for model in models:
+        model.pop("planner")
+    text = markdown(models, rpc, header)
+    print(text)
+    stem = args.out_dir / f"planner-{cpu}"
+    stem.with_suffix(".json").write_text(
+        json.dumps({"header": header, "models": models, "rpc": rpc}, indent=1)
+    )
+    stem.with_suffix(".md").write_text(text)
+    print(f"wrote {stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
