@@ -102,7 +102,7 @@ def run_model(name: str, args: argparse.Namespace) -> Dict[str, object]:
                 result.predicted_ms,
                 result.total_damage,
                 result.choice,
-                result.measured_ms["planned"],
+                planner.original_ms / result.measured_speedup,
             )
         )
         progress(result.summary().splitlines()[-1])
@@ -117,7 +117,7 @@ def run_model(name: str, args: argparse.Namespace) -> Dict[str, object]:
                 uniform.predicted_ms,
                 uniform.total_damage,
                 uniform.choice,
-                uniform.measured_ms["planned"],
+                planner.original_ms / uniform.measured_speedup,
             )
         )
         progress(f"uniform {text}: {uniform.summary().splitlines()[-1]}")
@@ -137,7 +137,7 @@ def run_model(name: str, args: argparse.Namespace) -> Dict[str, object]:
                 matched.predicted_ms,
                 matched.total_damage,
                 matched.choice,
-                matched.measured_ms["planned"],
+                planner.original_ms / matched.measured_speedup,
             )
         )
     cpu = str(planner.target.attrs["mcpu"])
@@ -149,6 +149,8 @@ def run_model(name: str, args: argparse.Namespace) -> Dict[str, object]:
         "original_ms": planner.original_ms,
         "rest_ms": planner.rest_ms,
         "fastest_speedup": planner.original_ms / planner.fastest_ms(),
+        "fastest_measured_speedup": planner.original_ms / planner.fastest_measured_ms,
+        "weight_stream_gb_per_s": 1e-6 / planner.byte_ms if planner.byte_ms else None,
         "layers": len(planner.table.layers),
         "kernels_timed": planner.table.measured,
         "kernels_reused": planner.table.reused,
@@ -272,6 +274,10 @@ def rpc_check(name: str, local: Dict[str, object], args: argparse.Namespace) -> 
             process.wait()
 
 
+def _rate(gb_per_s: Optional[float]) -> str:
+    return "none (weights stay in cache)" if gb_per_s is None else f"{gb_per_s:.1f} GB/s"
+
+
 def markdown(models: List[Dict[str, object]], rpc: Optional[Dict[str, object]], header) -> str:
     """The results as a markdown report."""
     lines = [f"# Latency-budget planner, {header['cpu']}", ""]
@@ -332,9 +338,9 @@ def markdown(models: List[Dict[str, object]], rpc: Optional[Dict[str, object]], 
         lines.append(
             f"* {model['model']}: {model['layers']} layers, {model['kernels_timed']} kernels timed "
             f"({model['kernels_reused']} reused from the cache), setup {model['setup_s']:.0f} s; "
-            f"original {model['original_ms']:.2f} ms of which {model['rest_ms']:.2f} ms outside "
-            f"the tabled kernels; fastest plan {model['fastest_speedup']:.2f}x; plot "
-            f"`{model['plot']}`"
+            f"original {model['original_ms']:.2f} ms; fitted rest {model['rest_ms']:.2f} ms and "
+            f"weight streaming {_rate(model['weight_stream_gb_per_s'])}; fastest plan "
+            f"{model['fastest_measured_speedup']:.2f}x measured; plot `{model['plot']}`"
         )
     if rpc:
         lines += ["", f"## RPC (server on 127.0.0.1) vs local, {rpc['model']}", ""]
@@ -389,7 +395,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             "threads": "1 (TVM_NUM_THREADS=1)",
             "timing": f"minimum of {args.rounds} alternating samples (original, planned) in "
             "one process, each the mean of runs filling 100 ms",
-            "kernels": "hand schedules, minimum of 5 rounds over all kernels, 20 ms each",
+            "kernels": "hand schedules, minimum of 5 rounds over all kernels, "
+            + ("3 cold-weight runs each" if args.cold else "20 ms each (warm caches)")
+            + "; the original and the fastest plan measured whole fit a fixed rest and a cost "
+            "per weight byte",
             "image size": str(args.image_size),
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),

@@ -405,7 +405,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tvm_structconv.planner import UNIFORM_PLANS, plan_model, plot_frontier, uniform_point
+    from tvm_structconv.planner import (
+        UNIFORM_PLANS,
+        FrontierPoint,
+        plan_model,
+        plot_frontier,
+        uniform_point,
+    )
     from tvm_structconv.threads import pinned_threads
 
     def progress(message: str) -> None:
@@ -444,7 +450,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 uniform.append(uniform_point(result, text))
             except ValueError as error:
                 progress(f"uniform plan left off the plot: {error}")
-        plot_frontier(result, path, uniform)
+        measured = result.measured_speedup
+        planned = FrontierPoint(
+            "plan",
+            result.predicted_ms,
+            result.total_damage,
+            result.choice,
+            None if measured is None else result.original_ms / measured,
+        )
+        plot_frontier(result, path, uniform, [planned])
         print(f"wrote {path}")
     print(result.summary())
     return 0

@@ -68,7 +68,7 @@ def uniform_choice(result: PlanResult, plan_text: str) -> Dict[str, int]:
         matches = [
             index
             for index, candidate in enumerate(table.candidates[layer.name])
-            if candidate.structure == structure and table.latency_ms[layer.name][index] is not None
+            if candidate.structure == structure and result.cost_ms[layer.name][index] is not None
         ]
         if not matches:
             raise ValueError(f"{plan_text} gives {layer.name} {structure}, not in the table")
@@ -77,8 +77,7 @@ def uniform_choice(result: PlanResult, plan_text: str) -> Dict[str, int]:
 
 
 def _point(result: PlanResult, label: str, choice: Dict[str, int]) -> FrontierPoint:
-    table = result.table
-    latency = result.rest_ms + sum(table.latency_ms[n][i] for n, i in choice.items())
+    latency = result.rest_ms + sum(result.cost_ms[n][i] for n, i in choice.items())
     damage = sum(result.damage[n][i] for n, i in choice.items())
     return FrontierPoint(label, latency, damage, choice)
 
@@ -91,12 +90,13 @@ def uniform_point(result: PlanResult, plan_text: str) -> FrontierPoint:
 def frontier(result: PlanResult, points: int = 40) -> List[FrontierPoint]:
     """Planned models for ``points`` budgets from the fastest plan to the original."""
     table = result.table
-    fastest = sum(min(lat for _, lat in table.choices(layer)) for layer in table.layers)
-    slowest = table.leave_ms()
+    costs = [[c for c in result.cost_ms[layer.name] if c is not None] for layer in table.layers]
+    fastest = sum(min(row) for row in costs)
+    slowest = sum(result.cost_ms[layer.name][0] for layer in table.layers)
     found: List[FrontierPoint] = []
     for step in range(points + 1):
         budget = fastest + (slowest - fastest) * step / points
-        choice = choose(table, result.damage, budget * (1 + 1e-9))
+        choice = choose(table, result.cost_ms, result.damage, budget * (1 + 1e-9))
         if choice is not None:
             point = _point(result, f"budget {result.rest_ms + budget:.3f} ms", choice)
             if not found or point.damage != found[-1].damage:
@@ -113,7 +113,8 @@ def plot_frontier(
     """Draw damage against latency: the frontier (line), uniform plans and planned models.
 
     ``planned`` and ``uniform`` points with ``measured_ms`` are drawn at their measured
-    latency (filled), predicted ones hollow.
+    latency (filled; scale it to ``result.original_ms`` when the original measured otherwise in
+    the same run), predicted ones hollow.
     """
     import matplotlib
 

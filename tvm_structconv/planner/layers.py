@@ -12,6 +12,7 @@ takes each layer's kernel from it (:mod:`tvm_structconv.planner.table`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import List, Tuple
@@ -61,6 +62,10 @@ class Candidate:
     def is_leave(self) -> bool:
         """Whether this is "leave it" (the ordinary conv)."""
         return self.structure.is_trivial
+
+    def weight_bytes(self, out_channels: int, itemsize: int = 4) -> int:
+        """Bytes of the kernel's weights (``alpha``, or ``W`` for "leave it")."""
+        return math.prod(self.structure.alpha_shape(out_channels)) * itemsize
 
     def describe(self) -> str:
         """``"leave"`` or ``"c=32,n=2x2"`` (``c`` in total, over all groups)."""

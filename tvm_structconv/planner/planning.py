@@ -5,9 +5,10 @@ each layer, at least damage?":
 
 1. the latency table of every layer × candidate on the target (cached, reused);
 2. the damage of each choice (residual, or calibration sensitivity);
-3. the original model compiled and timed once: what it spends outside the tabled kernels
-   (pools, transposes, the VM) is ``rest``, so a model's predicted latency is
-   ``rest + Σ chosen kernels``;
+3. the original model and the fastest plan compiled and timed: what they spend outside the
+   tabled kernels gives a fixed ``rest`` (pools, transposes, the VM) and a cost per weight byte
+   (weights streamed from memory), so a model's predicted latency is
+   ``rest + Σ (chosen kernel + its weights' streaming)`` (:meth:`Planner._calibrate`);
 4. the multiple-choice knapsack under the budget
    (:func:`~tvm_structconv.planner.knapsack.solve_budget`);
 5. the planned model compiled and timed alternately with the original, in one run.
@@ -93,6 +94,11 @@ class PlanResult:
         ``rest_ms`` + the chosen kernels.
     measured_ms
         ``{"original": ms, "planned": ms}`` timed alternately (empty without measuring).
+    cost_ms
+        ``{weight name: cost per candidate}`` in the model: kernel time plus ``byte_ms`` per
+        weight byte (``None`` where no choice).
+    byte_ms
+        The fitted cost of streaming one weight byte (0 when the weights stay in cache).
     device
         ``"local"`` or ``"rpc-<key>"``.
     """
@@ -109,6 +115,8 @@ class PlanResult:
     budget_ms: float
     predicted_ms: float
     measured_ms: Dict[str, float] = field(default_factory=dict)
+    cost_ms: Dict[str, List[Optional[float]]] = field(default_factory=dict)
+    byte_ms: float = 0.0
     device: str = "local"
 
     def chosen(self, name: str) -> Candidate:
@@ -150,6 +158,10 @@ class PlanResult:
                 None if self.measured_speedup is None else round(self.measured_speedup, 4)
             ),
             "damage": round(self.total_damage, 6),
+            "rest_ms": round(self.rest_ms, 4),
+            "weight_stream_gb_per_s": (
+                None if self.byte_ms == 0 else round(1e-6 / self.byte_ms, 3)
+            ),
             "damage_kind": self.damage_kind,
         }
 
@@ -166,8 +178,8 @@ class PlanResult:
             index = self.choice[name]
             lines.append(
                 f"{name:<34} {self.chosen(name).describe():<16} "
-                f"{self.table.latency_ms[name][index]:>8.4f} "
-                f"{self.table.latency_ms[name][0]:>9.4f} {self.damage[name][index]:>11.4f}"
+                f"{self.cost_ms[name][index]:>8.4f} "
+                f"{self.cost_ms[name][0]:>9.4f} {self.damage[name][index]:>11.4f}"
             )
         layers = len(self.table.layers)
         lines.append(
@@ -256,15 +268,78 @@ class Planner:
             progress=progress,
         )
         self.damage, self.damage_kind = self._damage(calibration)
-        progress("compiling and timing the original model")
+        self.seed = seed
+        self._calibrate()
+
+    def _calibrate(self) -> None:
+        """Compile the original and the fastest plan, time both alternately, and fit what the
+        kernel table leaves out: a fixed ``rest_ms`` and a cost per weight byte.
+
+        Timed alone, a kernel finds its weights in the caches; in a model whose weights
+        outgrow them, each kernel streams its weights from memory. Two measured models give
+        ``T = rest + Σ (kernel + byte_ms · weight bytes)``: ``byte_ms`` from the difference
+        of what the kernels leave unexplained over the difference of the weight bytes, then
+        ``rest`` (both clamped at 0). Every candidate's cost in the model is its kernel time
+        plus its weights' streaming time: still one number per choice, so the knapsack stays
+        exact.
+        """
+        table = self.table
+        fastest = {
+            layer.name: min(
+                (index for index, latency in enumerate(table.latency_ms[layer.name]) if latency),
+                key=lambda index: table.latency_ms[layer.name][index],
+            )
+            for layer in table.layers
+        }
+        self.progress("compiling the original model and the fastest plan, timing them")
         self.original = compile_model(
-            self.source.imported({}), target, structured=False, tuning_logs=False
+            self.source.imported({}), self.target, structured=False, tuning_logs=False
         )
-        self.inputs = [spec.random(seed) for spec in self.original.inputs]
-        self.original_ms = self.timer.time_models({"original": self.original}, self.inputs, rounds)[
-            "original"
-        ]
-        self.rest_ms = max(0.0, self.original_ms - self.table.leave_ms())
+        structures = {
+            name: table.candidates[name][index].structure
+            for name, index in fastest.items()
+            if index != 0
+        }
+        fastest_build = compile_model(
+            self.source.imported(structures), self.target, structured=True, tuning_logs=False
+        )
+        self.inputs = [spec.random(self.seed) for spec in self.original.inputs]
+        times = self.timer.time_models(
+            {"original": self.original, "fastest": fastest_build}, self.inputs, self.rounds
+        )
+        self.original_ms, self.fastest_measured_ms = times["original"], times["fastest"]
+        leave = {layer.name: 0 for layer in table.layers}
+        kernels = [self._kernels(choice) for choice in (leave, fastest)]
+        weights = [self._weight_bytes(choice) for choice in (leave, fastest)]
+        unexplained = [self.original_ms - kernels[0], self.fastest_measured_ms - kernels[1]]
+        byte_ms = 0.0
+        if weights[0] > weights[1]:
+            byte_ms = max(0.0, (unexplained[0] - unexplained[1]) / (weights[0] - weights[1]))
+        self.byte_ms = byte_ms
+        self.rest_ms = max(0.0, unexplained[0] - byte_ms * weights[0])
+        self.cost_ms = {
+            layer.name: [
+                None
+                if latency is None
+                else latency + byte_ms * candidate.weight_bytes(layer.weight_shape[0])
+                for candidate, latency in zip(
+                    table.candidates[layer.name], table.latency_ms[layer.name]
+                )
+            ]
+            for layer in table.layers
+        }
+
+    def _kernels(self, choice: Dict[str, int]) -> float:
+        """The table's kernel time of a choice per layer."""
+        return sum(self.table.latency_ms[name][index] for name, index in choice.items())
+
+    def _weight_bytes(self, choice: Dict[str, int]) -> int:
+        """The weight bytes of a choice per layer."""
+        table = self.table
+        return sum(
+            table.candidates[layer.name][choice[layer.name]].weight_bytes(layer.weight_shape[0])
+            for layer in table.layers
+        )
 
     def _damage(self, calibration) -> Tuple[Dict[str, List[float]], str]:
         """The damage table and its kind."""
@@ -286,9 +361,9 @@ class Planner:
 
     def fastest_ms(self) -> float:
         """The predicted latency of the fastest plan."""
-        table = self.table
         return self.rest_ms + sum(
-            min(latency for _, latency in table.choices(layer)) for layer in table.layers
+            min(cost for cost in self.cost_ms[layer.name] if cost is not None)
+            for layer in self.table.layers
         )
 
     def result(self, choice: Dict[str, int], budget_ms: float) -> PlanResult:
@@ -302,9 +377,7 @@ class Planner:
                 for layer in table.layers
             }
         )
-        predicted = self.rest_ms + sum(
-            table.latency_ms[name][index] for name, index in choice.items()
-        )
+        predicted = self.rest_ms + sum(self.cost_ms[name][index] for name, index in choice.items())
         return PlanResult(
             self.source.name,
             self.target,
@@ -317,6 +390,8 @@ class Planner:
             self.original_ms,
             budget_ms,
             predicted,
+            cost_ms=self.cost_ms,
+            byte_ms=self.byte_ms,
             device=self.timer.label,
         )
 
@@ -332,7 +407,7 @@ class Planner:
         """
         check_budget(speedup, latency_ms)
         budget = latency_ms if latency_ms is not None else self.original_ms / speedup
-        choice = choose(self.table, self.damage, budget - self.rest_ms)
+        choice = choose(self.table, self.cost_ms, self.damage, budget - self.rest_ms)
         if choice is None:
             fastest = self.fastest_ms()
             raise BudgetError(
@@ -403,18 +478,21 @@ def plan_model(
 
 
 def choose(
-    table: LatencyTable, damage: Dict[str, List[float]], kernel_budget: float
+    table: LatencyTable,
+    cost_ms: Dict[str, List[Optional[float]]],
+    damage: Dict[str, List[float]],
+    kernel_budget: float,
 ) -> Optional[Dict[str, int]]:
-    """The least-damage candidate index per layer whose kernels fit ``kernel_budget`` ms."""
+    """The least-damage candidate index per layer whose costs fit ``kernel_budget`` ms."""
     latencies, costs, indices = [], [], []
     for layer in table.layers:
         usable = [
             index
-            for index, latency in enumerate(table.latency_ms[layer.name])
+            for index, latency in enumerate(cost_ms[layer.name])
             if latency is not None and math.isfinite(damage[layer.name][index])
         ]
         indices.append(usable)
-        latencies.append([table.latency_ms[layer.name][index] for index in usable])
+        latencies.append([cost_ms[layer.name][index] for index in usable])
         costs.append([damage[layer.name][index] for index in usable])
     picked = solve_budget(latencies, costs, kernel_budget)
     if picked is None:
