@@ -164,8 +164,14 @@ def load_split(seed: int) -> Split:
     return Split(images[train], labels[train], images[test], labels[test])
 
 
-def small_cnn(kernel_size: int = 3, widths: Sequence[int] = WIDTHS) -> nn.Sequential:
-    """Conv-BN-ReLU ×4 (a 2×2 max-pool after the second), global average pool, linear."""
+def small_cnn(
+    kernel_size: int = 3, widths: Sequence[int] = WIDTHS, pool_after: Sequence[int] = (1,)
+) -> nn.Sequential:
+    """Conv-BN-ReLU ×4, global average pool, linear.
+
+    A 2×2 max-pool follows the conv blocks numbered in ``pool_after`` (from 0): the second
+    for the 8×8 digits, the first two for 32×32 images.
+    """
     layers: List[nn.Module] = []
     channels = 1
     padding = "same" if kernel_size % 2 == 0 else kernel_size // 2
@@ -175,7 +181,7 @@ def small_cnn(kernel_size: int = 3, widths: Sequence[int] = WIDTHS) -> nn.Sequen
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         ]
-        if index == 1:
+        if index in pool_after:
             layers.append(nn.MaxPool2d(2))
         channels = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)]
@@ -211,15 +217,23 @@ def train(
     seed: int,
     desc: str,
     regularizer: Optional[StructuralRegularizer] = None,
+    param_groups: Optional[List[dict]] = None,
 ) -> nn.Module:
-    """SGD (Nesterov momentum, weight decay 5e-4, one-cycle LR) on the training split."""
+    """SGD (Nesterov momentum, weight decay 5e-4, one-cycle LR) on the training split.
+
+    ``param_groups`` (optimizer groups with their own ``lr`` and ``weight_decay``, e.g.
+    :func:`tvm_structconv.nn.structured_parameter_groups`) replace the one group of all
+    parameters at ``config.max_lr``; each group's one-cycle schedule peaks at its own ``lr``.
+    """
     generator = torch.Generator().manual_seed(seed)
     steps = math.ceil(len(split.train_y) / config.batch_size)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.max_lr, momentum=0.9, nesterov=True, weight_decay=5e-4
-    )
+    if param_groups is None:
+        param_groups = [
+            {"params": list(model.parameters()), "lr": config.max_lr, "weight_decay": 5e-4}
+        ]
+    optimizer = torch.optim.SGD(param_groups, lr=config.max_lr, momentum=0.9, nesterov=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, config.max_lr, total_steps=config.epochs * steps
+        optimizer, [group["lr"] for group in param_groups], total_steps=config.epochs * steps
     )
     model.train()
     for _ in progress(range(config.epochs), config.epochs, desc):
@@ -511,11 +525,15 @@ def _timed(function: Callable[[], None]) -> float:
 
 
 def training_step(
-    model: nn.Module, batch_size: int, regularizer: Optional[StructuralRegularizer] = None
+    model: nn.Module,
+    batch_size: int,
+    regularizer: Optional[StructuralRegularizer] = None,
+    image_shape: Sequence[int] = IMAGE_SHAPE[1:],
 ) -> Callable[[], None]:
-    """One SGD step of ``model`` on a fixed random batch (plus the regularizer, if given)."""
+    """One SGD step of ``model`` on a fixed random batch of ``image_shape`` images (plus the
+    regularizer, if given)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.rand(batch_size, *IMAGE_SHAPE[1:])
+    x = torch.rand(batch_size, *image_shape)
     y = torch.randint(0, 10, (batch_size,))
 
     def step() -> None:

@@ -23,13 +23,12 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from paper_questions import alternating_medians, training_step  # benchmarks/ is sys.path[0]
 
 from tvm_structconv.models import create_model
 from tvm_structconv.nn import StructuralRegularizer, StructuredConv2d, structurize
@@ -37,19 +36,6 @@ from tvm_structconv.plan import Plan
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LAYERS = ((64, 56), (128, 28), (256, 14), (512, 7))
-
-
-def interleaved_medians(functions: Dict[str, Callable[[], None]], rounds: int) -> Dict[str, float]:
-    """Median ms of each function, called in turn ``rounds`` times after one warm-up each."""
-    for function in functions.values():
-        function()
-    times: Dict[str, List[float]] = {name: [] for name in functions}
-    for _ in range(rounds):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -91,25 +77,10 @@ def layer_speed(batch: int, rounds: int) -> List[Dict[str, float]]:
                 variants[f"{name} {layout}"] = _forward_backward(layer.to(memory_format=form), x)
             if layout == "contiguous":
                 variants["avg_pool path"] = _forward_backward(_AvgPoolPath(structured), x)
-        medians = interleaved_medians(variants, rounds)
+        medians = alternating_medians(variants, rounds)
         rows.append({"channels": channels, "size": size, **medians})
         print(f"layer {channels}@{size}: {medians}", flush=True)
     return rows
-
-
-def _training_step(model: nn.Module, x: torch.Tensor, regularizer=None) -> Callable[[], None]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    labels = torch.zeros(len(x), dtype=torch.long)
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x), labels)
-        if regularizer is not None:
-            loss = loss + regularizer()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def model_speed(batch: int, size: int, rounds: int) -> Dict[str, float]:
@@ -117,11 +88,11 @@ def model_speed(batch: int, size: int, rounds: int) -> Dict[str, float]:
     torch.manual_seed(0)
     original = create_model("resnet18")
     structured, _ = structurize(original, Plan.parse("3x3:c=C,n=2"), replace=True)
-    x = torch.randn(batch, 3, size, size)
-    medians = interleaved_medians(
+    image = (3, size, size)
+    medians = alternating_medians(
         {
-            "original": _training_step(original, x),
-            "structured": _training_step(structured, x),
+            "original": training_step(original, batch, image_shape=image),
+            "structured": training_step(structured, batch, image_shape=image),
         },
         rounds,
     )
@@ -147,10 +118,9 @@ def regularizer_cost(batches: Sequence[int], size: int, rounds: int) -> List[Dic
             torch.stack([s.residual(m.weight) for m, s in layers]).sum().backward()
 
         for batch in batches:
-            x = torch.randn(batch, 3, size, size)
-            medians = interleaved_medians(
+            medians = alternating_medians(
                 {
-                    "step": _training_step(model, x),
+                    "step": training_step(model, batch, image_shape=(3, size, size)),
                     "regularizer": cached,
                     "Structure.residual": per_layer,
                 },
@@ -178,7 +148,7 @@ def kernel_cost(rounds: int) -> List[Dict[str, float]]:
             for batch in (1, 8, 64):
                 x = torch.randn(batch, 256, 14, 14)
                 steps[f"step {batch}"] = _forward_backward(conv, x)
-            medians = interleaved_medians({"regularizer": alone, **steps}, rounds)
+            medians = alternating_medians({"regularizer": alone, **steps}, rounds)
             rows.append({"plan": plan_text, **medians})
             print(f"kernel {plan_text}: {medians}", flush=True)
     return rows
