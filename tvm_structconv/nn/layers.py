@@ -31,18 +31,56 @@ __all__ = [
 ConvPadding = Union[str, int, Tuple[int, int]]
 
 
-def _initialize(alpha: torch.Tensor, bias: Optional[torch.Tensor], structure: Structure) -> None:
-    """Initialize like ``nn.Conv2d``, compensating the pool's larger output variance.
+#: The initializations of ``alpha`` (see :func:`_initialize`).
+INITS = ("projected", "pooled")
 
-    ``alpha`` gets ``nn.Conv2d``'s default (Kaiming-uniform with ``a = √5``, bound
-    ``1/√(fan_in)`` of the reduced conv), divided by ``√(D·Mh·Mw)``: each pooled value sums
-    ``D·Mh·Mw`` inputs, so the layer's output then has the variance of a freshly initialized
-    ordinary layer. ``bias`` is uniform in ``±1/√(C·Nh·Nw)``, as ``nn.Conv2d`` does for the
-    full layer.
+
+def _initialize(
+    alpha: torch.Tensor, bias: Optional[torch.Tensor], structure: Structure, init: str
+) -> None:
+    """Initialize ``alpha`` by ``init`` and ``bias`` like the ordinary layer's.
+
+    ``"projected"`` (the default of the layers): draw the ordinary layer's default kernel
+    ``W₀`` (``nn.Conv2d`` / ``nn.Linear``: Kaiming-uniform with ``a = √5``, bound
+    ``1/√(fan_in)`` of the full layer), project it, ``alpha = A⁺ W₀``, and rescale ``alpha``
+    so that the composed kernel ``A · alpha`` has the norm (hence the entry variance) of
+    ``W₀``. The composed kernel is then an isotropic random kernel of the structured subspace
+    (covariance ∝ the projector ``A A⁺``) with an ordinary layer's scale.
+
+    ``"pooled"`` (the layers' initialization before issue 17): ``nn.Conv2d``'s default on
+    ``alpha`` itself (bound ``1/√(fan_in)`` of the reduced conv), divided by ``√(D·Mh·Mw)``.
+    Its composed kernel has the entry variance of ``W₀`` too, but covariance ∝ ``A Aᵀ``:
+    neighbouring weights share most of their ``alpha`` terms, so the kernel is nearly
+    constant over its channel window, and on the non-negative, correlated activations of a
+    ReLU network the layer's outputs start 2–9 times larger than an ordinary layer's
+    (``docs/experiments.md`` section (e)); trained directly it loses much accuracy.
+
+    ``bias`` is uniform in ``±1/√(fan_in)`` of the full layer, as the ordinary layer's.
     """
-    nn.init.kaiming_uniform_(alpha, a=math.sqrt(5))
-    with torch.no_grad():
-        alpha.div_(math.sqrt(math.prod(structure.pool_window)))
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "pooled":
+        nn.init.kaiming_uniform_(alpha, a=math.sqrt(5))
+        with torch.no_grad():
+            alpha.div_(math.sqrt(math.prod(structure.pool_window)))
+    else:
+        out_channels = alpha.shape[0]
+        shape = (
+            structure.weight_shape(out_channels)
+            if alpha.dim() == 4
+            else (out_channels, structure.in_channels)
+        )
+        # float32 at least: the projection's solve factors are poor in half precision
+        dtype = torch.promote_types(alpha.dtype, torch.float32)
+        with torch.no_grad():
+            weight = torch.empty(shape, dtype=dtype, device=alpha.device)
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+            projected = structure.decompose(weight)
+            composed_norm = torch.linalg.vector_norm(structure.compose(projected))
+            gain = torch.linalg.vector_norm(weight) / composed_norm.clamp_min(
+                torch.finfo(dtype).tiny
+            )
+            alpha.copy_(projected * gain)
     if bias is not None:
         bound = 1.0 / math.sqrt(structure.group_channels * math.prod(structure.kernel_size))
         nn.init.uniform_(bias, -bound, bound)
@@ -66,6 +104,15 @@ class StructuredConv2d(nn.Module):
         As in ``nn.Conv2d``: an int, a pair, ``"valid"`` or ``"same"`` (stride 1 only).
     padding_mode
         Only ``"zeros"`` is supported.
+    init
+        How ``alpha`` is initialized. ``"projected"`` (default): ``alpha = g · A⁺ W₀``, the
+        projection of ``nn.Conv2d``'s default kernel ``W₀``, rescaled so the composed kernel
+        ``A · alpha`` has ``W₀``'s norm: an ordinary layer's variance, spread evenly over the
+        structured kernels. ``"pooled"``: ``nn.Conv2d``'s default on ``alpha`` divided by
+        ``√(D·Mh·Mw)`` (the default before issue 17), whose composed kernels are nearly constant
+        over the channel window; trained from scratch it loses 10–40 accuracy points (see
+        :func:`_initialize` and ``docs/experiments.md`` section (e)). For direct training use
+        ``"projected"`` together with :func:`precondition_alpha_gradients`.
 
     Attributes
     ----------
@@ -77,8 +124,8 @@ class StructuredConv2d(nn.Module):
     Raises
     ------
     ValueError
-        For a non-zero ``padding_mode``, ``"same"`` padding with stride > 1, or a structure that
-        does not fit (see :class:`~tvm_structconv.structure.Structure`).
+        For a non-zero ``padding_mode``, ``"same"`` padding with stride > 1, a structure that
+        does not fit (see :class:`~tvm_structconv.structure.Structure`) or an unknown ``init``.
     """
 
     def __init__(
@@ -96,6 +143,7 @@ class StructuredConv2d(nn.Module):
         padding_mode: str = "zeros",
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        init: str = "projected",
     ) -> None:
         super().__init__()
         if padding_mode != "zeros":
@@ -118,7 +166,7 @@ class StructuredConv2d(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.alpha = nn.Parameter(torch.empty(self._structure.alpha_shape(out_channels), **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        _initialize(self.alpha, self.bias, self._structure)
+        _initialize(self.alpha, self.bias, self._structure, init)
 
     @property
     def structure(self) -> Structure:
@@ -257,6 +305,9 @@ class StructuredLinear(nn.Module):
         As in ``nn.Linear``.
     reduced_features
         ``c``: the input features of ``alpha``.
+    init
+        ``"projected"`` (default) or ``"pooled"``, as for :class:`StructuredConv2d` with
+        ``nn.Linear``'s default weight as ``W₀``.
 
     Attributes
     ----------
@@ -274,6 +325,7 @@ class StructuredLinear(nn.Module):
         bias: bool = True,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        init: str = "projected",
     ) -> None:
         super().__init__()
         self._structure = Structure(in_features, 1, reduced_features, 1)
@@ -282,7 +334,7 @@ class StructuredLinear(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.alpha = nn.Parameter(torch.empty((out_features, reduced_features), **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
-        _initialize(self.alpha, self.bias, self._structure)
+        _initialize(self.alpha, self.bias, self._structure, init)
 
     @property
     def structure(self) -> Structure:
