@@ -188,8 +188,11 @@ def small_cnn(
     return nn.Sequential(*layers)
 
 
-def with_fresh_structured_layers(model: nn.Sequential, plan: Plan) -> nn.Sequential:
-    """``model`` with every planned conv replaced by a freshly initialized StructuredConv2d."""
+def with_fresh_structured_layers(
+    model: nn.Sequential, plan: Plan, init: str = "projected"
+) -> nn.Sequential:
+    """``model`` with every planned conv replaced by a freshly initialized StructuredConv2d
+    (``init`` as in :class:`~tvm_structconv.nn.StructuredConv2d`)."""
     for name, structure in plan.apply(model).items():
         conv = model.get_submodule(name)
         model[int(name)] = StructuredConv2d(
@@ -200,6 +203,7 @@ def with_fresh_structured_layers(model: nn.Sequential, plan: Plan) -> nn.Sequent
             structure.reduced_kernel_size,
             padding=conv.padding,
             bias=conv.bias is not None,
+            init=init,
         )
     return model
 
