@@ -412,6 +412,13 @@ def structured_parameter_groups(
     al., 2018). Adaptive optimizers (Adam …) normalize the gradient away, which leaves the
     ``√K`` smaller size: ``optimizer="adam"`` scales by ``1/√K`` (decay unchanged).
 
+    This one scalar per layer was derived for the ``init="pooled"`` initialization and does
+    not fix what direct training lacks: the step ``A Aᵀ ∇_W`` of plain SGD stays as
+    ill-conditioned (eigenvalues of ``AᵀA`` from 0.5 to 6512 in that layer), with either init
+    (on the 32×32 digits of ``benchmarks/direct_training.py``, seed 0: 29.9 % with the pooled
+    init, 42.4 % with the projected one, against 74.3 % for the projected init with
+    :func:`precondition_alpha_gradients`). Use that function for direct training.
+
     Parameters
     ----------
     model
