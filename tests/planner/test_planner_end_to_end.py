@@ -120,3 +120,9 @@ def test_compile_plan_matches_rules_to_a_files_weights_by_shape(planner_pt2, pla
     assert sorted(from_file) == ["down.weight", "head.weight", "mix.weight"]
     with pytest.raises(PlanError, match="does not have: nowhere"):
         ModelSource(path).plan_structures(Plan(layers={"nowhere": None}))
+
+
+def test_help_lists_plan(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "plan" in capsys.readouterr().out

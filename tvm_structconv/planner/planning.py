@@ -5,10 +5,10 @@ each layer, at least damage?":
 
 1. the latency table of every layer × candidate on the target (cached, reused);
 2. the damage of each choice (residual, or calibration sensitivity);
-3. the original model and the fastest plan compiled and timed: what they spend outside the
-   tabled kernels gives a fixed ``rest`` (pools, transposes, the VM) and a cost per weight byte
-   (weights streamed from memory), so a model's predicted latency is
-   ``rest + Σ (chosen kernel + its weights' streaming)`` (:meth:`Planner._calibrate`);
+3. the original model and the fastest plan compiled and timed: they fit a factor from the
+   table's kernel times to the model's and a cost per weight byte (weights streamed from
+   memory), so a model's predicted latency is
+   ``Σ (scale · chosen kernel + byte_ms · its weight bytes)`` (:meth:`Planner._calibrate`);
 4. the multiple-choice knapsack under the budget
    (:func:`~tvm_structconv.planner.knapsack.solve_budget`);
 5. the planned model compiled and timed alternately with the original, in one run.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import tvm
@@ -85,13 +85,14 @@ class PlanResult:
     choice
         ``{weight name: chosen candidate index}``.
     rest_ms
-        Time of the original model outside its tabled kernels.
+        A fixed part of every model's time outside the per-layer costs (0 with
+        :meth:`Planner._calibrate`'s fit, which scales the kernels instead).
     original_ms
         The original model's latency the budget was set from.
     budget_ms
         The latency budget.
     predicted_ms
-        ``rest_ms`` + the chosen kernels.
+        ``rest_ms`` + the chosen candidates' costs in the model (``cost_ms``).
     measured_ms
         ``{"original": ms, "planned": ms}`` timed alternately (empty without measuring).
     cost_ms
@@ -99,6 +100,8 @@ class PlanResult:
         weight byte (``None`` where no choice).
     byte_ms
         The fitted cost of streaming one weight byte (0 when the weights stay in cache).
+    scale
+        The fitted factor from the table's kernel times to their time in the model.
     device
         ``"local"`` or ``"rpc-<key>"``.
     """
@@ -117,6 +120,7 @@ class PlanResult:
     measured_ms: Dict[str, float] = field(default_factory=dict)
     cost_ms: Dict[str, List[Optional[float]]] = field(default_factory=dict)
     byte_ms: float = 0.0
+    scale: float = 1.0
     device: str = "local"
 
     def chosen(self, name: str) -> Candidate:
@@ -158,7 +162,7 @@ class PlanResult:
                 None if self.measured_speedup is None else round(self.measured_speedup, 4)
             ),
             "damage": round(self.total_damage, 6),
-            "rest_ms": round(self.rest_ms, 4),
+            "kernel_scale": round(self.scale, 4),
             "weight_stream_gb_per_s": (
                 None if self.byte_ms == 0 else round(1e-6 / self.byte_ms, 3)
             ),
@@ -272,16 +276,17 @@ class Planner:
         self._calibrate()
 
     def _calibrate(self) -> None:
-        """Compile the original and the fastest plan, time both alternately, and fit what the
-        kernel table leaves out: a fixed ``rest_ms`` and a cost per weight byte.
+        """Compile the original and the fastest plan, time both alternately, and fit how the
+        table's kernels add up to a whole model.
 
+        A model's time is modelled as ``T = scale · Σ kernel + byte_ms · Σ weight bytes``.
         Timed alone, a kernel finds its weights in the caches; in a model whose weights
-        outgrow them, each kernel streams its weights from memory. Two measured models give
-        ``T = rest + Σ (kernel + byte_ms · weight bytes)``: ``byte_ms`` from the difference
-        of what the kernels leave unexplained over the difference of the weight bytes, then
-        ``rest`` (both clamped at 0). Every candidate's cost in the model is its kernel time
-        plus its weights' streaming time: still one number per choice, so the knapsack stays
-        exact.
+        outgrow them, each kernel streams its weights from memory (``byte_ms``), and the ops
+        between the kernels, the VM and the machine's load at table time make the sum of
+        kernels off by a factor (``scale``). Two measured models (the original and the fastest
+        plan) fix both; when the fit gives a negative term, ``byte_ms`` is 0 and ``scale``
+        makes the original exact. Each candidate's cost in the model, ``scale · kernel +
+        byte_ms · its weight bytes``, is still one number per choice: the knapsack stays exact.
         """
         table = self.table
         fastest = {
@@ -311,17 +316,15 @@ class Planner:
         leave = {layer.name: 0 for layer in table.layers}
         kernels = [self._kernels(choice) for choice in (leave, fastest)]
         weights = [self._weight_bytes(choice) for choice in (leave, fastest)]
-        unexplained = [self.original_ms - kernels[0], self.fastest_measured_ms - kernels[1]]
-        byte_ms = 0.0
-        if weights[0] > weights[1]:
-            byte_ms = max(0.0, (unexplained[0] - unexplained[1]) / (weights[0] - weights[1]))
-        self.byte_ms = byte_ms
-        self.rest_ms = max(0.0, unexplained[0] - byte_ms * weights[0])
+        measured = [self.original_ms, self.fastest_measured_ms]
+        self.scale, self.byte_ms = fit_scale_and_bytes(kernels, weights, measured)
+        self.rest_ms = 0.0
         self.cost_ms = {
             layer.name: [
                 None
                 if latency is None
-                else latency + byte_ms * candidate.weight_bytes(layer.weight_shape[0])
+                else self.scale * latency
+                + self.byte_ms * candidate.weight_bytes(layer.weight_shape[0])
                 for candidate, latency in zip(
                     table.candidates[layer.name], table.latency_ms[layer.name]
                 )
@@ -392,6 +395,7 @@ class Planner:
             predicted,
             cost_ms=self.cost_ms,
             byte_ms=self.byte_ms,
+            scale=self.scale,
             device=self.timer.label,
         )
 
@@ -475,6 +479,21 @@ def plan_model(
     planner = Planner(model, target, **options)
     result = planner.plan(speedup, latency_ms)
     return planner.measure(result) if measure else result
+
+
+def fit_scale_and_bytes(
+    kernels: Sequence[float], weights: Sequence[float], measured: Sequence[float]
+) -> Tuple[float, float]:
+    """``(scale, byte_ms)`` with ``measured[i] = scale · kernels[i] + byte_ms · weights[i]``
+    for two models; ``(measured[0] / kernels[0], 0)`` when that solution has a negative or
+    undefined term."""
+    determinant = kernels[0] * weights[1] - kernels[1] * weights[0]
+    if abs(determinant) > 1e-12 * max(1.0, abs(kernels[0] * weights[1])):
+        scale = (measured[0] * weights[1] - measured[1] * weights[0]) / determinant
+        byte_ms = (kernels[0] * measured[1] - kernels[1] * measured[0]) / determinant
+        if scale > 0 and byte_ms >= 0:
+            return scale, byte_ms
+    return measured[0] / kernels[0], 0.0
 
 
 def choose(
