@@ -26,12 +26,16 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import hashlib
+import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Sequence
@@ -68,7 +72,26 @@ GROUPS = [
     Group("nn", ["tvm_structconv/nn/*"], ["tests/nn"]),
     Group("ops", ["tvm_structconv/ops.py"], ["tests/test_ops.py", "tests/test_ops_blocks.py"]),
     Group("schedules", ["tvm_structconv/schedules/*"], ["tests/schedules"]),
-    Group("transform", ["tvm_structconv/transform/*"], ["tests/transform"]),
+    Group(
+        "transform",
+        ["tvm_structconv/transform/*"],
+        # the IR tests, and the numeric tests of the same passes (compiled and run against
+        # torch / onnxruntime; each IR test file names its numeric counterpart)
+        ["tests/transform"]
+        + [
+            f"tests/integration/test_{name}.py"
+            for name in (
+                "batchnorm_folding_numerics",
+                "expand_clip_numerics",
+                "fast_legalize_numerics",
+                "linear_layers",
+                "ordinary_conv_numerics",
+                "padded_blocks",
+                "sink_transposes_numerics",
+                "structured_models",
+            )
+        ],
+    ),
 ]
 
 #: mutmut's status names, as ``mutmut results --all true`` prints them.
@@ -79,30 +102,106 @@ NOT_CHECKED = "not checked"
 CAUGHT = (KILLED, TIMEOUT, "segfault")
 
 
-def stage(group: Group, workdir: pathlib.Path, fresh: bool) -> pathlib.Path:
-    """A copy of the working tree for ``group``, ``schedules/`` inside the package."""
-    target = workdir / group.name
+def staged_dir(group: Group, workdir: pathlib.Path) -> pathlib.Path:
+    """Where ``group`` is staged: its name, plus a digest of the modules and tests when a run
+    narrows it (``--only``, ``--tests``), so that narrowed runs keep their own mutmut caches."""
+    default = next((g for g in GROUPS if g.name == group.name), None)
+    if (
+        default is not None
+        and list(default.mutate) == list(group.mutate)
+        and list(default.tests) == list(group.tests)
+    ):
+        return workdir / group.name
+    digest = hashlib.sha1(json.dumps([group.mutate, group.tests]).encode()).hexdigest()[:8]
+    return workdir / f"{group.name}-{digest}"
+
+
+def stage(group: Group, workdir: pathlib.Path, fresh: bool, commit: str) -> pathlib.Path:
+    """A copy of the tree at ``commit`` for ``group``, ``schedules/`` inside the package.
+
+    The committed tree, not the working tree: in a checkout others edit meanwhile, a file
+    half-way through a change must not fail the clean test run (commit new tests first).
+    """
+    target = staged_dir(group, workdir)
     if fresh and target.exists():
         shutil.rmtree(target)
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if not source.is_file() or name.startswith(("benchmarks/", "docs/", "tuning_logs/")):
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        files = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    for name, content in files:
+        if name.startswith(("benchmarks/", "docs/", "tuning_logs/")):
             continue
+        if name.endswith(".py") and name.startswith(("tvm_structconv/", "schedules/")):
+            content = undecorate_classes(content.decode("utf-8")).encode("utf-8")
         staged = target / ("tvm_structconv/" + name if name.startswith("schedules/") else name)
-        if staged.is_file() and staged.read_bytes() == source.read_bytes():
+        if staged.is_file() and staged.read_bytes() == content:
             continue
         staged.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, staged)
+        staged.write_bytes(content)
     with open(target / "pyproject.toml", "a", encoding="utf-8") as handle:
         handle.write(mutmut_config(group))
+    with open(target / "tests" / "conftest.py", "a", encoding="utf-8") as handle:
+        handle.write(FASTEST_FIRST)
     return target
+
+
+#: Class decorators that return another class (TVM's pass and expression-functor wrappers).
+WRAPPING_DECORATOR = re.compile(r"^@((?:tvm\.transform\.module_pass|mutator|visitor)\b.*)$")
+
+
+def undecorate_classes(text: str) -> str:
+    """``text`` with each class under a :data:`WRAPPING_DECORATOR` decorated after its body.
+
+    ``@mutator class M: …`` becomes ``class M: …`` then ``M = mutator(M)``: the same module once
+    imported. mutmut puts the table of a class's mutated methods right after the class and
+    reads them off it by name, which fails on the wrapper class such a decorator returns (TVM's
+    ``module_pass`` and ``mutator``); after the table is filled the decorator may wrap it.
+    """
+    lines = text.splitlines(keepends=True)
+    out: List[str] = []
+    index = 0
+    while index < len(lines):
+        decorated = WRAPPING_DECORATOR.match(lines[index].rstrip("\n"))
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if not decorated or not following.startswith("class "):
+            out.append(lines[index])
+            index += 1
+            continue
+        name = re.match(r"class (\w+)", following).group(1)
+        index += 1
+        out.append(lines[index])  # the class line, then its body: indented or blank lines
+        index += 1
+        while index < len(lines) and (not lines[index].strip() or lines[index][0] in " \t"):
+            out.append(lines[index])
+            index += 1
+        out.append(f"\n{name} = {decorated.group(1)}({name})\n\n\n")
+    return "".join(out)
+
+
+#: Appended to the staged ``tests/conftest.py`` (never the working tree's): a mutant's tests run
+#: fastest first, by the durations mutmut's stats run recorded, so that a mutant a quick test
+#: kills costs that test and not the 20-s hypothesis test mutmut happened to list before it
+#: (mutmut passes a mutant's tests in set order, and pytest runs them as given).
+FASTEST_FIRST = """
+
+# --- appended by benchmarks/mutation.py to the staged copy: a mutant's tests fastest first ---
+class _MutationFastestFirst:
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items):
+        import json
+        import pathlib
+
+        stats = pathlib.Path("mutmut-stats.json")  # mutmut runs the tests in mutants/
+        if stats.is_file():
+            durations = json.loads(stats.read_text()).get("duration_by_test", {})
+            items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_MutationFastestFirst(), "mutation-fastest-first")
+"""
 
 
 def mutmut_config(group: Group) -> str:
@@ -141,13 +240,20 @@ def statuses_of(staged: pathlib.Path) -> Dict[str, str]:
     return statuses
 
 
-def run_group(group: Group, workdir: pathlib.Path, fresh: bool, max_children: int) -> Dict:
+def run_group(
+    group: Group, workdir: pathlib.Path, fresh: bool, max_children: int, commit: str
+) -> Dict:
     """Run mutmut on one group; return every mutant's status and the counts."""
-    staged = stage(group, workdir, fresh)
+    staged = stage(group, workdir, fresh, commit)
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
     print(f"[mutation] {group.name}: {' '.join(command[2:])} in {staged}", file=sys.stderr)
+    # one thread per test process: mutmut's timeout counts CPU seconds against the tests' wall
+    # time, and torch's and TVM's thread pools would spend several CPU seconds per second
+    # (equivalent mutants reported as timeouts); --max-children gives the parallelism
+    threads = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS")}
     try:
-        subprocess.run(command, cwd=staged, check=False, stdout=subprocess.DEVNULL)
+        environment = {**os.environ, **threads}
+        subprocess.run(command, cwd=staged, check=False, stdout=subprocess.DEVNULL, env=environment)
     except KeyboardInterrupt:  # stopped early: record what was checked
         print(f"[mutation] {group.name}: stopped, recording what was checked", file=sys.stderr)
     statuses = statuses_of(staged)
@@ -209,6 +315,11 @@ def main(argv: Sequence[str] = None) -> int:
         help="comma-separated files to mutate instead of the group's (one group only), "
         "e.g. tvm_structconv/schedules/cpu/tiling.py",
     )
+    parser.add_argument(
+        "--tests",
+        help="comma-separated test files or node ids instead of the group's (one group only), "
+        "e.g. the fast unit tests of the module given to --only",
+    )
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--max-children", type=int, default=2, help="mutants run at once")
     parser.add_argument("--show-survivors", action="store_true", help="print survivors' diffs")
@@ -220,21 +331,24 @@ def main(argv: Sequence[str] = None) -> int:
     if unknown:
         parser.error(f"unknown group {unknown[0]!r}; known: {', '.join(by_name)}")
     groups = [by_name[name] for name in args.groups.split(",")]
-    if args.only:
+    if args.only or args.tests:
         if len(groups) != 1:
-            parser.error("--only narrows one group: give one name to --groups")
-        groups = [Group(groups[0].name, args.only.split(","), groups[0].tests)]
+            parser.error("--only and --tests narrow one group: give one name to --groups")
+        group = groups[0]
+        mutate = args.only.split(",") if args.only else group.mutate
+        tests = args.tests.split(",") if args.tests else group.tests
+        groups = [Group(group.name, mutate, tests)]
     # the commit the staged copies are taken from (the tree may move on during a long run)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     workdir = pathlib.Path(args.workdir)
-    results = [run_group(group, workdir, args.fresh, args.max_children) for group in groups]
+    results = [run_group(group, workdir, args.fresh, args.max_children, commit) for group in groups]
     for result in results:
         counts = result["counts"]
         print(f"{result['group']['name']:<10} {100 * score(counts):5.1f} %  {counts}")
         if args.show_survivors:
-            staged = workdir / result["group"]["name"]
+            staged = staged_dir(Group(**result["group"]), workdir)
             for name, status in sorted(result["statuses"].items()):
                 if status == SURVIVED:
                     subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=staged)
@@ -242,11 +356,15 @@ def main(argv: Sequence[str] = None) -> int:
     command = "python benchmarks/mutation.py " + " ".join(argv or sys.argv[1:])
     output = pathlib.Path(args.output or RESULTS / f"mutation-{datetime.date.today()}.json")
     runs = json.loads(output.read_text())["groups"] if output.is_file() else []
-    # groups run one at a time add up in one file: a group run again replaces its entry
+    # runs add up in one file: a group run again on the same modules and tests replaces its entry
     for result in results:
         result.update(commit=commit, command=command.strip())
-    names = {result["group"]["name"] for result in results}
-    runs = [run for run in runs if run["group"]["name"] not in names] + results
+
+    def key(run: Dict) -> str:
+        return json.dumps([run["group"][field] for field in ("name", "mutate", "tests")])
+
+    keys = {key(result) for result in results}
+    runs = [run for run in runs if key(run) not in keys] + results
     output.write_text(json.dumps({"groups": runs}, indent=1))
     output.with_suffix(".md").write_text(markdown(runs))
     print(f"wrote {output} and {output.with_suffix('.md')}")
