@@ -11,8 +11,10 @@ structural regularizer (λ = 1), then projected (``structurize``) and BatchNorm 
 then ``StructuredConv2d`` trained from scratch: (2) with the ``"pooled"`` init (the layer's
 default before issue 17) and plain SGD; (3) the same with ``precondition_alpha_gradients``
 (SGD on ``alpha`` made the projected SGD step on the composed kernel); (4) the ``"projected"``
-init (``alpha = A⁺ W₀`` of an ordinary Kaiming kernel, rescaled to its norm; the default now)
-with plain SGD; (5) the ``"projected"`` init with preconditioning, the fix of issue 17 item 3.
+init (``alpha = A⁺ W₀``, the projection of an ordinary layer's kernel; the default now) with
+plain SGD; (5) the ``"projected"`` init with preconditioning, the fix of issue 17 item 3; (6)
+the ``"matched"`` init (the projection rescaled to the ordinary kernel's norm) with
+preconditioning.
 ``--variants`` picks some of them; ``--scaled-lr`` adds ``structured_parameter_groups`` to
 the direct variants. The tables are rewritten after every seed.
 """
@@ -56,6 +58,7 @@ DIRECT = {
     "direct, pooled init, preconditioned": ("pooled", True),
     "direct, projected init": ("projected", False),
     "direct, projected init, preconditioned": ("projected", True),
+    "direct, matched init, preconditioned": ("matched", True),
 }
 VARIANTS = ("two-step", *DIRECT)
 #: The 32×32 images are max-pooled after the first two conv blocks (the 8×8 digits once).

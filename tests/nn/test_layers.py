@@ -123,14 +123,16 @@ def test_alpha_gradient_equals_gradient_through_composed_kernel():
     torch.testing.assert_close(layer.alpha.grad, alpha.grad)
 
 
-def test_initial_output_scale_matches_conv2d():
-    """The pool sums D·M² inputs; the init compensates so the output scale stays that of Conv2d."""
+@pytest.mark.parametrize("init, scale", [("pooled", 1.0), ("matched", 1.0), ("projected", 0.2)])
+def test_initial_output_scale_against_conv2d(init, scale):
+    """The pool sums D·M² inputs; "pooled" and "matched" compensate so the output scale on
+    i.i.d. inputs stays that of Conv2d; "projected" (P W₀) is √ρ of it, ρ = 16·2² / (64·5²)."""
     torch.manual_seed(0)
     x = torch.randn(8, 64, 12, 12)
-    structured = StructuredConv2d(64, 64, 5, 16, 2, padding=2)  # pool window 49 x 4 x 4
+    structured = StructuredConv2d(64, 64, 5, 16, 2, padding=2, init=init)  # pool 49 x 4 x 4
     ordinary = nn.Conv2d(64, 64, 5, padding=2)
     ratio = (structured(x).std() / ordinary(x).std()).item()
-    assert 0.5 < ratio < 2.0
+    assert 0.5 * scale < ratio < 2.0 * scale
 
 
 @given(structures(max_channels=4, max_kernel=4), st.integers(1, 3), st.integers(0, 2**31 - 1))

@@ -32,7 +32,7 @@ ConvPadding = Union[str, int, Tuple[int, int]]
 
 
 #: The initializations of ``alpha`` (see :func:`_initialize`).
-INITS = ("projected", "pooled")
+INITS = ("projected", "matched", "pooled")
 
 
 def _initialize(
@@ -42,18 +42,26 @@ def _initialize(
 
     ``"projected"`` (the default of the layers): draw the ordinary layer's default kernel
     ``W₀`` (``nn.Conv2d`` / ``nn.Linear``: Kaiming-uniform with ``a = √5``, bound
-    ``1/√(fan_in)`` of the full layer), project it, ``alpha = A⁺ W₀``, and rescale ``alpha``
-    so that the composed kernel ``A · alpha`` has the norm (hence the entry variance) of
-    ``W₀``. The composed kernel is then an isotropic random kernel of the structured subspace
-    (covariance ∝ the projector ``A A⁺``) with an ordinary layer's scale.
+    ``1/√(fan_in)`` of the full layer) and project it: ``alpha = A⁺ W₀``, so the composed
+    kernel ``A · alpha = P W₀`` is what the two-step method's projection makes of an untrained
+    kernel. It is an isotropic random kernel of the structured subspace (covariance ∝ the
+    projector ``P = A A⁺``) whose entry variance is ``ρ`` times ``nn.Conv2d``'s, with ``ρ =
+    (c·nh·nw) / (C·kh·kw)`` the fraction of the kernel space that is structured (0.22 at
+    ``c = C/2, n = 2`` of a 3×3 kernel, 0.5 at ``n = 3``). Behind a BatchNorm the smaller norm
+    raises the effective learning rate (``∝ lr / ‖W‖²``) by ``1/ρ``, which on the measured
+    budget trains better than ``"matched"`` (``docs/experiments.md`` section (e)).
+
+    ``"matched"``: the same, rescaled so that ``A · alpha`` has ``W₀``'s norm, hence
+    ``nn.Conv2d``'s entry variance.
 
     ``"pooled"`` (the layers' initialization before issue 17): ``nn.Conv2d``'s default on
     ``alpha`` itself (bound ``1/√(fan_in)`` of the reduced conv), divided by ``√(D·Mh·Mw)``.
     Its composed kernel has the entry variance of ``W₀`` too, but covariance ∝ ``A Aᵀ``:
     neighbouring weights share most of their ``alpha`` terms, so the kernel is nearly
-    constant over its channel window, and on the non-negative, correlated activations of a
-    ReLU network the layer's outputs start 2–9 times larger than an ordinary layer's
-    (``docs/experiments.md`` section (e)); trained directly it loses much accuracy.
+    constant over its channel window (about 5 effective directions of 128 at ``c = C/2, n =
+    2`` of a 64-channel 3×3 layer), and on the non-negative activations of a ReLU network the
+    layer's outputs start 5–7 times larger than an ordinary layer's; trained directly it
+    loses 10–40 accuracy points.
 
     ``bias`` is uniform in ``±1/√(fan_in)`` of the full layer, as the ordinary layer's.
     """
@@ -76,11 +84,13 @@ def _initialize(
             weight = torch.empty(shape, dtype=dtype, device=alpha.device)
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
             projected = structure.decompose(weight)
-            composed_norm = torch.linalg.vector_norm(structure.compose(projected))
-            gain = torch.linalg.vector_norm(weight) / composed_norm.clamp_min(
-                torch.finfo(dtype).tiny
-            )
-            alpha.copy_(projected * gain)
+            if init == "matched":
+                composed_norm = torch.linalg.vector_norm(structure.compose(projected))
+                projected = projected * (
+                    torch.linalg.vector_norm(weight)
+                    / composed_norm.clamp_min(torch.finfo(dtype).tiny)
+                )
+            alpha.copy_(projected)
     if bias is not None:
         bound = 1.0 / math.sqrt(structure.group_channels * math.prod(structure.kernel_size))
         nn.init.uniform_(bias, -bound, bound)
@@ -105,14 +115,14 @@ class StructuredConv2d(nn.Module):
     padding_mode
         Only ``"zeros"`` is supported.
     init
-        How ``alpha`` is initialized. ``"projected"`` (default): ``alpha = g · A⁺ W₀``, the
-        projection of ``nn.Conv2d``'s default kernel ``W₀``, rescaled so the composed kernel
-        ``A · alpha`` has ``W₀``'s norm: an ordinary layer's variance, spread evenly over the
-        structured kernels. ``"pooled"``: ``nn.Conv2d``'s default on ``alpha`` divided by
-        ``√(D·Mh·Mw)`` (the default before issue 17), whose composed kernels are nearly constant
-        over the channel window; trained from scratch it loses 10–40 accuracy points (see
-        :func:`_initialize` and ``docs/experiments.md`` section (e)). For direct training use
-        ``"projected"`` together with :func:`precondition_alpha_gradients`.
+        How ``alpha`` is initialized. ``"projected"`` (default): ``alpha = A⁺ W₀``, the
+        projection of ``nn.Conv2d``'s default kernel ``W₀``, spread evenly over the structured
+        kernels. ``"matched"``: the same rescaled to ``W₀``'s norm (``nn.Conv2d``'s variance).
+        ``"pooled"``: ``nn.Conv2d``'s default on ``alpha`` divided by ``√(D·Mh·Mw)`` (the
+        default before issue 17), whose composed kernels are nearly constant over the channel
+        window; trained from scratch it loses 10–40 accuracy points (see :func:`_initialize`
+        and ``docs/experiments.md`` section (e)). For direct training use ``"projected"``
+        together with :func:`precondition_alpha_gradients`.
 
     Attributes
     ----------
@@ -306,8 +316,8 @@ class StructuredLinear(nn.Module):
     reduced_features
         ``c``: the input features of ``alpha``.
     init
-        ``"projected"`` (default) or ``"pooled"``, as for :class:`StructuredConv2d` with
-        ``nn.Linear``'s default weight as ``W₀``.
+        ``"projected"`` (default), ``"matched"`` or ``"pooled"``, as for
+        :class:`StructuredConv2d` with ``nn.Linear``'s default weight as ``W₀``.
 
     Attributes
     ----------
