@@ -1064,6 +1064,10 @@ the channel projector as window sums and a `c × c` product and only when `c < C
 equal shape are stacked. Direct training: `precondition_alpha_gradients` makes SGD on `alpha`
 the projected SGD step of the composed kernel (gradient hook `(AᵀA)⁻¹`);
 `structured_parameter_groups` only rescales each `alpha`'s learning rate by `1/(D·Mh·Mw)`.
+`StructuredConv2d` / `StructuredLinear` start by default (`init="projected"`) from
+`alpha = A⁺ W₀`, the projection of an ordinary layer's initial kernel; the former init
+(`"pooled"`: Kaiming on `alpha`, divided by `√(D·Mh·Mw)`) made kernels nearly constant over
+the channel window.
 
 The data set of the direct-training table is `tvm_structconv.nn.synthetic.distorted_digits`:
 ten 5×7 digit glyphs drawn on 32×32 through random affine maps (rotation ±26°, scale
