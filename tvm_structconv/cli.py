@@ -430,6 +430,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             device_key=args.device_key,
             calibration=args.calibration,
             measure=not args.no_measure,
+            tries=args.tries,
             rounds=args.rounds,
             progress=progress,
         )
@@ -773,6 +774,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--seed", type=int, default=0, help="weights of a built-in model, inputs")
     plan.add_argument(
         "--rounds", type=int, default=10, help="alternating rounds timing the whole models"
+    )
+    plan.add_argument(
+        "--tries",
+        type=int,
+        default=3,
+        help="planned builds measured at most: each next one corrects the request by how far "
+        "the last missed it (default %(default)s)",
     )
     plan.add_argument(
         "--no-measure",

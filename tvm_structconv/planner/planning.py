@@ -104,6 +104,9 @@ class PlanResult:
         The fitted factor from the table's kernel times to their time in the model.
     device
         ``"local"`` or ``"rpc-<key>"``.
+    tries
+        How many plans were built and measured to find this one
+        (:meth:`Planner.plan_measured`).
     """
 
     model: str
@@ -122,6 +125,7 @@ class PlanResult:
     byte_ms: float = 0.0
     scale: float = 1.0
     device: str = "local"
+    tries: int = 1
 
     def chosen(self, name: str) -> Candidate:
         """The candidate chosen for the layer with weight ``name``."""
@@ -167,6 +171,7 @@ class PlanResult:
                 None if self.byte_ms == 0 else round(1e-6 / self.byte_ms, 3)
             ),
             "damage_kind": self.damage_kind,
+            "tries": self.tries,
         }
 
     def summary(self) -> str:
@@ -189,7 +194,8 @@ class PlanResult:
         lines.append(
             f"{len(self.structured())} of {layers} layers structured; budget "
             f"{self.budget_ms:.4g} ms, original {self.original_ms:.4g} ms, predicted "
-            f"{self.predicted_ms:.4g} ms ({self.device}, {target_key(self.target)})"
+            f"{self.predicted_ms:.4g} ms ({self.device}, {target_key(self.target)}; "
+            f"{self.tries} measured {'build' if self.tries == 1 else 'builds'})"
         )
         measured = (
             f"measured {self.measured_speedup:.2f}x"
@@ -434,6 +440,53 @@ class Planner:
         )
         return result
 
+    def plan_measured(
+        self,
+        speedup: Optional[float] = None,
+        latency_ms: Optional[float] = None,
+        tries: int = 3,
+        tolerance: float = 0.05,
+    ) -> PlanResult:
+        """Plan, measure, and plan again against what was measured (up to ``tries`` builds).
+
+        Kernels timed alone add up to a model's time only approximately (weights that fit
+        in the caches once enough layers shrink, the ops between kernels), so the measured
+        speedup of a plan can miss the request. Each try asks the table for the request
+        scaled by how far the last build missed it; the first build within ``tolerance`` of
+        the request is returned, else the one closest to it (preferring those that meet it).
+        ``result.tries`` says how many builds were measured.
+
+        Raises
+        ------
+        BudgetError
+            If the budget is malformed or unreachable by the table's fastest plan.
+        """
+        check_budget(speedup, latency_ms)
+        wanted = speedup if speedup is not None else self.original_ms / latency_ms
+        goal, results = wanted, []
+        for _ in range(max(1, tries)):
+            try:
+                result = self.plan(latency_ms=self.original_ms / goal)
+            except BudgetError:
+                if not results:
+                    raise
+                break
+            self.measure(result)
+            results.append(result)
+            measured = result.measured_speedup
+            if abs(measured / wanted - 1) <= tolerance:
+                break
+            goal = max(1.0, goal * wanted / measured)
+        best = min(
+            results,
+            key=lambda r: (
+                r.measured_speedup < wanted * (1 - tolerance),
+                abs(r.measured_speedup / wanted - 1),
+            ),
+        )
+        best.tries = len(results)
+        return best
+
 
 def plan_model(
     model: Union[str, os.PathLike, torch.nn.Module],
@@ -442,6 +495,7 @@ def plan_model(
     speedup: Optional[float] = None,
     latency_ms: Optional[float] = None,
     measure: bool = True,
+    tries: int = 3,
     **options,
 ) -> PlanResult:
     """Choose each layer's structure to meet a latency budget on ``target`` at least damage.
@@ -457,6 +511,9 @@ def plan_model(
         The budget, exactly one: a speedup over the original build, or a latency.
     measure
         Compile the planned model and time it against the original.
+    tries
+        Builds measured at most: each next plan corrects the request by how far the last
+        build missed it (:meth:`Planner.plan_measured`).
     **options
         Passed to :class:`Planner`: ``example_input`` (what an ``nn.Module`` is exported
         with), ``image_size`` and ``seed`` (a built-in model's input size and weights; the seed
@@ -477,8 +534,9 @@ def plan_model(
     """
     check_budget(speedup, latency_ms)  # before any work
     planner = Planner(model, target, **options)
-    result = planner.plan(speedup, latency_ms)
-    return planner.measure(result) if measure else result
+    if not measure:
+        return planner.plan(speedup, latency_ms)
+    return planner.plan_measured(speedup, latency_ms, tries=tries)
 
 
 def fit_scale_and_bytes(
