@@ -36,10 +36,17 @@ CUDA = tvm.target.Target("cuda")
         (12, 3, 16, 8, 4),  # a block must stay inside one group of 4 outputs
         (32, 32, 16, 8, 16),  # depthwise: any divisor of the channels
         (7, 1, 16, 8, 7),
+        (12, 2, 16, 8, 6),  # two groups of 6: 12 has more factors of two, but spans both
+        (17, 1, 16, 8, 1),  # a prime above the preference: one channel, never 17
     ],
 )
 def test_divisor_block(out_channels, groups, preferred, lanes, expected):
     assert divisor_block(out_channels, groups, preferred, lanes) == expected
+
+
+def test_divisor_block_without_lanes_is_the_largest_divisor_within_the_preference():
+    assert divisor_block(18, 1, 9) == 9  # not 6, which 2 lanes would prefer
+    assert divisor_block(18, 1, 8) == 6
 
 
 @settings(max_examples=40, deadline=None)
