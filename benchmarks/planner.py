@@ -134,6 +134,7 @@ def run_model(name: str, args: argparse.Namespace) -> Dict[str, object]:
         matched_row = _row("planned", f"at {text}", matched, uniform.measured_speedup)
         matched_row["uniform_damage"] = uniform.total_damage
         rows.append(matched_row)
+        progress(f"planned at {text}'s speedup: {matched.summary().splitlines()[-1]}")
         planned_points.append(
             FrontierPoint(
                 f"= {text}",
@@ -300,7 +301,7 @@ def markdown(models: List[Dict[str, object]], rpc: Optional[Dict[str, object]], 
             if "unreachable" in row:
                 lines.append(
                     f"| {model['model']} | {row['requested']:.2f}x | unreachable: "
-                    f"{row['unreachable']} | | | | |"
+                    f"{row['unreachable']} | | | | | |"
                 )
                 continue
             lines.append(
@@ -407,21 +408,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         }
-        models = [run_model(name, args) for name in args.models.split(",")]
+        models: List[Dict[str, object]] = []
         rpc = None
-        if args.rpc_check:
-            local = next(m for m in models if m["model"] == args.rpc_check)
-            rpc = rpc_check(args.rpc_check, local, args)
-    for model in models:
-        model.pop("planner")
+        stem = args.out_dir / f"planner-{cpu}"
+        for name in args.models.split(","):
+            models.append(run_model(name, args))
+            if name == args.rpc_check:  # right away: its local plans are at hand
+                rpc = rpc_check(name, models[-1], args)
+            models[-1].pop("planner")
+            write(stem, header, models, rpc)  # after every model: a stopped run keeps them
+
+
+def write(stem: pathlib.Path, header, models, rpc) -> None:
+    """Write ``stem``.json and .md with what has been measured so far."""
     text = markdown(models, rpc, header)
-    print(text)
-    stem = args.out_dir / f"planner-{cpu}"
+    print(text, flush=True)
     stem.with_suffix(".json").write_text(
         json.dumps({"header": header, "models": models, "rpc": rpc}, indent=1)
     )
     stem.with_suffix(".md").write_text(text)
-    print(f"wrote {stem}.json and .md")
+    print(f"wrote {stem}.json and .md", flush=True)
 
 
 if __name__ == "__main__":
