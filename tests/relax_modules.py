@@ -51,18 +51,21 @@ def calls(mod: tvm.IRModule, op_name: str) -> list[relax.Call]:
 
 
 def fused_conv_module(
-    x_shape, compute, weight: np.ndarray, layout_transposes: bool = False
+    x_shape, compute, weight: np.ndarray, layout_transposes: bool = False, nchw_input: bool = False
 ) -> tvm.IRModule:
     """What the conv rewrites emit: ``main(x) = call_te(compute, x, const(weight))``.
 
     With ``layout_transposes``, between the NCHW→NHWC ``permute_dims`` of ``x`` and the one back
-    that ``relax.transform.ConvertLayout`` leaves around an NHWC conv.
+    that ``relax.transform.ConvertLayout`` leaves around an NHWC conv; with ``nchw_input`` too,
+    the op reads ``x`` itself (a few-channel input, read as NHWC inside the op) and only the
+    transpose back remains.
     """
     x = relax.Var("x", relax.TensorType(x_shape, "float32"))
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            data = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1])) if layout_transposes else x
+            transposed = layout_transposes and not nchw_input
+            data = builder.emit(relax.op.permute_dims(x, [0, 2, 3, 1])) if transposed else x
             call = builder.call_te(
                 compute, data, relax.const(weight), primfunc_name_hint="structured_conv2d"
             )

@@ -71,18 +71,27 @@ def test_nchw_compute_equals_conv_with_composed_kernel(case, seed):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@settings(max_examples=30)
-@given(conv_cases(), st.integers(0, 2**31 - 1), st.integers(1, 8))
-def test_nhwc_compute_with_packed_alpha_equals_conv(case, seed, preferred):
+@settings(max_examples=40)
+@given(
+    conv_cases(), st.integers(0, 2**31 - 1), st.integers(1, 8), st.sampled_from(["NHWC", "NCHW"])
+)
+def test_nhwc_compute_with_packed_alpha_equals_conv(case, seed, preferred, data_layout):
+    """NHWC output from NHWC data, or from NCHW data read as NHWC by the padding stage."""
     structure, out_channels, geometry = case
     x, alpha, expected = conv_case(structure, out_channels, geometry, seed)
     block = divisor_block(alpha.shape[0], structure.groups, preferred)
     packed = ops.pack_alpha(alpha, block)
     got = run_te(
         lambda data, a: ops.structured_conv2d_nhwc(
-            data, a, structure, geometry.stride, geometry.padding, geometry.dilation
+            data,
+            a,
+            structure,
+            geometry.stride,
+            geometry.padding,
+            geometry.dilation,
+            data_layout=data_layout,
         ),
-        [x.transpose(0, 2, 3, 1).copy(), packed],
+        [x.transpose(0, 2, 3, 1).copy() if data_layout == "NHWC" else x, packed],
     )
     np.testing.assert_allclose(got, expected.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
 

@@ -7,8 +7,10 @@ The pipeline (:func:`prepare_module`, then :func:`compile_model`):
    (:class:`~tvm_structconv.transform.ExpandClip`) so that ``relax.transform.ConvertLayout``
    carries NHWC through ReLU6 too; transposes the model makes itself are moved down through
    elementwise ops until they cancel (:func:`~tvm_structconv.transform.sink_transposes`);
-   layout transposes remain only at the model's input and where a tensor leaves the conv part
-   (before ``flatten``);
+   layout transposes remain only where a tensor leaves the conv part (before ``flatten``) and
+   at a model input of more than a few channels (an image input is read in its NCHW layout
+   by the first conv's padding stage:
+   :data:`~tvm_structconv.transform.conv_call.NCHW_INPUT_MAX_CHANNELS`);
 3. rewrite every structured conv / linear
    (:func:`~tvm_structconv.transform.rewrite_structured_conv`),
    then every other conv as the same fused op with the trivial structure

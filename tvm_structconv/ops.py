@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
 import numpy as np
-from tvm import te, topi
+from tvm import te, tirx, topi
 
 from tvm_structconv.structure import Structure
 
@@ -272,6 +272,28 @@ def _pad(data: te.Tensor, padding: Sequence[int], layout: str) -> te.Tensor:
     return topi.nn.pad(data, before, after, name="pad")
 
 
+def _pad_nchw_as_nhwc(data: te.Tensor, padding: Sequence[int]) -> te.Tensor:
+    """An NCHW tensor zero-padded by ``(top, left, bottom, right)`` and read as NHWC, one stage.
+
+    The stage is named ``pad`` like :func:`_pad`'s, so the conv schedules treat it alike (copied
+    per task next to its use, or inlined into the first window sum): the layout change of a
+    model's NCHW input then costs no pass of its own.
+    """
+    top, left, bottom, right = (int(p) for p in padding)
+    batch, channels, height, width = (int(d) for d in data.shape)
+
+    def value(b, y, x, c):
+        inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
+        return tirx.if_then_else(inside, data[b, c, y - top, x - left], tirx.const(0, data.dtype))
+
+    if not any((top, left, bottom, right)):
+        return te.compute(
+            (batch, height, width, channels), lambda b, y, x, c: data[b, c, y, x], name="pad"
+        )
+    shape = (batch, height + top + bottom, width + left + right, channels)
+    return te.compute(shape, value, name="pad")
+
+
 def _subsample(data: te.Tensor, stride_h: int, stride_w: int) -> te.Tensor:
     """Every ``stride_h``-th row and ``stride_w``-th column of an NHWC tensor."""
     batch, height, width, channels = data.shape
@@ -293,13 +315,16 @@ def structured_conv2d_nhwc(
     padding: Sequence[int] = (0, 0, 0, 0),
     dilation: Sequence[int] = (1, 1),
     out_dtype: Optional[str] = None,
+    data_layout: str = "NHWC",
 ) -> te.Tensor:
     """``conv2d(data, compose(alpha))`` computed as ``conv2d(S, alpha)``, NHWC in and out.
 
     Parameters
     ----------
     data
-        Input ``(B, H, W, in_channels)``.
+        Input ``(B, H, W, in_channels)``, or ``(B, in_channels, H, W)`` with
+        ``data_layout="NCHW"`` (a model's input, read as NHWC by the padding stage: no
+        transpose of its own).
     packed_alpha
         The small kernel packed by :func:`pack_alpha`: ``(Cout/block, nh, nw, c/groups, block)``.
     structure
@@ -310,11 +335,16 @@ def structured_conv2d_nhwc(
         ``(top, left, bottom, right)``, as in Relax's ``conv2d`` attributes.
     out_dtype
         Accumulation and output dtype; defaults to the input's.
+    data_layout
+        ``"NHWC"`` or ``"NCHW"``: the layout of ``data``; the output is NHWC either way.
     """
     out_dtype = out_dtype or data.dtype
     stride_h, stride_w = (int(s) for s in strides)
     dilation_h, dilation_w = (int(d) for d in dilation)
-    padded = _pad(data, padding, "NHWC")
+    if _check_layout(data_layout) == "NCHW":
+        padded = _pad_nchw_as_nhwc(data, padding)
+    else:
+        padded = _pad(data, padding, "NHWC")
     if (
         not structure.is_trivial
         and structure.kernel_size == (1, 1)

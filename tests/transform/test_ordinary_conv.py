@@ -8,12 +8,14 @@ rewritten NHWC conv compiled and run against torch is in
 import functools
 
 import numpy as np
+import pytest
 import tvm
 from tvm import relax
 
 from tvm_structconv import ops
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform import RewriteOrdinaryConv, rewrite_ordinary_conv
+from tvm_structconv.transform.conv_call import NCHW_INPUT_MAX_CHANNELS
 
 from relax_modules import conv2d_module as module
 from relax_modules import fused_conv_module
@@ -38,27 +40,33 @@ def test_nchw_conv_becomes_the_trivial_structured_op():
     tvm.ir.assert_structural_equal(RewriteOrdinaryConv()(before), expected, map_free_vars=True)
 
 
-def test_nhwc_conv_after_convert_layout_matches_expected_module():
+@pytest.mark.parametrize("channels", [3, 6])
+def test_nhwc_conv_after_convert_layout_matches_expected_module(channels):
     """The OHWI weight under ``permute_dims`` is read back as OIHW and packed in blocks of 4
-    output channels; the layout transposes ConvertLayout put around the conv stay."""
-    weight = np.random.default_rng(1).standard_normal((8, 3, 3, 2)).astype("float32")
-    before = module((1, 3, 9, 7), relax.const(weight), strides=2, padding=(1, 0, 2, 1), dilation=1)
+    output channels; the transpose back to NCHW that ConvertLayout puts after the conv stays,
+    the one before it only for an input of more than ``NCHW_INPUT_MAX_CHANNELS`` channels
+    (fewer, an image, the op reads in its NCHW layout)."""
+    weight = np.random.default_rng(1).standard_normal((8, channels, 3, 2)).astype("float32")
+    shape = (1, channels, 9, 7)
+    before = module(shape, relax.const(weight), strides=2, padding=(1, 0, 2, 1), dilation=1)
     before = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(before)
     actual, report = rewrite_ordinary_conv(before, lambda out_channels, groups, width: 4)
 
+    nchw_input = channels <= NCHW_INPUT_MAX_CHANNELS
     compute = functools.partial(
         ops.structured_conv2d_nhwc,
-        structure=Structure(3, (3, 2), 3, (3, 2)),
+        structure=Structure(channels, (3, 2), channels, (3, 2)),
         strides=[2, 2],
         padding=[1, 0, 2, 1],
         dilation=[1, 1],
         out_dtype="float32",
+        **({"data_layout": "NCHW"} if nchw_input else {}),
     )
     expected = fused_conv_module(
-        (1, 3, 9, 7), compute, ops.pack_alpha(weight, 4), layout_transposes=True
+        shape, compute, ops.pack_alpha(weight, 4), layout_transposes=True, nchw_input=nchw_input
     )
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
-    assert report.rewritten == [(8, 3, 3, 2)] and report.skipped == []
+    assert report.rewritten == [(8, channels, 3, 2)] and report.skipped == []
     tvm.ir.assert_structural_equal(
         RewriteOrdinaryConv(lambda *_: 4)(before), expected, map_free_vars=True
     )  # the pass form

@@ -70,7 +70,8 @@ def test_ir_matches_expected_module():
 
 def test_nhwc_conv_after_convert_layout_matches_expected_module():
     """ConvertLayout leaves permute_dims around the conv and on its weight; the NHWC op takes
-    alpha packed in blocks of output channels (here 4, from ``block_size``)."""
+    alpha packed in blocks of output channels (here 4, from ``block_size``) and reads the
+    4-channel input in its NCHW layout (no transpose before it)."""
     structure = Structure(4, 3, 2, 2)
     alpha = np.random.default_rng(2).standard_normal(structure.alpha_shape(8))
     weight = structure.compose(alpha).astype("float32")
@@ -96,8 +97,11 @@ def test_nhwc_conv_after_convert_layout_matches_expected_module():
         padding=[1, 0, 2, 1],
         dilation=[1, 1],
         out_dtype="float32",
+        data_layout="NCHW",
     )
-    expected = fused_conv_module((1, 4, 9, 7), compute, packed, layout_transposes=True)
+    expected = fused_conv_module(
+        (1, 4, 9, 7), compute, packed, layout_transposes=True, nchw_input=True
+    )
     tvm.ir.assert_structural_equal(actual, expected, map_free_vars=True)
     tvm.ir.assert_structural_equal(
         RewriteStructuredConv(manifest, {constant: "w"}, block_size=lambda *_: 4)(before),

@@ -32,6 +32,7 @@ from tvm_structconv.schedules.packing import BlockSize, padded_channels, portabl
 from tvm_structconv.structure import Structure
 
 __all__ = [
+    "NCHW_INPUT_MAX_CHANNELS",
     "Conv2dCall",
     "LinearCall",
     "bound_value",
@@ -41,6 +42,12 @@ __all__ = [
     "read_linear",
     "static_shape",
 ]
+
+
+#: An NHWC conv reads an NCHW input of at most this many channels directly (image inputs:
+#: grey, RGB, RGBA), the layout change inside its padding stage; wider NCHW tensors keep their
+#: transpose (a gather per channel vector would cost more than the pass it saves).
+NCHW_INPUT_MAX_CHANNELS = 4
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,11 @@ class Conv2dCall:
         The output dtype.
     out_shape
         The output shape.
+    nchw_data
+        For an NHWC conv whose input is ``permute_dims(x, [0, 2, 3, 1])`` of an NCHW ``x`` of
+        at most :data:`NCHW_INPUT_MAX_CHANNELS` channels (a model's image input after
+        ``ConvertLayout``): ``x``, which the fused op reads directly, so the transpose is left
+        without a use.
     """
 
     data: relax.Expr
@@ -75,6 +87,7 @@ class Conv2dCall:
     groups: int
     out_dtype: str
     out_shape: Tuple[int, ...]
+    nchw_data: Optional[relax.Expr] = None
 
     @property
     def pixels(self) -> int:
@@ -132,6 +145,7 @@ def read_conv2d(
         return f"layout {'/'.join(layouts)} is not NCHW/OIHW/NCHW or NHWC/*/NHWC"
     kernel = array.transpose([layouts[1].index(axis) for axis in "OIHW"])
     return Conv2dCall(
+        nchw_data=_nchw_input(data, lookup) if layout == "NHWC" else None,
         data=data,
         constant=weight,
         kernel=np.ascontiguousarray(kernel),
@@ -143,6 +157,24 @@ def read_conv2d(
         out_dtype=str(call.ty.dtype),
         out_shape=tuple(int(d) for d in call.ty.shape),
     )
+
+
+def _nchw_input(
+    data: relax.Expr, lookup: Callable[[relax.Var], Optional[relax.Expr]]
+) -> Optional[relax.Expr]:
+    """``x`` when ``data`` is ``permute_dims(x, [0, 2, 3, 1])`` of a few-channel NCHW ``x``."""
+    value = bound_value(data, lookup)
+    if not (
+        isinstance(value, relax.Call)
+        and value.op.same_as(tvm.ir.Op.get("relax.permute_dims"))
+        and value.attrs.axes is not None
+        and [int(a) for a in value.attrs.axes] == [0, 2, 3, 1]
+    ):
+        return None
+    shape = static_shape(value.args[0])
+    if shape is None or len(shape) != 4 or shape[1] > NCHW_INPUT_MAX_CHANNELS:
+        return None
+    return value.args[0]
 
 
 def bound_value(
@@ -188,10 +220,12 @@ def emit_conv2d(
         alpha = np.concatenate(
             [alpha, np.zeros((padded - out_channels, *alpha.shape[1:]), alpha.dtype)]
         )
+    if conv.nchw_data is not None:
+        settings["data_layout"] = "NCHW"
     compute = functools.partial(ops.structured_conv2d_nhwc, **settings)
     out = builder.call_te(
         compute,
-        conv.data,
+        conv.data if conv.nchw_data is None else conv.nchw_data,
         relax.const(ops.pack_alpha(alpha, block)),
         primfunc_name_hint="structured_conv2d",
     )
