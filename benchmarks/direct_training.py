@@ -117,8 +117,12 @@ def markdown(results: Dict[str, List[Dict[str, float]]], header: str) -> str:
             values = [run[variant] for run in runs if variant in run]
             if not values:
                 continue
-            paired = [run[variant] - run["two-step"] for run in runs if variant in run]
-            difference = pm(paired) if variant != "two-step" and "two-step" in runs[0] else ""
+            paired = [
+                run[variant] - run["two-step"]
+                for run in runs
+                if variant in run and "two-step" in run
+            ]
+            difference = pm(paired) if variant != "two-step" and paired else ""
             lines.append(
                 f"| `{plan_text}` | {variant} | {len(values)} | {pm(values)} | {difference} |"
             )
@@ -157,18 +161,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--scaled-lr", action="store_true", help="structured_parameter_groups")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="add these variants' accuracies to the same seeds of the existing "
+        "direct_training.json (same epochs and training size) instead of starting afresh",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    previous: Dict[str, List[Dict[str, float]]] = {}
+    if args.update:
+        stored = json.loads((args.out / "direct_training.json").read_text())
+        for key in ("epochs", "train_size", "scaled_lr"):
+            if stored["config"][key] != getattr(args, key):
+                parser.error(f"--update: the stored run has {key}={stored['config'][key]}")
+        previous = stored["results"]
     results: Dict[str, List[Dict[str, float]]] = {}
     for seed in range(args.seeds):
         for plan_text in args.plans:
-            results.setdefault(plan_text, []).append(
-                run_seed(
-                    plan_text, seed, args.epochs, args.train_size, args.scaled_lr, args.variants
-                )
+            run = run_seed(
+                plan_text, seed, args.epochs, args.train_size, args.scaled_lr, args.variants
             )
-            print(plan_text, seed, results[plan_text][-1], flush=True)
+            if seed < len(previous.get(plan_text, [])):
+                run = {**previous[plan_text][seed], **run}
+            results.setdefault(plan_text, []).append(run)
+            print(plan_text, seed, run, flush=True)
         text = write(results, args, (time.perf_counter() - start) / 60)
     print(text)
     return 0
