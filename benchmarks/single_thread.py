@@ -8,10 +8,14 @@ multi-thread scaling: ``benchmarks/zoo.py --time`` measures that (2 threads, eac
 its own process), and needs a quiet machine.
 
 Each family (torchvision / timm definition, random weights, 224×224) is exported to ONNX once
-as it is and once ``structurize``d with its speed plan (``tvm_structconv.zoo.FAMILIES``).
+as it is and once ``structurize``d with its speed plan (``tvm_structconv.zoo.FAMILIES``); a
+name that is not a family is a built-in model (``structconv models``) with the default plan.
+onnxruntime runs the original model and, as plain unfused ops (AveragePool + small Conv,
+:mod:`tvm_structconv.onnx_structured`), the structured one.
 
     python benchmarks/single_thread.py                       # the eight families of the speed table
     python benchmarks/single_thread.py --families resnet50 --calls 50
+    python benchmarks/single_thread.py --families resnet18,resnet50   # built-in models too
 
 Writes ``benchmarks/results/single_thread-<cpu>.{md,json}``.
 """
@@ -41,12 +45,22 @@ FAMILIES = (
     "densenet121",
     "resnext50",
 )
-RUNTIMES = ("tvm_original", "tvm_structured", "onnxruntime")
+RUNTIMES = ("tvm_original", "tvm_structured", "onnxruntime", "onnxruntime_structured")
+
+
+def create(name: str):
+    """``(model, speed plan)``: a model-zoo family (random weights) or a built-in model."""
+    from tvm_structconv.models import DEFAULT_PLAN, create_model
+    from tvm_structconv.zoo import FAMILIES as ZOO
+    from tvm_structconv.zoo import create as create_family
+
+    if name in ZOO:
+        return create_family(name, 0), ZOO[name].speed_plan
+    return create_model(name).eval(), DEFAULT_PLAN
 
 
 def runners(family: str, folder: Path) -> Dict[str, Callable[[], object]]:
     """One zero-argument callable per runtime, on the same random 224×224 input."""
-    import onnxruntime
     import torch
     import tvm
 
@@ -55,15 +69,15 @@ def runners(family: str, folder: Path) -> Dict[str, Callable[[], object]]:
     from tvm_structconv.manifest import Manifest
     from tvm_structconv.models import model_cost
     from tvm_structconv.nn import structurize
+    from tvm_structconv.peers import PeerUnavailable, onnxruntime_runner
     from tvm_structconv.plan import Plan
-    from tvm_structconv.zoo import FAMILIES as ZOO
-    from tvm_structconv.zoo import create, export_model
+    from tvm_structconv.zoo import export_model
 
     torch.set_num_threads(1)
     example = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    model = create(family, 0)
+    model, plan = create(family)
     original = export_model(model, example, Manifest({}), folder, family, "torchscript")
-    structured_model, manifest = structurize(model, Plan.parse(ZOO[family].speed_plan))
+    structured_model, manifest = structurize(model, Plan.parse(plan))
     structured = export_model(
         structured_model, example, manifest, folder, f"{family}-structured", "torchscript"
     )
@@ -77,13 +91,13 @@ def runners(family: str, folder: Path) -> Dict[str, Callable[[], object]]:
         main = compiled.load()["main"]
         data = tvm.runtime.tensor(x, compiled.device())
         calls[name] = lambda main=main, data=data: main(data)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
-        str(original), options, providers=["CPUExecutionProvider"]
-    )
-    feed = {session.get_inputs()[0].name: x}
-    calls["onnxruntime"] = lambda: session.run(None, feed)
+    calls["onnxruntime"] = onnxruntime_runner(str(original), [x], 1, structured=False)
+    try:
+        calls["onnxruntime_structured"] = onnxruntime_runner(
+            str(structured), [x], 1, structured=True
+        )
+    except PeerUnavailable as reason:  # e.g. structured Linear layers: no unfused ONNX form
+        print(f"[{family}] onnxruntime structured: {reason}", file=sys.stderr, flush=True)
     cost = model_cost(model, manifest.structures(model), tuple(example.shape))
     calls["mac_ratio"] = cost.mac_ratio
     return calls
@@ -112,6 +126,11 @@ def time_family(family: str, calls: int, warmup: int = 3) -> dict:
         "ort_over_tvm_original": best["onnxruntime"] / best["tvm_original"],
         "original_over_structured": best["tvm_original"] / best["tvm_structured"],
         "ort_over_tvm_structured": best["onnxruntime"] / best["tvm_structured"],
+        "ort_unfused_over_tvm_structured": (
+            best["onnxruntime_structured"] / best["tvm_structured"]
+            if "onnxruntime_structured" in best
+            else None
+        ),
     }
 
 
@@ -119,8 +138,9 @@ def table(rows: List[dict]) -> str:
     """Markdown: minima (medians) in ms and the ratios of minima; above 1: ours faster."""
     lines = [
         "| family | TVM original ms | onnxruntime ms | ORT / TVM original | TVM structured ms "
-        "| TVM original / structured (MAC ratio) | ORT / TVM structured |",
-        "|---|---|---|---|---|---|---|",
+        "| TVM original / structured (MAC ratio) | ORT / TVM structured "
+        "| ORT unfused structured ms | ORT unfused structured / TVM structured |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         best, median = row["min_ms"], row["median_ms"]
@@ -130,7 +150,13 @@ def table(rows: List[dict]) -> str:
             f"| {row['ort_over_tvm_original']:.2f}x "
             f"| {best['tvm_structured']:.2f} ({median['tvm_structured']:.2f}) "
             f"| {row['original_over_structured']:.2f}x ({row['mac_ratio']:.2f}) "
-            f"| {row['ort_over_tvm_structured']:.2f}x |"
+            f"| {row['ort_over_tvm_structured']:.2f}x "
+            + (
+                f"| {best['onnxruntime_structured']:.2f} ({median['onnxruntime_structured']:.2f}) "
+                f"| {row['ort_unfused_over_tvm_structured']:.2f}x |"
+                if row["ort_unfused_over_tvm_structured"] is not None
+                else "| n/a | n/a |"
+            )
         )
     return "\n".join(lines)
 
