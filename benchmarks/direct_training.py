@@ -138,8 +138,9 @@ def write(
         f"Generated 32×32 digits (`tvm_structconv.nn.synthetic.distorted_digits`), "
         f"{args.train_size} training / 2000 test images per seed, {args.epochs} epochs, "
         f"{'/'.join(map(str, seeds))} of {args.seeds} seeds; test accuracy, mean ± s.e. over "
-        f"seeds (differences paired). {minutes:.0f} min, torch {torch.__version__}, "
-        f"{args.threads} thread(s)."
+        f"seeds (differences paired). {minutes:.0f} min"
+        f"{' (this invocation, which added variants with --update)' if args.update else ''}, "
+        f"torch {torch.__version__}, {args.threads} thread(s)."
     )
     args.out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
