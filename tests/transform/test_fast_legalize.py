@@ -56,3 +56,11 @@ def test_the_scheduled_pipeline_uses_it():
             unary_module(relax.op.nn.gelu, "float32", (4, 16))
         )
     assert prim_funcs(fused) and all("T.erf(" not in f.script() for f in prim_funcs(fused))
+
+
+@pytest.mark.parametrize("op", [relax.op.nn.gelu, relax.op.erf], ids=["gelu", "erf"])
+def test_float16_legalizes_without_an_erf_call_in_float16(op):
+    fast = legalize_ops()(unary_module(op, "float16"))
+    (func,) = prim_funcs(fast)
+    assert "T.erf(" not in func.script()
+    assert "float32" not in func.script()  # every constant in the tensor's dtype

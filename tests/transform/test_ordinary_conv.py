@@ -88,3 +88,19 @@ def test_conv_with_a_computed_weight_is_left_alone():
     assert report.summary() == [
         "1 conv left to TVM's own conv2d (weight is not a constant): conv2d #1 (2x2x3x3)"
     ]
+
+
+def test_the_pass_leaves_linear_layers_unless_asked():
+    x = relax.Var("x", relax.TensorType((2, 8), "float32"))
+    weight = relax.const(np.ones((3, 8), "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            rhs = builder.emit(relax.op.permute_dims(weight, [1, 0]))
+            out = builder.emit_output(builder.emit(relax.op.matmul(x, rhs)))
+        builder.emit_func_output(out)
+    mod = builder.get()
+    assert RewriteOrdinaryConv()(mod).same_as(mod)
+    expected, report = rewrite_ordinary_conv(mod, linear_as_conv=True)
+    assert report.rewritten == [(3, 8, 1, 1)]
+    tvm.ir.assert_structural_equal(RewriteOrdinaryConv(linear_as_conv=True)(mod), expected)

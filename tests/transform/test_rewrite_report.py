@@ -149,3 +149,26 @@ def test_a_linear_layer_of_symbolic_shape_is_skipped_with_the_reason():
         False,
         "input or output shape is not static",
     )
+
+
+def test_unnamed_weights_are_numbered_in_order_and_a_named_odd_constant_keeps_its_name():
+    mod, _ = two_conv_module(random_weight(8), random_weight(9))
+    _, report = rewrite_structured_conv(mod, Manifest({}))
+    assert [layer.name for layer in report.layers] == [
+        "conv2d #1 (4x4x3x3)",
+        "conv2d #2 (4x4x3x3)",
+    ]
+    x = relax.Var("x", relax.TensorType((2, 3), "float32"))
+    named, unnamed = (relax.const(np.ones((2, 3, 4), "float32")) for _ in range(2))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            a = builder.emit(relax.op.matmul(x, named))
+            b = builder.emit(relax.op.matmul(x, unnamed))
+            out = builder.emit_output(builder.emit(relax.op.add(a, b)))
+        builder.emit_func_output(out)
+    _, report = rewrite_structured_conv(builder.get(), Manifest({}), {named: "odd.weight"})
+    assert [(layer.name, layer.kind) for layer in report.layers] == [
+        ("odd.weight", "linear"),
+        ("matmul #1 (2x3x4)", "linear"),
+    ]
