@@ -71,3 +71,16 @@ def test_the_pixel_tile_leaves_registers_for_the_unrolled_channels_weights():
     unrolled = tiling.choose_tiling(1, 14, 14, 8, 8, aarch64, channel_unroll=4)
     assert unrolled.pixels == 7
     assert tiling.choose_tiling(1, 14, 14, 8, 8, aarch64, channel_unroll=1).pixels == 14
+
+
+def test_a_block_too_wide_for_the_registers_still_gets_one_pixel():
+    # 64 outputs on AVX2 = 8 ymm of weights: (16 - 8 - 2) // 8 = 0 pixels fit; one is taken
+    assert tiling.pixel_budget(64, 8, 16) == 1
+
+
+@pytest.mark.parametrize("width", [7, 14, 56])
+def test_channel_blocks_are_at_most_two_registers_and_depthwise_ones_whole(width):
+    for outputs in (24, 48, 96):  # 3, 6 and 12 AVX2 registers of outputs
+        assert tiling.channel_block(AVX2, outputs, 1, width) <= 2 * 8
+    depthwise = tiling.channel_block(AVX2, 32, 32, width)  # one output per group
+    assert depthwise % 8 == 0 and 32 % depthwise == 0
