@@ -102,8 +102,9 @@ def conv_calls(mod: tvm.IRModule, target: tvm.target.Target) -> List[Tuple[str, 
 
     ``mod`` is what :func:`~tvm_structconv.build.prepare_module` returns; it is taken through
     :func:`fuse`, so each function is a conv as the scheduled build compiles it: with its fused
-    epilogue (bias, ReLU, residual add), in the target's layout, before any schedule. The k-th
-    call is the k-th conv or Linear layer of the rewrite's report, in either build.
+    epilogue (bias, ReLU, residual add), in the target's layout, before any schedule. Calls
+    are in the model's call order, which is not always the rewrite report's order (a ResNet
+    block's downsample conv is reported first and called last).
     """
     fused = fuse(mod, target)
     functions = {

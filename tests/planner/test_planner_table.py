@@ -4,12 +4,21 @@ TVM, the threads or the schedules change."""
 import shutil
 
 import pytest
+import torch
+import torch.nn as nn
 import tvm
 
 import tvm_structconv.schedules as schedules
 from tvm_structconv.planner.planning import table_header
 from tvm_structconv.planner.source import ModelSource
-from tvm_structconv.planner.table import KernelCache, measure_table, schedules_hash
+from tvm_structconv.planner.table import (
+    KernelCache,
+    _expected,
+    _layers,
+    _signature,
+    measure_table,
+    schedules_hash,
+)
 from tvm_structconv.planner.timers import LocalTimer
 from tvm_structconv.targets import make_target
 
@@ -98,3 +107,38 @@ def test_an_unreadable_cache_is_measured_again(tmp_path, content):
     path.write_text(content)
     cache = KernelCache.open(path, {"target": "x"})
     assert cache.kernels == {} and cache.dropped
+
+
+class Block(nn.Module):
+    """A ResNet basic block with a downsample branch: the rewrite reports the downsample conv
+    first, the fused model calls it last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.downsample = nn.Conv2d(8, 16, 1, stride=2)
+
+    def forward(self, x):
+        out = self.conv2(torch.relu(self.conv1(x)))
+        return torch.relu(out + self.downsample(x))
+
+
+def test_each_layer_gets_the_kernel_of_its_own_shape_whatever_the_report_order(tmp_path):
+    target = make_target("x86")
+    torch.manual_seed(0)
+    table = measure_table(
+        ModelSource(Block().eval(), torch.randn(1, 8, 8, 8)),
+        target,
+        CountingTimer(),
+        table_header(target, 1),
+        tmp_path / "table.json",
+    )
+    layers, kernels = _layers(ModelSource(Block().eval(), torch.randn(1, 8, 8, 8)), target)
+    for layer in layers:
+        assert _signature(kernels[layer.name]) == _expected(layer.weight_shape, None)
+    assert {layer.name for layer in table.layers} == {
+        "conv1.weight",
+        "conv2.weight",
+        "downsample.weight",
+    }

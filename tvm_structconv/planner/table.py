@@ -4,8 +4,8 @@ For every family of candidates (:data:`~tvm_structconv.planner.layers.FAMILIES`)
 imported with each layer's member of the family projected onto it and taken through the
 compiler's own passes (:func:`~tvm_structconv.build.prepare_module`: BatchNorm folding, NHWC
 layout planning, the structured and ordinary rewrites, alpha packed at compile time), then
-through TVM's fusion (:func:`~tvm_structconv.tune.conv_calls`). The k-th conv call is the k-th
-layer: its fused function, with the epilogue fusion gave it (bias, ReLU, residual add), is the
+through TVM's fusion (:func:`~tvm_structconv.tune.conv_calls`). Each layer's conv call is
+found by its kernel's shape, in call order among equal shapes: its fused function, with the epilogue fusion gave it (bias, ReLU, residual add), is the
 kernel the compiled model runs for that layer and candidate. Each distinct kernel is compiled
 with the hand schedules (:class:`~tvm_structconv.transform.ApplySchedules`, what a compile
 without tuning log applies) and timed on the target (:mod:`tvm_structconv.planner.timers`).
@@ -32,6 +32,7 @@ from tvm_structconv.build import prepare_module
 from tvm_structconv.planner.layers import FAMILIES, Candidate, Layer
 from tvm_structconv.planner.source import ModelSource
 from tvm_structconv.schedules.packing import conv_layout
+from tvm_structconv.structure import Structure
 from tvm_structconv.tune import conv_calls
 from tvm_structconv.tuning_logs import user_logs_dir
 
@@ -156,6 +157,46 @@ class LatencyTable:
         return sum(self.latency_ms[layer.name][0] for layer in self.layers)
 
 
+def _signature(func: tvm.tirx.PrimFunc) -> Tuple[int, ...]:
+    """``(kh, kw, input channels per group, output channels)`` of a fused conv function, read
+    from its packed ``alpha`` (``K/block × kh × kw × C/groups × block``) and its output."""
+    alpha = [int(d) for d in func.params[1].shape]
+    return (alpha[1], alpha[2], alpha[3], int(func.params[-1].shape[-1]))
+
+
+def _expected(weight_shape: Tuple[int, ...], structure: Optional[Structure]) -> Tuple[int, ...]:
+    """The :func:`_signature` a layer's kernel has under ``structure`` (``None``: leave it)."""
+    if structure is not None:
+        kh, kw = structure.reduced_kernel_size
+        return (kh, kw, structure.group_reduced_channels, weight_shape[0])
+    kh, kw = (1, 1) if len(weight_shape) == 2 else weight_shape[2:4]
+    return (kh, kw, weight_shape[1], weight_shape[0])
+
+
+def _match(
+    names: List[str],
+    calls: List[Tuple[str, tvm.tirx.PrimFunc]],
+    expected: Dict[str, Tuple[int, ...]],
+) -> Dict[str, tvm.tirx.PrimFunc]:
+    """Each layer's conv call: the first unused call of its signature, in order.
+
+    The rewrite reports layers in the order it visits them, which is not always the order
+    the fused model calls them (a ResNet block's downsample conv is reported first and called
+    last), so calls are matched by their kernel's shape, in order among equal shapes.
+    """
+    unused = list(calls)
+    found = {}
+    for name in names:
+        for position, (_call, func) in enumerate(unused):
+            if _signature(func) == expected[name]:
+                found[name] = func
+                del unused[position]
+                break
+        else:
+            raise RuntimeError(f"no conv call after fusion has the kernel of {name}")
+    return found
+
+
 def _layers(
     source: ModelSource, target: tvm.target.Target
 ) -> Tuple[List[Layer], Dict[str, tvm.tirx.PrimFunc]]:
@@ -169,15 +210,14 @@ def _layers(
             f"{len(reported)} conv / linear layers but {len(calls)} conv calls after fusion"
         )
     weights = imported.weights()
-    layers, kernels = [], {}
-    for report, (_name, func) in zip(reported, calls):
+    names = [report.name for report in reported]
+    expected = {name: _expected(weights[name][0].shape, None) for name in names}
+    kernels = _match(names, calls, expected)
+    layers = []
+    for report in reported:
         weight, groups = weights[report.name]
-        output = tuple(int(d) for d in func.params[-1].shape)
-        layer = Layer(report.name, report.kind, tuple(weight.shape), groups, output)
-        if output[-1] != weight.shape[0]:
-            raise RuntimeError(f"conv call of {report.name} has output {output}")
-        layers.append(layer)
-        kernels[report.name] = func
+        output = tuple(int(d) for d in kernels[report.name].params[-1].shape)
+        layers.append(Layer(report.name, report.kind, tuple(weight.shape), groups, output))
     return layers, kernels
 
 
@@ -228,9 +268,18 @@ def measure_table(
         structures = {name: candidates[name][index].structure for name, index in wanted.items()}
         prepared = prepare_module(source.imported(structures), True, layout=conv_layout(target))
         calls = conv_calls(prepared.mod, target)
-        for report, (_name, func) in zip(prepared.report.layers, calls):
-            if report.rewritten and report.name in wanted:
-                kernels[(report.name, wanted[report.name])] = func
+        rewritten = {report.name for report in prepared.report.rewritten}
+        names = [report.name for report in prepared.report.layers]
+        shapes = {layer.name: layer.weight_shape for layer in layers}
+        expected = {
+            name: _expected(
+                shapes[name], structures[name] if name in rewritten and name in wanted else None
+            )
+            for name in names
+        }
+        for name, func in _match(names, calls, expected).items():
+            if name in rewritten and name in wanted:
+                kernels[(name, wanted[name])] = func
     keys = {slot: kernel_key(func) for slot, func in kernels.items()}
     missing = {key: kernels[slot] for slot, key in keys.items() if key not in cache.kernels}
     reused = len(set(keys.values())) - len(missing)
