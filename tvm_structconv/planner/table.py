@@ -5,8 +5,9 @@ imported with each layer's member of the family projected onto it and taken thro
 compiler's own passes (:func:`~tvm_structconv.build.prepare_module`: BatchNorm folding, NHWC
 layout planning, the structured and ordinary rewrites, alpha packed at compile time), then
 through TVM's fusion (:func:`~tvm_structconv.tune.conv_calls`). Each layer's conv call is
-found by its kernel's shape, in call order among equal shapes: its fused function, with the epilogue fusion gave it (bias, ReLU, residual add), is the
-kernel the compiled model runs for that layer and candidate. Each distinct kernel is compiled
+found by its kernel's shape, in call order among equal shapes: its fused function, with the
+epilogue fusion gave it (bias, ReLU, residual add), is the kernel the compiled model runs for
+that layer and candidate. Each distinct kernel is compiled
 with the hand schedules (:class:`~tvm_structconv.transform.ApplySchedules`, what a compile
 without tuning log applies) and timed on the target (:mod:`tvm_structconv.planner.timers`).
 
