@@ -19,7 +19,7 @@ from tvm_structconv.planner.table import (
     measure_table,
     schedules_hash,
 )
-from tvm_structconv.planner.timers import LocalTimer
+from tvm_structconv.planner.timers import COLD, KernelSampling, LocalTimer, RemoteTimer, Timer
 from tvm_structconv.targets import make_target
 
 
@@ -47,6 +47,17 @@ def test_local_timer_times_real_kernels():
         LocalTimer(make_target("x86"), rounds=2, min_repeat_ms=1).time_kernels({"k": func}).values()
     )
     assert 0 < latency < 10
+
+
+def test_both_timers_share_the_mode_and_the_sampling_of_a_kernel():
+    target = make_target("x86")
+    with pytest.raises(TypeError, match="abstract"):
+        Timer(target)  # type: ignore[abstract]
+    warm, cold = LocalTimer(target, min_repeat_ms=7), LocalTimer(target, cold=True)
+    assert (warm.mode, cold.mode) == ("warm", "cold weights")
+    assert warm.kernel_sampling() == KernelSampling(repeat=1, min_repeat_ms=7, f_preproc="")
+    assert cold.kernel_sampling() == KernelSampling(repeat=3, min_repeat_ms=0, f_preproc=COLD)
+    assert issubclass(RemoteTimer, Timer) and RemoteTimer.kernel_sampling is Timer.kernel_sampling
 
 
 def test_the_table_covers_every_layer_and_candidate_and_is_reused(planner_net, tmp_path):

@@ -31,7 +31,7 @@ from tvm_structconv.planner.knapsack import solve_budget
 from tvm_structconv.planner.layers import Candidate
 from tvm_structconv.planner.source import ModelSource
 from tvm_structconv.planner.table import LatencyTable, measure_table, schedules_hash
-from tvm_structconv.planner.timers import LocalTimer, RemoteTimer
+from tvm_structconv.planner.timers import LocalTimer, RemoteTimer, Timer
 from tvm_structconv.targets import make_target, target_key
 from tvm_structconv.threads import available_cores
 from tvm_structconv.toolchain import check_runnable
@@ -259,9 +259,7 @@ class Planner:
         if rpc_tracker is not None:
             if not device_key:
                 raise PlanError("--rpc-tracker needs --device-key")
-            self.timer: Union[LocalTimer, RemoteTimer] = RemoteTimer(
-                target, rpc_tracker, device_key, cold=cold_weights
-            )
+            self.timer: Timer = RemoteTimer(target, rpc_tracker, device_key, cold=cold_weights)
             threads = int(target.attrs.get("num-cores", 1))
         else:
             check_runnable(target)

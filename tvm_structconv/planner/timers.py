@@ -10,13 +10,16 @@ on a shared machine, minima of alternating calls in one process are what stays s
 * :class:`RemoteTimer` exports each kernel and sends it through
   :class:`~tvm_structconv.remote.RemoteDevices`: jobs spread over every server of the key in
   parallel; whole models alternate job by job.
+
+Both subclass :class:`Timer` (the target, the samples per kernel, warm or cold weights).
 """
 
 from __future__ import annotations
 
+import abc
 import tempfile
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Dict, Mapping, NamedTuple
 
 import numpy as np
 import tvm
@@ -26,7 +29,14 @@ from tvm_structconv.remote import RemoteDevices, RemoteError, RemoteJob
 from tvm_structconv.toolchain import export_compiler
 from tvm_structconv.transform import ApplySchedules
 
-__all__ = ["LocalTimer", "RemoteTimer", "compile_kernel", "kernel_arguments"]
+__all__ = [
+    "KernelSampling",
+    "LocalTimer",
+    "RemoteTimer",
+    "Timer",
+    "compile_kernel",
+    "kernel_arguments",
+]
 
 
 def compile_kernel(func: tvm.tirx.PrimFunc, target: tvm.target.Target):
@@ -51,23 +61,21 @@ def kernel_arguments(func: tvm.tirx.PrimFunc, seed: int = 0) -> list:
 COLD = "cache_flush_cpu_non_first_arg"
 
 
-def _kernel_timer(module, device, cold: bool, min_repeat_ms: int, repeat: int = 1):
-    """A ``time_evaluator`` of ``main``: one run per sample with cold weights, or the mean of
-    runs filling ``min_repeat_ms`` with warm caches."""
-    if cold:
-        return module.time_evaluator("main", device, number=1, repeat=repeat, f_preproc=COLD)
-    return module.time_evaluator(
-        "main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
-    )
+class KernelSampling(NamedTuple):
+    """``time_evaluator``'s arguments for one round of a kernel (``number`` is always 1)."""
+
+    repeat: int
+    min_repeat_ms: int
+    f_preproc: str
 
 
-class LocalTimer:
-    """Time on this machine, in this process.
+class Timer(abc.ABC):
+    """What both timers share: the target, the samples and the timing mode.
 
     Parameters
     ----------
     target
-        What kernels are compiled for (it must run here).
+        What kernels are compiled for.
     rounds
         Samples per kernel, taken round after round over all kernels.
     min_repeat_ms
@@ -75,9 +83,16 @@ class LocalTimer:
     cold
         Time each kernel run with its weights evicted from the caches first (``mode`` says
         which was used).
+
+    Attributes
+    ----------
+    label
+        Where the timer measures (``"local"``, ``"rpc-<key>"``): the latency table's file name.
+    mode
+        ``"cold weights"`` or ``"warm"``: recorded in the latency table's header.
     """
 
-    label = "local"
+    label: str
 
     def __init__(
         self,
@@ -90,6 +105,37 @@ class LocalTimer:
         self.cold = cold
         self.mode = "cold weights" if cold else "warm"
 
+    def kernel_sampling(self) -> KernelSampling:
+        """How a kernel is sampled each round: cold, 3 samples of one run each after
+        :data:`COLD`; warm, one sample, the mean of the runs filling ``min_repeat_ms``."""
+        if self.cold:
+            return KernelSampling(repeat=3, min_repeat_ms=0, f_preproc=COLD)
+        return KernelSampling(repeat=1, min_repeat_ms=self.min_repeat_ms, f_preproc="")
+
+    @abc.abstractmethod
+    def time_kernels(self, kernels: Mapping[str, tvm.tirx.PrimFunc]) -> Dict[str, float]:
+        """``{key: minimum ms}`` of each kernel (compiled with the hand schedules)."""
+
+    @abc.abstractmethod
+    def time_models(
+        self, models: Mapping[str, CompiledModel], inputs: list, rounds: int = 10
+    ) -> Dict[str, float]:
+        """``{label: minimum ms}`` of whole models over ``rounds`` alternating samples."""
+
+
+class LocalTimer(Timer):
+    """Time on this machine, in this process.
+
+    Parameters
+    ----------
+    target
+        What kernels are compiled for (it must run here).
+    rounds, min_repeat_ms, cold
+        As for :class:`Timer`.
+    """
+
+    label = "local"
+
     def time_kernels(self, kernels: Mapping[str, tvm.tirx.PrimFunc]) -> Dict[str, float]:
         """``{key: minimum ms}`` of each kernel."""
         device = tvm.cpu()
@@ -98,8 +144,8 @@ class LocalTimer:
             executable = compile_kernel(func, self.target)
             arguments = [tvm.runtime.tensor(a, device) for a in kernel_arguments(func)]
             executable.mod["main"](*arguments)
-            timer = _kernel_timer(
-                executable.mod, device, self.cold, self.min_repeat_ms, 3 if self.cold else 1
+            timer = executable.mod.time_evaluator(
+                "main", device, number=1, **self.kernel_sampling()._asdict()
             )
             timers[key] = (timer, arguments)
         best = {key: float("inf") for key in kernels}
@@ -129,7 +175,7 @@ class LocalTimer:
         return best
 
 
-class RemoteTimer:
+class RemoteTimer(Timer):
     """Time on the devices registered under ``key`` at a TVM RPC tracker.
 
     Parameters
@@ -141,7 +187,7 @@ class RemoteTimer:
     key
         The device key.
     rounds, min_repeat_ms, cold
-        As for :class:`LocalTimer` (samples per job).
+        As for :class:`Timer` (samples per job).
 
     Raises
     ------
@@ -158,15 +204,14 @@ class RemoteTimer:
         min_repeat_ms: int = 20,
         cold: bool = False,
     ) -> None:
-        self.target, self.rounds, self.min_repeat_ms = target, rounds, min_repeat_ms
-        self.cold = cold
-        self.mode = "cold weights" if cold else "warm"
+        super().__init__(target, rounds, min_repeat_ms, cold)
         self.devices = RemoteDevices(tracker, key)
         self.devices.servers()  # fails at once when there is none
         self.label = f"rpc-{key}"
 
     def time_kernels(self, kernels: Mapping[str, tvm.tirx.PrimFunc]) -> Dict[str, float]:
         """``{key: minimum ms}`` of each kernel, jobs in parallel over the servers."""
+        sampling = self.kernel_sampling()
         with tempfile.TemporaryDirectory(prefix="structconv-plan-") as folder:
             jobs = []
             for key, func in kernels.items():
@@ -179,10 +224,10 @@ class RemoteTimer:
                         key,
                         str(library),
                         kernel_arguments(func),
-                        repeat=3 * self.rounds if self.cold else self.rounds,
-                        min_repeat_ms=0 if self.cold else self.min_repeat_ms,
+                        repeat=sampling.repeat * self.rounds,
+                        min_repeat_ms=sampling.min_repeat_ms,
                         function="main",
-                        f_preproc=COLD if self.cold else "",
+                        f_preproc=sampling.f_preproc,
                     )
                 )
             results = self.devices.measure_all(jobs)
