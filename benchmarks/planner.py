@@ -27,9 +27,6 @@ import json
 import math
 import os
 import pathlib
-import socket
-import subprocess
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -169,70 +166,18 @@ def run_model(name: str, args: argparse.Namespace) -> Dict[str, object]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def rpc_check(name: str, local: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
     """The plans of ``name`` from a table measured through RPC (127.0.0.1), against local."""
+    from tvm_structconv.local_rpc import local_rpc_cluster
     from tvm_structconv.planner import BudgetError, Planner
 
-    port, server_port = _free_port(), _free_port()
-    launch = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    tracker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tvm.exec.rpc_tracker",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--port-end",
-            str(port + 1),
-            "--silent",
-        ],
-        **launch,
-    )
-    time.sleep(3)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tvm.exec.rpc_server",
-            "--tracker",
-            f"127.0.0.1:{port}",
-            "--key",
-            "bench",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(server_port),
-            "--port-end",
-            str(server_port + 1),
-        ],
-        **launch,
-    )
-    try:
-        from tvm_structconv.remote import RemoteDevices, RemoteError
-
-        devices, deadline = RemoteDevices(f"127.0.0.1:{port}", "bench"), time.time() + 90
-        while True:  # servers register only every few seconds
-            try:
-                devices.servers()
-                break
-            except RemoteError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1)
+    with local_rpc_cluster("bench", 1, timeout=90) as cluster:
         planner = Planner(
             name,
             "x86",
             image_size=args.image_size,
             rounds=3,
-            rpc_tracker=f"127.0.0.1:{port}",
+            rpc_tracker=cluster.address,
             device_key="bench",
             cold_weights=args.cold,
             progress=lambda message: print(f"[rpc {name}] {message}", flush=True),
@@ -272,10 +217,6 @@ def rpc_check(name: str, local: Dict[str, object], args: argparse.Namespace) -> 
             "kernel_ratio_range": [ratios[0], ratios[-1]],
             "rpc_original_ms": planner.original_ms,
         }
-    finally:
-        for process in (server, tracker):
-            os.killpg(process.pid, 9)
-            process.wait()
 
 
 def _rate(gb_per_s: Optional[float]) -> str:

@@ -8,16 +8,15 @@ import pytest
 import tvm
 from tvm.script import relax as R
 
+from tvm_structconv.local_rpc import local_rpc_cluster
 from tvm_structconv.remote import RemoteDevices, RemoteError, RemoteJob
 from tvm_structconv.timing import Latency
-
-from rpc_cluster import rpc_cluster, stop
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """A tracker and two servers under key 'cpu'; everything is killed afterwards."""
-    with rpc_cluster("cpu", 2) as running:
+    with local_rpc_cluster("cpu", 2) as running:
         yield running
 
 
@@ -35,8 +34,7 @@ def library(tmp_path_factory):
 
 
 def test_remote_measurement_runs_on_the_servers(cluster, library):
-    port, _, _ = cluster
-    devices = RemoteDevices(f"127.0.0.1:{port}", "cpu", session_timeout=60, request_timeout=30)
+    devices = cluster.devices(session_timeout=60, request_timeout=30)
     assert devices.servers() == 2
     x = np.ones((256, 256), "float32")
     results = devices.measure_all(
@@ -49,9 +47,8 @@ def test_remote_measurement_runs_on_the_servers(cluster, library):
 
 
 def test_bad_tracker_and_missing_key_are_clear_errors(cluster):
-    port, _, _ = cluster
     with pytest.raises(RemoteError, match="no RPC server is registered under key 'gpu'"):
-        RemoteDevices(f"127.0.0.1:{port}", "gpu").servers()
+        RemoteDevices(cluster.address, "gpu").servers()
     with pytest.raises(RemoteError, match="cannot reach the RPC tracker at 127.0.0.1:1"):
         RemoteDevices("127.0.0.1:1", "cpu").servers()
     with pytest.raises(RemoteError, match="must be HOST:PORT"):
@@ -60,11 +57,11 @@ def test_bad_tracker_and_missing_key_are_clear_errors(cluster):
 
 def test_a_server_killed_mid_run_costs_only_its_job(cluster, library):
     """Kill one of the two servers while jobs run: the run ends, every job is accounted for."""
-    port, _, servers = cluster
-    devices = RemoteDevices(f"127.0.0.1:{port}", "cpu", session_timeout=60, request_timeout=20)
+    servers = cluster.servers
+    devices = cluster.devices(session_timeout=60, request_timeout=20)
     x = np.ones((256, 256), "float32")
     jobs = [RemoteJob(f"job{i}", library, [x], repeat=4, min_repeat_ms=250) for i in range(6)]
-    killer = threading.Timer(1.5, stop, args=(servers[0],))
+    killer = threading.Timer(1.5, cluster.kill_server, args=(0,))
     killer.start()
     start_time = time.time()
     results = devices.measure_all(jobs)
@@ -83,16 +80,14 @@ def test_bench_sends_tvm_builds_to_the_devices(cluster, tmp_path):
 
     from small_nets import export_net
 
-    port, _, servers = cluster
-    alive = [server for server in servers if server.poll() is None]
-    assert alive, "the fixture's servers are gone"
+    assert cluster.alive_servers(), "the fixture's servers are gone"
     report = run_benchmark(
         str(export_net(tmp_path)),
         peers=[],
         repeat=2,
         min_repeat_ms=5,
         rounds=1,
-        rpc_tracker=f"127.0.0.1:{port}",
+        rpc_tracker=cluster.address,
         device_key="cpu",
         workdir=str(tmp_path / "work"),
     )

@@ -8,11 +8,11 @@ import tvm_ffi
 
 from tvm_structconv.build import compile_model
 from tvm_structconv.frontend import load_model
+from tvm_structconv.local_rpc import local_rpc_cluster
 from tvm_structconv.targets import make_target
 from tvm_structconv.tune import TuneError, conv_tasks, tune_model
 from tvm_structconv.tuning_logs import has_database, logs_dir, open_database
 
-from rpc_cluster import rpc_cluster
 from small_nets import structured_net
 
 
@@ -97,14 +97,14 @@ def test_tasks_are_the_fused_convs_weighted_by_calls():
 @pytest.mark.slow
 def test_candidates_are_timed_on_an_rpc_server(net, tmp_path):
     imported, _, _ = net
-    with rpc_cluster("tune-cpu", 1) as (port, _, _):
+    with local_rpc_cluster("tune-cpu", 1) as cluster:
         result = tune_model(
             imported,
             "x86",
             trials=2,
             folder=tmp_path,
             trials_per_iter=2,
-            rpc_tracker=f"127.0.0.1:{port}",
+            rpc_tracker=cluster.address,
             device_key="tune-cpu",
             progress=False,
             seed=0,

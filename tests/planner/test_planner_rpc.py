@@ -4,10 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tvm_structconv.local_rpc import local_rpc_cluster
 from tvm_structconv.planner import plan_model
 from tvm_structconv.planner.layers import FAMILIES
-
-from rpc_cluster import rpc_cluster
 
 
 @pytest.mark.slow
@@ -16,13 +15,13 @@ def test_plan_through_rpc_times_every_kernel_on_the_servers(tmp_path, monkeypatc
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 1))
     x = torch.randn(1, 32, 16, 16)
-    with rpc_cluster("planner", 2) as (port, _, _):
+    with local_rpc_cluster("planner", 2) as cluster:
         result = plan_model(
             model,
             "x86",
             speedup=1.05,
             example_input=x,
-            rpc_tracker=f"127.0.0.1:{port}",
+            rpc_tracker=cluster.address,
             device_key="planner",
             rounds=2,
         )
