@@ -72,6 +72,14 @@ class _Projectors:
         solved = window_sum_adjoint(self.channel_gram_inverse @ summed, 0, self.channel_window)
         return solved.reshape(channels, rows, columns).transpose(0, 1)
 
+    def complement(self, kernel: torch.Tensor) -> torch.Tensor:
+        """``(I − P) W`` of a ``(rows, C, Nh·Nw)`` kernel (not differentiated)."""
+        if self.channel_gram_inverse is None:
+            # c = C: W − W·Pᵀ = W·(I − P)ᵀ, one product and no subtraction
+            return kernel @ self.spatial_complement
+        projected = kernel if self.spatial is None else kernel @ self.spatial
+        return kernel - self.project_channels(projected)
+
     @classmethod
     def of(cls, structure: Structure, like: torch.Tensor) -> _Projectors:
         (height, width), (reduced_h, reduced_w) = (
@@ -91,6 +99,38 @@ class _Projectors:
             band = banded_ones(structure.group_channels, structure.group_reduced_channels)
             gram_inverse = like.new_tensor(np.linalg.inv(band.T @ band))
         return cls(window, gram_inverse, None if spatial is None else like.new_tensor(spatial))
+
+
+class _Residuals(torch.autograd.Function):
+    """``r(W) = ‖(I − P) W‖ / ‖W‖`` of kernels of one shape, stacked, with its closed-form
+    gradient ``(I − P) W / (‖W‖·‖(I − P) W‖) − r·W / ‖W‖²``.
+
+    The forward keeps ``(I − P) W``, so the backward is two scaled adds: no second pass of the
+    projectors (``(I − P)`` is symmetric and idempotent), no graph of window sums. Where
+    ``(I − P) W = 0`` (a structured kernel) the first term is taken as zero, a subgradient.
+    """
+
+    @staticmethod
+    def forward(ctx, projectors: _Projectors, *weights: torch.Tensor):  # type: ignore[override]
+        stacked = weights[0][None] if len(weights) == 1 else torch.stack(weights)
+        layers, out_channels, channels = stacked.shape[:3]
+        flat = stacked.reshape(layers * out_channels, channels, -1)  # (L·Cout, C, Nh·Nw)
+        difference = projectors.complement(flat).reshape(stacked.shape)
+        tiny = torch.finfo(stacked.dtype).tiny
+        norms = torch.linalg.vector_norm(stacked.reshape(layers, -1), dim=1).clamp_min(tiny)
+        distances = torch.linalg.vector_norm(difference.reshape(layers, -1), dim=1)
+        residuals = distances / norms
+        ctx.save_for_backward(stacked, difference, norms, distances, residuals)
+        return residuals
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        stacked, difference, norms, distances, residuals = ctx.saved_tensors
+        shape = (-1,) + (1,) * (stacked.dim() - 1)
+        along = torch.where(distances > 0, grad / (norms * distances), 0.0)
+        gradient = difference * along.reshape(shape)
+        gradient.addcmul_(stacked, (-grad * residuals / norms.square()).reshape(shape))
+        return (None, *gradient.unbind(0))
 
 
 class StructuralRegularizer:
@@ -148,8 +188,7 @@ class StructuralRegularizer:
         values: Dict[str, torch.Tensor] = {}
         for structure, layers in self._batches:
             weights = [module.weight for _, module in layers]
-            batch = weights[0][None] if len(weights) == 1 else torch.stack(weights)
-            for (name, _), value in zip(layers, self._batch_residuals(structure, batch)):
+            for (name, _), value in zip(layers, self._batch_residuals(structure, weights)):
                 values[name] = value
         return {name: values[name] for name, _, _ in self._layers}
 
@@ -158,21 +197,9 @@ class StructuralRegularizer:
         total = torch.stack(list(self.residuals().values())).sum()
         return self.strength * total
 
-    def _batch_residuals(self, structure: Structure, weights: torch.Tensor) -> torch.Tensor:
-        """``r(W)`` of each of the stacked kernels ``(layers, Cout, C, *kernel)``."""
-        projectors = self._projectors_for(structure, weights)
-        layers, out_channels, channels = weights.shape[:3]
-        flat = weights.reshape(layers * out_channels, channels, -1)  # (L·Cout, C, Nh·Nw)
-        if projectors.channel_gram_inverse is None and projectors.spatial is not None:
-            # c = C: W − W·Pᵀ = W·(I − P)ᵀ, one product and no subtraction
-            difference = flat @ projectors.spatial_complement
-        else:
-            projected = flat if projectors.spatial is None else flat @ projectors.spatial
-            difference = flat - projectors.project_channels(projected)
-        difference = difference.reshape(layers, -1)
-        norms = torch.linalg.vector_norm(weights.reshape(layers, -1), dim=1)
-        residuals = torch.linalg.vector_norm(difference, dim=1)
-        return residuals / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+    def _batch_residuals(self, structure: Structure, weights: List[torch.Tensor]) -> torch.Tensor:
+        """``r(W)`` of each kernel of ``weights`` (all of one shape), differentiable."""
+        return _Residuals.apply(self._projectors_for(structure, weights[0]), *weights)
 
     def _projectors_for(self, structure: Structure, like: torch.Tensor) -> _Projectors:
         key = (structure, like.device, like.dtype)
