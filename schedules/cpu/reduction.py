@@ -2,14 +2,20 @@
 
 :class:`ChannelReduction` takes a function of one reduction block whose innermost spatial axis
 is the innermost axis of its output (NHWC max-pool and global average pool, ``x @ Wᵀ`` with the
-transposed weight folded to a constant), with injective blocks before it (elementwise ones
-inlined; padding computed as a stage of its own, since its ``if_then_else`` inlined into the
-window reads made a 3×3 max-pool 4× slower: 0.29 -> 0.07 ms on 14×14×528) and after it (bias,
-divide: inlined into the write-back). Parallel over the outer spatial axes, reduction loops
-next, a vector of output channels innermost, accumulated in registers. A padded NHWC pool runs
-in parallel over (batch, output row), each row copying the padded input rows it reads just
-before (one thread: 3×3/2 max-pool of 112×112×64 0.233 -> 0.099 ms, 14×14×512 stride 1
-0.075 -> 0.036 ms; the padded copy of the whole input was a pass through memory of its own).
+transposed weight folded to a constant), with injective blocks before it and after it (bias,
+divide: inlined into the write-back). Parallel over the outer spatial axes (a pool: over batch
+and output rows), reduction loops next, a vector of output channels innermost, accumulated in
+registers.
+
+Padding is inlined into the window reads too: its ``if_then_else`` tests the window's row and
+column only, one branch per vector, so no padded copy of the input is made. The vector is a
+power-of-two number of registers: LLVM turns a conditional read of 3 registers (48 lanes of
+AVX-512, e.g. on 528 or 480 channels) into slow code: on 480 channels 6-20x slower than
+2-register vectors (28x28 3x3/2: 150 vs 26 us; 14x14 3x3/1: 207 vs 9 us), which is why an
+earlier rule copied the padded input instead. Measured on one thread (AVX-512) against that
+rule (the padded input rows of each output row copied first): 3x3/2 max-pool of 112x112x64
+114 -> 50 us, 14x14x480 stride 1 31 -> 11 us, 7x7x832 13 -> 4 us
+(``benchmarks/kernel_compare.py`` puts pools in models next to onnxruntime's).
 """
 
 from __future__ import annotations
@@ -29,8 +35,7 @@ from tvm_structconv.schedules.cpu.blocks import (
     root_blocks,
     work,
 )
-from tvm_structconv.schedules.cpu.injective import schedule_elementwise
-from tvm_structconv.schedules.target_info import extent, vector_lanes, vector_split, vector_widths
+from tvm_structconv.schedules.target_info import extent, vector_lanes, vector_widths
 
 __all__ = ["ChannelReduction"]
 
@@ -55,11 +60,7 @@ class ChannelReduction(TargetRule):
         spatial = [i for i, kind in enumerate(kinds) if kind == tirx.IterVar.DataPar]
         if not spatial or not _vectorizable_along(stmt, stmt.iter_vars[spatial[-1]].var):
             return None
-        pads = [block for block in producers if sch.get(block).name_hint.startswith("pad")]
-        for block in producers:
-            if not any(sch.get(block).same_as(sch.get(pad)) for pad in pads):
-                sch.compute_inline(block)
-        for block in epilogue[:-1]:
+        for block in (*producers, *epilogue[:-1]):
             sch.compute_inline(block)
 
         loops = sch.get_loops(reduction)
@@ -69,20 +70,10 @@ class ChannelReduction(TargetRule):
         outer = [*spatial_loops[:-1], channel_outer]
         sch.reorder(*outer, *reduce_loops, channel_inner)
         write_back = sch.cache_write(reduction, 0, "local")
-        if pads and len(outer) >= 4:
-            # (batch, output row) in parallel; per row, the padded input rows it reads are
-            # copied next to their use (a padded copy of the whole input, a pass through
-            # memory of its own, made NHWC max-pools 2-2.5x slower)
-            row = sch.fuse(*outer[:-2])
-            parallelize(sch, [row], work(sch, reduction))
-            for pad in reversed(pads):
-                sch.compute_at(pad, row, preserve_unit_loops=True)
-            for pad in pads:
-                vector_split(sch, sch.get_loops(pad)[-1], vector_lanes(target), VECTOR_REGISTERS)
-        else:
-            parallelize(sch, outer, work(sch, reduction))
-            for pad in pads:
-                schedule_elementwise(sch, pad, target)
+        # a pool: (batch, output row) in parallel, the columns and channel vectors inside; a
+        # fused parallel loop over columns and channels too left div/mod in every window
+        # read's padding test (2-6x slower). Global pooling, dense: every outer loop
+        parallelize(sch, outer[:-2] if len(outer) >= 4 else outer, work(sch, reduction))
         # loops now: outer (fused or not), the reduction loops, the channel vector
         loops = sch.get_loops(reduction)
         first_reduce = len(loops) - 1 - len(reduce_loops)
@@ -125,6 +116,14 @@ def _vectorizable_along(stmt: tirx.SBlock, var: tirx.Var) -> bool:
 
 
 def _split_vector(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int):
-    """Split ``loop`` into (outer, vector of up to ``VECTOR_REGISTERS`` registers)."""
-    width = max(vector_widths(extent(sch, loop), lanes, VECTOR_REGISTERS))
-    return sch.split(loop, [None, width])
+    """Split ``loop`` into (outer, vector of 1, 2 or 4 registers, or less than one).
+
+    A power-of-two number of registers: a padded window's conditional read of 3 registers is
+    3-4x slower (LLVM), see the module's docstring.
+    """
+    widths = [
+        width
+        for width in vector_widths(extent(sch, loop), lanes, VECTOR_REGISTERS)
+        if width <= lanes or (width // lanes) & (width // lanes - 1) == 0
+    ]
+    return sch.split(loop, [None, max(widths)])
