@@ -1,7 +1,11 @@
-"""Reference structured ops in torch: sum-pool, then the reduced conv or linear.
+"""Structured ops in torch: sum-pool then the reduced conv or linear, or the composed kernel.
 
-These are the oracle for the compiler's tests and the fast path for training: they never form
-the full kernel ``W``, so their cost is that of the structured layer.
+Two ways compute the same function. ``"pooled"`` sum-pools the input and convolves with
+``alpha``: it never forms the full kernel ``W``, has the structured layer's MACs, and is the
+oracle for the compiler's tests. ``"composed"`` forms ``W = A·alpha`` (a few adds in weight
+space) and runs the ordinary conv or linear; its backward gives ``∇alpha = Aᵀ ∇W`` through the
+window sums. Which one is faster for training depends on the layer's shape: see
+:func:`choose_method`.
 """
 
 from __future__ import annotations
@@ -14,14 +18,24 @@ import torch.nn.functional as F
 from tvm_structconv.structure import IntPair, Structure, as_pair
 
 __all__ = [
+    "METHODS",
     "window_sum",
     "window_sum_adjoint",
     "sum_pool",
+    "compose_kernel",
+    "choose_method",
+    "method_pieces",
     "structured_conv2d",
     "structured_linear",
 ]
 
 Padding = Union[int, Tuple[int, int], Tuple[int, int, int, int]]
+
+#: How :func:`structured_conv2d` / :func:`structured_linear` compute (see :func:`choose_method`).
+METHODS = ("auto", "pooled", "composed")
+#: A method name, or per conv of :func:`structured_conv2d` (forward, input gradient, alpha
+#: gradient) ``"pooled"`` or ``"composed"``.
+Method = Union[str, Tuple[str, str, str]]
 
 
 def _padding_lrtb(padding: Padding) -> Tuple[int, int, int, int]:
@@ -127,37 +141,57 @@ def _pool_channels(x: torch.Tensor, structure: Structure, adjoint: bool) -> torc
     return pooled.reshape(batch, -1, height, width)
 
 
-def _pool(
-    x: torch.Tensor, structure: Structure, dilation: Tuple[int, int], adjoint: bool
-) -> torch.Tensor:
+def _pool(x: torch.Tensor, structure: Structure, dilation: Tuple[int, int]) -> torch.Tensor:
+    """Window sums of ``x`` over height, width (dilated) and the channels of each group."""
     _, window_h, window_w = structure.pool_window
-    spatial = _window_sum_adjoint if adjoint else _window_sum
-    x = spatial(x, 2, window_h, dilation[0])
-    x = spatial(x, 3, window_w, dilation[1])
-    return _pool_channels(x, structure, adjoint)
+    x = _window_sum(x, 2, window_h, dilation[0])
+    x = _window_sum(x, 3, window_w, dilation[1])
+    return _pool_channels(x, structure, adjoint=False)
+
+
+def _pool_backward(
+    grad: torch.Tensor,
+    structure: Structure,
+    dilation: Tuple[int, int],
+    padding: Tuple[int, int, int, int],
+) -> torch.Tensor:
+    """The gradient of ``x`` from that of ``sum_pool(zero_pad(x, padding))``.
+
+    Along a spatial axis the adjoint is a window sum of the gradient zero-padded by
+    ``m = dilation·(window − 1)`` on both sides, then cropped by the input's padding: one
+    ``F.pad`` by ``m − padding`` (negative: a crop), nothing when the input was padded by
+    ``m`` (a 3×3 conv with padding 1 pooled by 2×2), so the result is a contiguous window sum.
+    """
+    left, right, top, bottom = padding
+    _, window_h, window_w = structure.pool_window
+    for dim, window, step, (before, after) in (
+        (2, window_h, dilation[0], (top, bottom)),
+        (3, window_w, dilation[1], (left, right)),
+    ):
+        margin = step * (window - 1)
+        if (before, after) != (margin, margin):
+            pad = [0, 0] * (3 - dim) + [margin - before, margin - after]
+            grad = F.pad(grad, pad)
+        grad = _window_sum(grad, dim, window, step)
+    return _pool_channels(grad, structure, adjoint=True)
 
 
 class _PaddedSumPool(torch.autograd.Function):
-    """``sum_pool(zero_pad(x))`` with a hand-written backward: the adjoint window sums, cropped.
+    """``sum_pool(zero_pad(x))`` with a hand-written backward: window sums of the gradient.
 
     Autograd through the strided adds would zero-fill a full-size gradient for every slice;
-    the adjoint is the same few adds on the gradient instead.
+    the adjoint is the same few adds on the gradient instead (:func:`_pool_backward`).
     """
 
     @staticmethod
     def forward(ctx, x, structure, dilation, padding):  # type: ignore[override]
         ctx.structure, ctx.dilation, ctx.padding = structure, dilation, padding
         padded = F.pad(x, padding) if any(padding) else x
-        return _pool(padded, structure, dilation, adjoint=False)
+        return _pool(padded, structure, dilation)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        padded = _pool(grad, ctx.structure, ctx.dilation, adjoint=True)
-        left, right, top, bottom = ctx.padding
-        if any(ctx.padding):
-            height, width = padded.shape[-2:]
-            padded = padded[..., top : height - bottom, left : width - right]
-        return padded, None, None, None
+        return _pool_backward(grad, ctx.structure, ctx.dilation, ctx.padding), None, None, None
 
 
 def sum_pool(
@@ -179,6 +213,126 @@ def sum_pool(
     return _PaddedSumPool.apply(x, structure, as_pair(dilation, "dilation"), _padding_lrtb(padding))
 
 
+def compose_kernel(alpha: torch.Tensor, structure: Structure) -> torch.Tensor:
+    """``W = A · alpha`` by adjoint window sums, differentiable with ``∇alpha = Aᵀ ∇W``.
+
+    ``W`` is the full 3-D convolution of each ``alpha[o]`` with a ``D × Mh × Mw`` box of ones,
+    i.e. the adjoint window sum (:func:`window_sum_adjoint`) along the channel, height and
+    width axes in turn; its backward is the window sums of ``∇W``. It equals
+    :meth:`Structure.compose <tvm_structconv.structure.Structure.compose>` but costs a few
+    adds per weight instead of products with the ``C × c`` band (the identity when ``c = C``).
+    A 2-D ``alpha`` ``(out_features, c)`` gives the ``(out_features, C)`` weight of a linear
+    layer.
+    """
+    depth, height, width = structure.pool_window
+    weight = window_sum_adjoint(alpha, 1, depth)
+    if alpha.dim() == 2:
+        return weight
+    return window_sum_adjoint(window_sum_adjoint(weight, 2, height), 3, width)
+
+
+def _alpha_gradient(weight_grad: torch.Tensor, structure: Structure) -> torch.Tensor:
+    """``Aᵀ ∇W``: window sums of the full kernel's gradient over its three axes."""
+    depth, height, width = structure.pool_window
+    return _window_sum(_window_sum(_window_sum(weight_grad, 1, depth), 2, height), 3, width)
+
+
+class _MixedConv(torch.autograd.Function):
+    """``conv2d(x, A·alpha)`` whose three convs each run pooled or composed.
+
+    ``pooled = (forward, input gradient, alpha gradient)``: True runs that conv on the pooled
+    tensor ``S`` with ``alpha`` (then the pool's adjoint for the input gradient), False on
+    ``x`` with the composed kernel ``W`` (then ``Aᵀ`` for the alpha gradient). All eight are
+    the same linear map and its exact adjoints: they differ in rounding and speed only.
+    ``padding`` is symmetric ``(ph, pw)``. ``S`` is kept from the forward when it ran pooled,
+    otherwise formed again from ``x`` in the backward if a pooled gradient needs it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, bias, structure, stride, padding, dilation, pooled):  # type: ignore[override]
+        ctx.structure, ctx.geometry, ctx.pooled = structure, (stride, padding, dilation), pooled
+        ctx.has_bias = bias is not None
+        weight = None if all(pooled) else compose_kernel(alpha, structure)
+        if pooled[0]:
+            s = _padded_pool(x, structure, padding, dilation)
+            out = F.conv2d(s, alpha, bias, stride, 0, dilation, structure.groups)
+        else:
+            s = None
+            out = F.conv2d(x, weight, bias, stride, padding, dilation, structure.groups)
+        ctx.save_for_backward(x, alpha, weight, s)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, alpha, weight, s = ctx.saved_tensors
+        structure, (stride, padding, dilation), pooled = ctx.structure, ctx.geometry, ctx.pooled
+        want = ctx.needs_input_grad[:2]  # (x, alpha)
+        grads = {}  # (ran pooled, 0: input / 1: weight) -> gradient
+        for use_pooled in (True, False):
+            mask = [want[0] and pooled[1] == use_pooled, want[1] and pooled[2] == use_pooled]
+            if not any(mask):
+                continue
+            if use_pooled and s is None:
+                s = _padded_pool(x, structure, padding, dilation)
+            source, kernel, pad = (s, alpha, (0, 0)) if use_pooled else (x, weight, padding)
+            result = torch.ops.aten.convolution_backward(
+                grad, source, kernel, None, stride, pad, dilation, False, [0, 0],
+                structure.groups, [*mask, False],
+            )  # fmt: skip
+            grads[use_pooled, 0], grads[use_pooled, 1] = result[0], result[1]
+        grad_x = grad_alpha = grad_bias = None
+        if want[0]:
+            grad_x = grads[pooled[1], 0]
+            if pooled[1]:
+                lrtb = (padding[1], padding[1], padding[0], padding[0])
+                grad_x = _pool_backward(grad_x, structure, dilation, lrtb)
+        if want[1]:
+            grad_alpha = grads[pooled[2], 1]
+            if not pooled[2]:
+                grad_alpha = _alpha_gradient(grad_alpha, structure)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_x, grad_alpha, grad_bias, None, None, None, None, None
+
+
+def _padded_pool(
+    x: torch.Tensor, structure: Structure, padding: Tuple[int, int], dilation: Tuple[int, int]
+) -> torch.Tensor:
+    """``S``: the sum-pool of ``x`` zero-padded by the symmetric ``(ph, pw)``."""
+    if any(padding):
+        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    return _pool(x, structure, dilation)
+
+
+def choose_method(
+    structure: Structure, x: torch.Tensor, alpha: torch.Tensor, stride: IntPair = 1
+) -> Method:
+    """How :func:`structured_conv2d` computes this layer when asked for ``"auto"``.
+
+    PLACEHOLDER until measured.
+    """
+    if not (torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad)):
+        return "pooled"
+    return "composed"
+
+
+def method_pieces(method: Method) -> Tuple[bool, bool, bool]:
+    """``method`` as (forward, input gradient, alpha gradient), True where it runs pooled.
+
+    Raises
+    ------
+    ValueError
+        Unless ``method`` is ``"pooled"``, ``"composed"`` or a triple of those.
+    """
+    names = (method,) * 3 if isinstance(method, str) else tuple(method)
+    if len(names) != 3 or any(name not in ("pooled", "composed") for name in names):
+        raise ValueError(
+            f"method must be one of {METHODS} or a triple of 'pooled'/'composed', got {method!r}"
+        )
+    return tuple(name == "pooled" for name in names)  # type: ignore[return-value]
+
+
 def structured_conv2d(
     x: torch.Tensor,
     alpha: torch.Tensor,
@@ -188,11 +342,17 @@ def structured_conv2d(
     stride: IntPair = 1,
     padding: Padding = 0,
     dilation: IntPair = 1,
+    method: Method = "auto",
 ) -> torch.Tensor:
     """``conv2d(x, structure.compose(alpha), bias, stride, padding, dilation, groups)``, fast.
 
-    Computes ``conv2d(S, alpha, bias, stride, dilation, groups)`` with
-    ``S = sum_pool(zero_pad(x, padding))``, which is the same by linearity.
+    ``method="pooled"`` computes ``conv2d(S, alpha, bias, stride, dilation, groups)`` with
+    ``S = sum_pool(zero_pad(x, padding))``, which is the same by linearity, and its gradients
+    the same way (the input's through the pool's adjoint); ``method="composed"`` convolves
+    ``x`` with :func:`compose_kernel` (the alpha gradient is ``Aᵀ ∇W``). A triple such as
+    ``("composed", "composed", "pooled")`` picks per conv: the forward, the input gradient
+    and the alpha gradient. ``"auto"`` asks :func:`choose_method`. All give the same values
+    and gradients up to rounding.
 
     Parameters
     ----------
@@ -208,14 +368,31 @@ def structured_conv2d(
         As in ``torch.nn.functional.conv2d``.
     padding
         ``p``, ``(ph, pw)`` or asymmetric ``(left, right, top, bottom)`` zero padding.
+    method
+        ``"auto"``, ``"pooled"``, ``"composed"`` or a triple of the last two.
+
+    Raises
+    ------
+    ValueError
+        For an input or ``alpha`` of the wrong shape, a bad ``padding`` or ``method``.
     """
+    if x.dim() != 4 or x.shape[1] != structure.in_channels:
+        raise ValueError(
+            f"input must be (B, {structure.in_channels}, H, W), got shape {tuple(x.shape)}"
+        )
     if tuple(alpha.shape) != structure.alpha_shape(alpha.shape[0]):
         raise ValueError(
             f"alpha has shape {tuple(alpha.shape)}, expected "
             f"{structure.alpha_shape(alpha.shape[0])} for {structure}"
         )
-    pooled = sum_pool(x, structure, dilation, padding)
-    return F.conv2d(pooled, alpha, bias, stride=stride, dilation=dilation, groups=structure.groups)
+    if method == "auto":
+        method = choose_method(structure, x, alpha, stride)
+    pieces = method_pieces(method)
+    left, right, top, bottom = _padding_lrtb(padding)
+    if (left, top) != (right, bottom):
+        x, left, top = F.pad(x, (left, right, top, bottom)), 0, 0
+    geometry = (as_pair(stride, "stride"), (top, left), as_pair(dilation, "dilation"))
+    return _MixedConv.apply(x, alpha, bias, structure, *geometry, pieces)
 
 
 def structured_linear(
@@ -223,11 +400,14 @@ def structured_linear(
     alpha: torch.Tensor,
     structure: Structure,
     bias: Optional[torch.Tensor] = None,
+    method: str = "auto",
 ) -> torch.Tensor:
-    """``linear(x, structure.compose(alpha), bias)`` as a sliding channel sum then a small linear.
+    """``linear(x, structure.compose(alpha), bias)``, fast.
 
-    ``x`` has ``structure.in_channels`` features in its last axis; ``alpha`` is
-    ``(out_features, reduced_channels)``.
+    ``method="pooled"``: a sliding sum over the features, then a small linear with ``alpha``;
+    ``"composed"``: the ordinary linear with :func:`compose_kernel`; ``"auto"`` picks by
+    :func:`choose_method`. ``x`` has ``structure.in_channels`` features in its last axis;
+    ``alpha`` is ``(out_features, reduced_channels)``.
     """
     if structure.kernel_size != (1, 1) or structure.groups != 1:
         raise ValueError(f"a linear layer needs a 1x1 structure with groups=1, got {structure}")
@@ -238,6 +418,12 @@ def structured_linear(
             f"alpha has shape {tuple(alpha.shape)}, expected "
             f"(out_features, {structure.reduced_channels})"
         )
+    if method == "auto":
+        method = choose_method(structure, x, alpha)
+    if method == "composed":
+        return F.linear(x, compose_kernel(alpha, structure), bias)
+    if method != "pooled":
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     leading = x.shape[:-1]
     pooled = sum_pool(x.reshape(-1, structure.in_channels, 1, 1), structure)
     return F.linear(pooled.reshape(*leading, structure.reduced_channels), alpha, bias)

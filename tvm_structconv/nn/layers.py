@@ -18,7 +18,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tvm_structconv.nn.functional import structured_conv2d, structured_linear
+from tvm_structconv.nn.functional import (
+    METHODS,
+    Method,
+    method_pieces,
+    structured_conv2d,
+    structured_linear,
+)
 from tvm_structconv.structure import IntPair, Structure, as_pair, banded_ones
 
 __all__ = [
@@ -128,6 +134,13 @@ class StructuredConv2d(nn.Module):
         window; trained from scratch it loses 10–40 accuracy points (see :func:`_initialize`
         and ``docs/experiments.md`` section (e)). For direct training use ``"projected"``
         together with :func:`precondition_alpha_gradients`.
+    method
+        How the forward pass computes (:func:`~tvm_structconv.nn.functional.structured_conv2d`):
+        ``"auto"`` (default) picks by the layer's shape
+        (:func:`~tvm_structconv.nn.functional.choose_method`), ``"pooled"`` sum-pools then
+        convolves with ``alpha``, ``"composed"`` convolves with ``W = A · alpha``, a triple of
+        these picks per conv (forward, input gradient, alpha gradient). All give the same
+        output and gradients up to rounding.
 
     Attributes
     ----------
@@ -140,7 +153,8 @@ class StructuredConv2d(nn.Module):
     ------
     ValueError
         For a non-zero ``padding_mode``, ``"same"`` padding with stride > 1, a structure that
-        does not fit (see :class:`~tvm_structconv.structure.Structure`) or an unknown ``init``.
+        does not fit (see :class:`~tvm_structconv.structure.Structure`), an unknown ``init``
+        or ``method``.
     """
 
     def __init__(
@@ -159,8 +173,10 @@ class StructuredConv2d(nn.Module):
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
         init: str = "projected",
+        method: Method = "auto",
     ) -> None:
         super().__init__()
+        self.method = _checked_method(method)
         if padding_mode != "zeros":
             raise ValueError(
                 f"StructuredConv2d supports only padding_mode='zeros', got {padding_mode!r}"
@@ -205,7 +221,7 @@ class StructuredConv2d(nn.Module):
         return self._structure.reduced_kernel_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum-pool the zero-padded input, then convolve with ``alpha``."""
+        """The conv with ``W = A · alpha``, computed as :attr:`method` says."""
         return structured_conv2d(
             x,
             self.alpha,
@@ -214,6 +230,7 @@ class StructuredConv2d(nn.Module):
             stride=self.stride,
             padding=self._padding_lrtb,
             dilation=self.dilation,
+            method=self.method,
         )
 
     @classmethod
@@ -284,6 +301,8 @@ class StructuredConv2d(nn.Module):
             text += f", groups={self.groups}"
         if self.bias is None:
             text += ", bias=False"
+        if self.method != "auto":
+            text += f", method={self.method!r}"
         return text
 
     def _explicit_padding(self) -> Tuple[int, int, int, int]:
@@ -301,6 +320,14 @@ class StructuredConv2d(nn.Module):
             )
         pad_h, pad_w = self.padding
         return (pad_w, pad_w, pad_h, pad_h)
+
+
+def _checked_method(method: Method, linear: bool = False) -> Method:
+    if method != "auto" and (linear or isinstance(method, str)) and method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(method, str):
+        method_pieces(method)  # raises for a bad triple
+    return method
 
 
 def _conv_padding(conv: nn.Conv2d) -> ConvPadding:
@@ -323,6 +350,9 @@ class StructuredLinear(nn.Module):
     init
         ``"projected"`` (default), ``"matched"`` or ``"pooled"``, as for
         :class:`StructuredConv2d` with ``nn.Linear``'s default weight as ``W₀``.
+    method
+        ``"auto"`` (default), ``"pooled"`` (sliding sum, then the small linear) or
+        ``"composed"`` (the linear with ``W = A · alpha``), as for :class:`StructuredConv2d`.
 
     Attributes
     ----------
@@ -341,8 +371,10 @@ class StructuredLinear(nn.Module):
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
         init: str = "projected",
+        method: str = "auto",
     ) -> None:
         super().__init__()
+        self.method = _checked_method(method, linear=True)
         self._structure = Structure(in_features, 1, reduced_features, 1)
         self.in_features = in_features
         self.out_features = out_features
@@ -368,8 +400,8 @@ class StructuredLinear(nn.Module):
         return self._structure.reduced_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Sliding sum over the last axis, then the linear map with ``alpha``."""
-        return structured_linear(x, self.alpha, self._structure, self.bias)
+        """The linear map with ``W = A · alpha``, computed as :attr:`method` says."""
+        return structured_linear(x, self.alpha, self._structure, self.bias, method=self.method)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, reduced_features: int) -> StructuredLinear:
