@@ -61,5 +61,6 @@ class _ClipMutator(PyExprMutator):
         if low is None or high is None or dtype not in ("float16", "float32", "float64"):
             return call
         self.expanded += 1
-        lower = self.builder_.emit(relax.op.maximum(data, relax.const(np.array(low, dtype))))
-        return relax.op.minimum(lower, relax.const(np.array(high, dtype)))
+        # the dtype given again: relax.const makes a float64 array float32 unless told
+        lower = self.builder_.emit(relax.op.maximum(data, relax.const(np.array(low, dtype), dtype)))
+        return relax.op.minimum(lower, relax.const(np.array(high, dtype), dtype))
