@@ -92,7 +92,8 @@ def _permute_constant(constant: tvm.ir.Constant, axes: Sequence[int]) -> Optiona
     if array.ndim == 0:
         return constant
     full = array.reshape((1,) * (rank - array.ndim) + array.shape)
-    return relax.const(np.ascontiguousarray(full.transpose(np.argsort(axes))))
+    # its own dtype: relax.const makes float64 float32 and int64 int32 unless told
+    return relax.const(np.ascontiguousarray(full.transpose(np.argsort(axes))), str(array.dtype))
 
 
 @mutator
