@@ -139,8 +139,8 @@ def timing_table(rows: List[dict]) -> str:
     lines = [
         "| family | TVM original ms | ORT ms | torch.compile ms | ORT / TVM original | "
         "TVM structured ms | ORT structured (unfused) ms | TVM original / structured "
-        "(MAC ratio) | ORT / TVM structured |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(MAC ratio) | ORT / TVM structured | load after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         mac_ratio = f"{row['mac_ratio']:.2f}" if row.get("mac_ratio") else "n/a"
@@ -150,7 +150,8 @@ def timing_table(rows: List[dict]) -> str:
             f"| {_ratio(row['ort_original_ms'], row['tvm_original_ms'])} "
             f"| {_ms(row['tvm_structured_ms'])} | {_ms(row['ort_structured_ms'])} "
             f"| {_ratio(row['tvm_original_ms'], row['tvm_structured_ms'])} ({mac_ratio}) "
-            f"| {_ratio(row['ort_original_ms'], row['tvm_structured_ms'])} |"
+            f"| {_ratio(row['ort_original_ms'], row['tvm_structured_ms'])} "
+            f"| {row['load_at_end'][0] if row.get('load_at_end') else 'n/a'} |"
         )
     return "\n".join(lines)
 
@@ -204,6 +205,7 @@ def main_time(args) -> int:
                 args,
                 Path(scratch),
             )
+        row["load_at_end"] = [round(value, 1) for value in os.getloadavg()]
         rows.append(row)
         print(timing_table([row]).splitlines()[-1], flush=True)
     threads = rows[0]["report"]["threads"] if rows else args.threads
