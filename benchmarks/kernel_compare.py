@@ -173,11 +173,19 @@ def pair_convs(
     return pairs
 
 
-def compare_family(family: str, runs: int, threads: int, warmup: int = 3) -> dict:
+def compare_family(family: str, runs: int, threads: int) -> dict:
     """Time one family's original build and onnxruntime session, kernel by kernel.
 
     TVM's thread count is set by ``main`` before TVM is imported; ``threads`` is onnxruntime's.
     """
+    import torch
+
+    example = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return compare_model(family, create(family)[0], example, runs, threads)
+
+
+def compare_model(name: str, model, example, runs: int, threads: int, warmup: int = 3) -> dict:
+    """:func:`compare_family` of any ``nn.Module`` in inference mode on ``example``."""
     import onnxruntime
     import torch
     import tvm
@@ -188,10 +196,8 @@ def compare_family(family: str, runs: int, threads: int, warmup: int = 3) -> dic
     from tvm_structconv.zoo import export_model
 
     torch.set_num_threads(threads)
-    example = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    model, _ = create(family)
     with tempfile.TemporaryDirectory() as scratch:
-        path = export_model(model, example, Manifest({}), Path(scratch), family, "torchscript")
+        path = export_model(model, example, Manifest({}), Path(scratch), name, "torchscript")
         compiled = compile_model(load_model(path), "x86", structured=False, tuning_logs=False)
         instrumented, plain = compiled.load(), compiled.load()
         data = tvm.runtime.tensor(example.numpy(), compiled.device())
@@ -224,7 +230,7 @@ def compare_family(family: str, runs: int, threads: int, warmup: int = 3) -> dic
         for site in timer.sites:
             del site.times[:warmup]
         ort = onnxruntime_sites(Path(sessions[0].end_profiling()), warmup)
-    return summarise(family, timer.sites, ort, end_to_end)
+    return summarise(name, timer.sites, ort, end_to_end)
 
 
 def summarise(
