@@ -219,14 +219,14 @@ def compare_model(name: str, model, example, runs: int, threads: int, warmup: in
             timer.start_run()
             instrumented["main"](data)
             sessions[0].run(None, feeds)
-            for name, call in (
+            for runtime, call in (
                 ("tvm", lambda: plain["main"](data)),
                 ("onnxruntime", lambda: sessions[1].run(None, feeds)),
             ):
                 start = time.perf_counter()
                 call()
                 if index >= warmup:
-                    end_to_end[name].append((time.perf_counter() - start) * 1e3)
+                    end_to_end[runtime].append((time.perf_counter() - start) * 1e3)
         for site in timer.sites:
             del site.times[:warmup]
         ort = onnxruntime_sites(Path(sessions[0].end_profiling()), warmup)
