@@ -8,8 +8,9 @@ the per-axis projectors ``P = B B⁺`` (the projector of ``A = B_C ⊗ B_Nh ⊗ 
 ``P_C ⊗ P_Nh ⊗ P_Nw``), never through a dense ``C·N² × C·N²`` one: the two spatial projectors
 as one ``N² × N²`` matrix; the channel projector through window sums and a ``c × c`` product,
 and only when the channel window is wider than one (with ``c = C`` it is the identity, skipped).
-The factors are cached per device and dtype, and the layers of equal shape and structure are
-stacked into one product. Its cost does not depend on the batch.
+The factors are cached per device and dtype, the layers of equal shape and structure are
+stacked into one product, and the gradient is formed in closed form from the forward's
+``(I − P) W`` (:class:`_Residuals`). Its cost does not depend on the batch.
 """
 
 from __future__ import annotations
@@ -102,35 +103,52 @@ class _Projectors:
 
 
 class _Residuals(torch.autograd.Function):
-    """``r(W) = ‖(I − P) W‖ / ‖W‖`` of kernels of one shape, stacked, with its closed-form
-    gradient ``(I − P) W / (‖W‖·‖(I − P) W‖) − r·W / ‖W‖²``.
+    """``r(W) = ‖(I − P) W‖ / ‖W‖`` of kernels of one shape and structure (one autograd node),
+    with the closed-form gradient ``∇r = a·(I − P) W − b·W``, ``a = 1 / (‖W‖·‖(I − P) W‖)``,
+    ``b = r / ‖W‖²``.
 
-    The forward keeps ``(I − P) W``, so the backward is two scaled adds: no second pass of the
-    projectors (``(I − P)`` is symmetric and idempotent), no graph of window sums. Where
-    ``(I − P) W = 0`` (a structured kernel) the first term is taken as zero, a subgradient.
+    The kernels are not stacked (a copy of every weight, measured at a fifth of the
+    regularizer's time on ResNet-18); each is multiplied in place of its own. With ``c = C``
+    the complement is one product ``W·(I − P_S)``, and the gradient another,
+    ``W·(a·(I − P_S) − b·I)``, with nothing kept between the two but the scalars; otherwise
+    the forward keeps ``(I − P) W`` and the backward is two scaled adds. Either way the
+    projectors run once per step. Where ``(I − P) W = 0`` (a structured kernel) the first term
+    is taken as zero, a subgradient.
     """
 
     @staticmethod
     def forward(ctx, projectors: _Projectors, *weights: torch.Tensor):  # type: ignore[override]
-        stacked = weights[0][None] if len(weights) == 1 else torch.stack(weights)
-        layers, out_channels, channels = stacked.shape[:3]
-        flat = stacked.reshape(layers * out_channels, channels, -1)  # (L·Cout, C, Nh·Nw)
-        difference = projectors.complement(flat).reshape(stacked.shape)
-        tiny = torch.finfo(stacked.dtype).tiny
-        norms = torch.linalg.vector_norm(stacked.reshape(layers, -1), dim=1).clamp_min(tiny)
-        distances = torch.linalg.vector_norm(difference.reshape(layers, -1), dim=1)
-        residuals = distances / norms
-        ctx.save_for_backward(stacked, difference, norms, distances, residuals)
+        spatial_only = projectors.channel_gram_inverse is None
+        differences, distances, norms = [], [], []
+        for weight in weights:
+            flat = weight.reshape(weight.shape[0], weight.shape[1], -1)  # (Cout, C, Nh·Nw)
+            difference = projectors.complement(flat)
+            distances.append(torch.linalg.vector_norm(difference))
+            norms.append(torch.linalg.vector_norm(weight))
+            differences.append(None if spatial_only else difference)
+        distance, norm = torch.stack(distances), torch.stack(norms)
+        norm = norm.clamp_min(torch.finfo(norm.dtype).tiny)
+        residuals = distance / norm
+        ctx.projectors, ctx.differences = projectors, differences
+        ctx.save_for_backward(distance, norm, residuals, *weights)
         return residuals
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        stacked, difference, norms, distances, residuals = ctx.saved_tensors
-        shape = (-1,) + (1,) * (stacked.dim() - 1)
-        along = torch.where(distances > 0, grad / (norms * distances), 0.0)
-        gradient = difference * along.reshape(shape)
-        gradient.addcmul_(stacked, (-grad * residuals / norms.square()).reshape(shape))
-        return (None, *gradient.unbind(0))
+        distance, norm, residuals, *weights = ctx.saved_tensors
+        along = torch.where(distance > 0, grad / (norm * distance), 0.0).tolist()
+        back = (grad * residuals / norm.square()).tolist()
+        projectors: _Projectors = ctx.projectors
+        gradients = []
+        for weight, difference, a, b in zip(weights, ctx.differences, along, back):
+            if difference is None:  # c = C: W·(a·(I − P_S) − b·I) in one product
+                matrix = a * projectors.spatial_complement
+                matrix.diagonal().sub_(b)
+                flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
+                gradients.append((flat @ matrix).reshape(weight.shape))
+            else:
+                gradients.append((a * difference).reshape(weight.shape).add_(weight, alpha=-b))
+        return (None, *gradients)
 
 
 class StructuralRegularizer:
