@@ -17,7 +17,10 @@ minimum of an uninstrumented build and session (the rest is time between kernels
 each onnxruntime convolution with the TVM kernel that computes the same output (same output
 size and a weight of the same size among its arguments), grouped by conv shape. The
 instrument's Python callback costs a few microseconds per call on both sides of a kernel, so
-very short kernels read a little slow on the TVM side.
+very short kernels read a little slow on the TVM side. Kinds come from TVM's function names
+and onnxruntime's op types, and each runtime fuses differently: TVM's DenseNet concat kernel
+carries the BatchNorm and ReLU after it, while onnxruntime runs that BatchNorm as an NCHWc
+``Conv`` node (so it counts among the convs); the per-node list in the JSON has both sides.
 
     python benchmarks/kernel_compare.py --families googlenet,resnet50
     python benchmarks/kernel_compare.py --families resnet18 --runs 60   # a built-in model
