@@ -427,3 +427,68 @@ def test_parallelize_fuses_every_loop_given_and_skips_none():
     assert nest(sch, "y") == [(PARALLEL, 4), (SERIAL, 8), (SERIAL, 16)]
     parallelize(sch, [None], PARALLEL_MIN_WORK)  # nothing to do
     assert nest(sch, "y") == [(PARALLEL, 4), (SERIAL, 8), (SERIAL, 16)]
+
+
+# --- survivors of the first mutation run of these rules (mutation-triage.md, third pass) -----
+
+
+def test_injective_declines_a_function_with_a_reduction_before_an_elementwise_block():
+    """Row sums then ×3: a reduction block, so not the injective rule's kind (the fallback's)."""
+    a, _, scaled = row_sums(256, 128)
+    assert Injective().apply(te.create_prim_func([a, scaled]), AVX512, False) is None
+
+
+def test_a_wide_concatenation_is_parallel_over_its_pixels_in_four_register_vectors():
+    """Channels 64 + 64 over 16x16 (32768 elements): vectors of 4 registers (64 lanes, the gcd
+    of the boundary and the total), one part per input, the 16·16 pixels in parallel."""
+    inputs = [te.placeholder((1, 16, 16, 64), name=f"x{i}") for i in range(2)]
+    joined = topi.concatenate(inputs, axis=3)
+    relu = te.compute(joined.shape, lambda *i: te.max(joined(*i), 0.0), name="relu")
+    sch = Injective().apply(te.create_prim_func([*inputs, relu]), AVX512, False)
+    assert sch is not None
+    script = sch.mod.script()
+    ranges = re.findall(
+        r"for i3_0\d in range\(([\d, ]+)\):\s*\n\s*for i3_1 in T\.vectorized\((\d+)\)", script
+    )
+    assert ranges == [("1", "64"), ("1, 2", "64")]
+    assert re.findall(r"in T\.parallel\((\d+)\)", script) == ["256"]
+    rng = np.random.default_rng(10)
+    data = [rng.standard_normal((1, 16, 16, 64)).astype("float32") for _ in range(2)]
+    expected = np.maximum(np.concatenate(data, axis=3), 0)
+    np.testing.assert_array_equal(run(sch, data, expected.shape), expected)
+
+
+def test_a_concatenation_whose_channel_loop_was_split_is_vectorized_along_the_inner_loop():
+    """Loops that no longer match the iteration variables (the channel loop split in 6 × 16
+    before): the boundaries, along the whole axis, are not looked for; the inner 16 lanes are
+    the vector; exact."""
+    inputs = [te.placeholder((1, 3, 4, c), name=f"x{i}") for i, c in enumerate([32, 64])]
+    joined = topi.concatenate(inputs, axis=3)
+    relu = te.compute(joined.shape, lambda *i: te.max(joined(*i), 0.0), name="relu")
+    pre = s_tir.Schedule(te.create_prim_func([*inputs, relu]))
+    pre.compute_inline(pre.get_sblock("T_concat"))
+    pre.split(pre.get_loops(pre.get_sblock("relu"))[-1], [None, 16])
+    sch = Injective().apply(pre.mod["main"], AVX512, False)
+    assert sch is not None
+    assert "_partition" not in sch.mod.script()
+    assert nest(sch, "relu")[-2:] == [(SERIAL, 6), (VECTORIZED, 16)]
+    rng = np.random.default_rng(11)
+    data = [rng.standard_normal((1, 3, 4, c)).astype("float32") for c in (32, 64)]
+    expected = np.maximum(np.concatenate(data, axis=3), 0)
+    np.testing.assert_array_equal(run(sch, data, expected.shape), expected)
+
+
+def test_fallback_inlines_every_block_but_the_last_that_tvm_allows():
+    """Row sums, then +1, then ×3: the +1 (second of three) is inlined into the ×3, the
+    reduction (which TVM cannot inline) stays; exact."""
+    a = te.placeholder((256, 128), name="a")
+    k = te.reduce_axis((0, 128), name="k")
+    summed = te.compute((256,), lambda i: te.sum(a[i, k], axis=k), name="summed")
+    shifted = te.compute((256,), lambda i: summed[i] + 1.0, name="shifted")
+    scaled = te.compute((256,), lambda i: shifted[i] * 3.0, name="scaled")
+    sch = Fallback().apply(te.create_prim_func([a, scaled]), AVX512, False)
+    assert sch is not None
+    assert block_names(sch) == ["summed", "scaled"]
+    data = np.random.default_rng(12).standard_normal((256, 128)).astype("float32")
+    expected = 3 * (data.astype(np.float64).sum(axis=1) + 1)
+    np.testing.assert_allclose(run(sch, [data], (256,)), expected, rtol=1e-5, atol=1e-4)
