@@ -23,6 +23,7 @@ __all__ = [
     "window_sum_adjoint",
     "sum_pool",
     "compose_kernel",
+    "LARGE_INPUT",
     "choose_method",
     "method_pieces",
     "structured_conv2d",
@@ -126,8 +127,34 @@ def _window_sum_adjoint(grad: torch.Tensor, dim: int, size: int, dilation: int =
     if size == 1:
         return grad
     margin = dilation * (size - 1)
+    length = grad.shape[dim]
+    if size == 2 and length >= margin:
+        # one pass, no padded copy: the ends are the gradient's, the middle one add
+        shape = list(grad.shape)
+        shape[dim] += margin
+        out = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=_format(grad))
+        out.narrow(dim, 0, margin).copy_(grad.narrow(dim, 0, margin))
+        out.narrow(dim, length, margin).copy_(grad.narrow(dim, length - margin, margin))
+        inner = length - margin
+        torch.add(
+            grad.narrow(dim, margin, inner),
+            grad.narrow(dim, 0, inner),
+            out=out.narrow(dim, margin, inner),
+        )
+        return out
     pad = [0, 0] * (grad.dim() - 1 - dim % grad.dim()) + [margin, margin]
     return _window_sum(F.pad(grad, pad), dim, size, dilation)
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` for a 4-D tensor laid out so (and not also contiguous)."""
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _pool_channels(x: torch.Tensor, structure: Structure, adjoint: bool) -> torch.Tensor:
@@ -299,22 +326,61 @@ class _MixedConv(torch.autograd.Function):
 def _padded_pool(
     x: torch.Tensor, structure: Structure, padding: Tuple[int, int], dilation: Tuple[int, int]
 ) -> torch.Tensor:
-    """``S``: the sum-pool of ``x`` zero-padded by the symmetric ``(ph, pw)``."""
-    if any(padding):
-        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    return _pool(x, structure, dilation)
+    """``S``: the sum-pool of ``x`` zero-padded by the symmetric ``(ph, pw)``.
+
+    Along an axis padded by exactly ``dilation·(window − 1)`` (a 3×3 conv's padding 1 pooled
+    by 2) that is the adjoint window sum, done without a padded copy.
+    """
+    _, window_h, window_w = structure.pool_window
+    for dim, window, step, pad in (
+        (2, window_h, dilation[0], padding[0]),
+        (3, window_w, dilation[1], padding[1]),
+    ):
+        if pad and pad == step * (window - 1):
+            x = _window_sum_adjoint(x, dim, window, step)
+        else:
+            x = _window_sum(
+                F.pad(x, [0, 0] * (3 - dim) + [pad, pad]) if pad else x, dim, window, step
+            )
+    return _pool_channels(x, structure, adjoint=False)
+
+
+#: Input pixels (H·W) from which the input gradient of a stride-1 layer runs composed.
+LARGE_INPUT = 56 * 56
 
 
 def choose_method(
     structure: Structure, x: torch.Tensor, alpha: torch.Tensor, stride: IntPair = 1
 ) -> Method:
-    """How :func:`structured_conv2d` computes this layer when asked for ``"auto"``.
+    """How :func:`structured_conv2d` computes a layer when asked for ``"auto"``.
 
-    PLACEHOLDER until measured.
+    A fixed rule from the shape, measured on ResNet-18's 3×3 convs with ``c = C, n = 2``
+    (``benchmarks/training_speed.py``; each conv of the forward and backward timed alone
+    and the layer end to end, ``docs/experiments.md`` section (e)); no timing at run time:
+
+    * not training (no gradient wanted): ``"pooled"``, the structured op itself;
+    * a channel window (``c < C``): ``"composed"``. Sliding sums over ``D = C − c + 1``
+      channels cost ``~2·log2(D)`` passes over the input, forward and backward (section (c):
+      a small CNN trained through the pooled layers took 2.5–3.8× an ordinary step; not
+      measured on ResNet-18);
+    * ``c = C`` (a spatial window only), per conv: the **alpha gradient** pooled (oneDNN's
+      2×2 weight gradient took 0.4–0.8× the time of the 3×3 one on every layer); the
+      **forward** pooled at stride 1 (box sum plus 2×2 conv 0.5–0.6× of the 3×3 conv at
+      28², 14², 7²), composed at stride 2 (the box sum runs at the input's resolution, four
+      times the output's); the **input gradient** pooled at stride 1 below 56 × 56 input
+      pixels (:data:`LARGE_INPUT`), composed otherwise (at 56² the 2×2 transposed conv plus
+      the adjoint sum over the full-size gradient was slower than the 3×3 one).
     """
-    if not (torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad)):
+    wants_gradient = torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad)
+    if not wants_gradient:
         return "pooled"
-    return "composed"
+    if structure.pool_window[0] > 1:
+        return "composed"
+    unit_stride = as_pair(stride, "stride") == (1, 1)
+    small = x.shape[-2] * x.shape[-1] < LARGE_INPUT
+    forward = "pooled" if unit_stride else "composed"
+    input_gradient = "pooled" if unit_stride and small else "composed"
+    return (forward, input_gradient, "pooled")
 
 
 def method_pieces(method: Method) -> Tuple[bool, bool, bool]:
