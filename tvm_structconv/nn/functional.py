@@ -23,7 +23,6 @@ __all__ = [
     "window_sum_adjoint",
     "sum_pool",
     "compose_kernel",
-    "LARGE_INPUT",
     "choose_method",
     "method_pieces",
     "structured_conv2d",
@@ -345,42 +344,33 @@ def _padded_pool(
     return _pool_channels(x, structure, adjoint=False)
 
 
-#: Input pixels (H·W) from which the input gradient of a stride-1 layer runs composed.
-LARGE_INPUT = 56 * 56
-
-
 def choose_method(
     structure: Structure, x: torch.Tensor, alpha: torch.Tensor, stride: IntPair = 1
 ) -> Method:
     """How :func:`structured_conv2d` computes a layer when asked for ``"auto"``.
 
-    A fixed rule from the shape, measured on ResNet-18's 3×3 convs with ``c = C, n = 2``
-    (``benchmarks/training_speed.py``; each conv of the forward and backward timed alone
-    and the layer end to end, ``docs/experiments.md`` section (e)); no timing at run time:
+    A fixed rule from the structure, measured on ResNet-18's 3×3 convs with ``c = C, n = 2``
+    (``benchmarks/training_speed.py``, ``docs/experiments.md`` section (e)); no timing at
+    run time:
 
-    * not training (no gradient wanted): ``"pooled"``, the structured op itself;
-    * a channel window (``c < C``): ``"composed"``. Sliding sums over ``D = C − c + 1``
-      channels cost ``~2·log2(D)`` passes over the input, forward and backward (section (c):
-      a small CNN trained through the pooled layers took 2.5–3.8× an ordinary step; not
-      measured on ResNet-18);
-    * ``c = C`` (a spatial window only), per conv: the **alpha gradient** pooled (oneDNN's
-      2×2 weight gradient took 0.4–0.8× the time of the 3×3 one on every layer); the
-      **forward** pooled at stride 1 (box sum plus 2×2 conv 0.5–0.6× of the 3×3 conv at
-      28², 14², 7²), composed at stride 2 (the box sum runs at the input's resolution, four
-      times the output's); the **input gradient** pooled at stride 1 below 56 × 56 input
-      pixels (:data:`LARGE_INPUT`), composed otherwise (at 56² the 2×2 transposed conv plus
-      the adjoint sum over the full-size gradient was slower than the 3×3 one).
+    * ``c = C`` (a spatial window only): ``"pooled"``. Forward + backward it was 1.0–1.5×
+      as fast as ``nn.Conv2d`` on every ResNet-18 3×3 layer, strided ones included, at
+      batch 32. Mixing (``("pooled", "composed", "pooled")`` at 56², ``("composed",
+      "composed", "pooled")`` at stride 2) was measured too and lost at stride 2 (0.74–0.79×
+      of ``nn.Conv2d``): two separate oneDNN backward calls each convert the gradient to
+      their blocked layout;
+    * a channel window (``c < C``), while training: ``"composed"``. Sliding sums over
+      ``D = C − c + 1`` channels cost ``~2·log2(D)`` passes over the input, forward and
+      backward (section (c): a small CNN trained through the pooled layers took 2.5–3.8× an
+      ordinary step; not measured on ResNet-18); composed costs one ``nn.Conv2d``;
+    * no gradient wanted (inference): ``"pooled"``, the structured op itself.
+
+    ``x`` and ``stride`` are not used by the rule today; they are the shape it may grow to use.
     """
     wants_gradient = torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad)
-    if not wants_gradient:
-        return "pooled"
-    if structure.pool_window[0] > 1:
+    if wants_gradient and structure.pool_window[0] > 1:
         return "composed"
-    unit_stride = as_pair(stride, "stride") == (1, 1)
-    small = x.shape[-2] * x.shape[-1] < LARGE_INPUT
-    forward = "pooled" if unit_stride else "composed"
-    input_gradient = "pooled" if unit_stride and small else "composed"
-    return (forward, input_gradient, "pooled")
+    return "pooled"
 
 
 def method_pieces(method: Method) -> Tuple[bool, bool, bool]:
