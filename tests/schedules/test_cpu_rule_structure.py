@@ -492,3 +492,64 @@ def test_fallback_inlines_every_block_but_the_last_that_tvm_allows():
     data = np.random.default_rng(12).standard_normal((256, 128)).astype("float32")
     expected = 3 * (data.astype(np.float64).sum(axis=1) + 1)
     np.testing.assert_allclose(run(sch, [data], (256,)), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_a_three_dimensional_pool_runs_batch_depth_and_rows_in_parallel():
+    """NDHWC 2x2x2/2 max-pool of 8x16x16x32: the outer loops but the columns and the channel
+    vectors (batch · 4 depths · 8 rows) fused parallel; a 32-lane vector innermost; exact."""
+    x = te.placeholder((1, 8, 16, 16, 32), name="x")
+    y = topi.nn.pool3d(x, (2, 2, 2), (2, 2, 2), (1, 1, 1), (0,) * 6, "max", False, "NDHWC")
+    sch = ChannelReduction().apply(te.create_prim_func([x, y]), AVX512, False)
+    assert sch is not None
+    update = nest(sch, "pool_max_update")
+    assert update[0] == (PARALLEL, 32) and [k for k, _ in update].count(PARALLEL) == 1
+    assert update[-4:] == [(SERIAL, 2)] * 3 + [(VECTORIZED, 32)]
+    data = np.random.default_rng(13).standard_normal((1, 8, 16, 16, 32)).astype("float32")
+    expected = data.reshape(1, 4, 2, 8, 2, 8, 2, 32).max(axis=(2, 4, 6))
+    np.testing.assert_array_equal(run(sch, [data], expected.shape), expected)
+
+
+def test_a_batched_dense_runs_its_rows_and_output_vectors_in_parallel():
+    """8 rows of 512 @ 512x256 (work over the minimum): both outer loops (8 rows · 4 vectors of
+    64 outputs) fused parallel, the 512 reduction inside, 64 lanes innermost; exact."""
+    data = te.placeholder((8, 512), name="data")
+    weight = te.placeholder((512, 256), name="weight")
+    k = te.reduce_axis((0, 512), name="k")
+    product = te.compute(
+        (8, 256), lambda i, j: te.sum(data[i, k] * weight[k, j], axis=k), name="product"
+    )
+    sch = ChannelReduction().apply(te.create_prim_func([data, weight, product]), AVX512, False)
+    assert sch is not None
+    assert nest(sch, "product_update") == [(PARALLEL, 32), (SERIAL, 512), (VECTORIZED, 64)]
+    rng = np.random.default_rng(14)
+    arrays = [rng.standard_normal(shape).astype("float32") for shape in [(8, 512), (512, 256)]]
+    expected = arrays[0].astype(np.float64) @ arrays[1]
+    np.testing.assert_allclose(run(sch, arrays, (8, 256)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_with_three_epilogue_blocks_inlines_them_all():
+    """``(relu(x @ W + b)) · 0.5``: the bias and the ReLU inlined, the scaling reverse-inlined
+    into the write-back; only the reduction's three blocks remain; exact."""
+    data, weight, bias, product = dense_parts(40)
+    biased = te.compute((1, 40), lambda i, j: product[i, j] + bias[j], name="biased")
+    relu = te.compute((1, 40), lambda i, j: te.max(biased[i, j], 0.0), name="relu")
+    half = te.compute((1, 40), lambda i, j: relu[i, j] * 0.5, name="half")
+    sch = ChannelReduction().apply(te.create_prim_func([data, weight, bias, half]), AVX512, False)
+    assert sch is not None
+    assert block_names(sch) == ["product_init", "product_update", "product_local"]
+    rng = np.random.default_rng(15)
+    arrays = [rng.standard_normal(shape).astype("float32") for shape in [(1, 72), (72, 40), (40,)]]
+    expected = 0.5 * np.maximum(arrays[0].astype(np.float64) @ arrays[1] + arrays[2], 0)
+    np.testing.assert_allclose(run(sch, arrays, (1, 40)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_read_indexed_by_the_output_axis_in_a_middle_axis_is_declined():
+    """``cube[k, j, j]``: the output index ``j`` in the second axis of a read as well as the
+    last (a gather along the vector): not this rule's kind."""
+    data = te.placeholder((1, 72), name="data")
+    k = te.reduce_axis((0, 72), name="k")
+    cube = te.placeholder((72, 40, 40), name="cube")
+    gather = te.compute((1, 40), lambda i, j: te.sum(data[i, k] * cube[k, j, j], axis=k))
+    assert (
+        ChannelReduction().apply(te.create_prim_func([data, cube, gather]), AVX512, False) is None
+    )
