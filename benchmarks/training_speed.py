@@ -2,17 +2,19 @@
 
 Writes ``benchmarks/results/training_speed.{json,md}``; ``docs/experiments.md`` quotes them::
 
-    nice -n 5 python benchmarks/training_speed.py            # a few minutes on 2 cores
+    nice -n 5 python benchmarks/training_speed.py            # about ten minutes on 2 cores
     python benchmarks/training_speed.py --rounds 2 --quick   # smoke run
 
-Every comparison is timed inside one process, the variants interleaved (A, B, A, B …), with
-``torch.set_num_threads(--threads)``; the tables give medians and ratios. Three measurements:
+Every comparison is timed inside one process, the variants interleaved call by call (A, B,
+A, B …), with ``torch.set_num_threads(--threads)``; the tables give the minimum over the calls
+(the run least disturbed by other jobs) and ratios of minima. Three measurements:
 
 1. Each 3×3 conv shape of ResNet-18 (batch 32, fp32, forward + backward): ``nn.Conv2d``
-   against ``StructuredConv2d`` (``c = C, n = 2``), contiguous and channels-last, and the
-   previous pooled path (pad, ``avg_pool2d`` box sum, 2×2 conv) for reference.
+   against ``StructuredConv2d`` (``c = C, n = 2``) as it picks (``method="auto"``) and forced
+   to each method (``"pooled"``: box sum then 2×2 conv; ``"composed"``: the 3×3 conv with
+   ``A · alpha``), contiguous and channels-last.
 2. A whole ResNet-18 training step (forward, backward, SGD), original against every 3×3 conv
-   structured (``StructuredConv2d``).
+   structured (``StructuredConv2d``, each method).
 3. The regularizer (forward + backward) against a ResNet-18 training step at batch 8 and 64,
    the cached one against ``Structure.residual`` per layer; and per kernel size.
 """
@@ -21,21 +23,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from paper_questions import alternating_medians, training_step  # benchmarks/ is sys.path[0]
+from paper_questions import training_step  # benchmarks/ is sys.path[0]
 
 from tvm_structconv.models import create_model
 from tvm_structconv.nn import StructuralRegularizer, StructuredConv2d, structurize
+from tvm_structconv.nn.functional import choose_method
 from tvm_structconv.plan import Plan
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-LAYERS = ((64, 56), (128, 28), (256, 14), (512, 7))
+#: ResNet-18's 3×3 convs: (in channels, out channels, input size, stride).
+LAYERS = (
+    (64, 64, 56, 1),
+    (128, 128, 28, 1),
+    (256, 256, 14, 1),
+    (512, 512, 7, 1),
+    (64, 128, 56, 2),
+    (128, 256, 28, 2),
+    (256, 512, 14, 2),
+)
+METHODS = ("auto", "pooled", "composed")
+
+
+def interleaved_minima(functions: Dict[str, Callable[[], None]], count: int) -> Dict[str, float]:
+    """Minimum ms of each function over ``count`` calls, the functions called in turn.
+
+    Two warm-up rounds first. On a shared machine the minimum is the call least slowed by
+    other jobs, and alternating call by call makes a drift in load hit every function alike.
+    """
+    for _ in range(2):
+        for function in functions.values():
+            function()
+    times: Dict[str, List[float]] = {name: [] for name in functions}
+    for _ in range(count):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.min(values)) for name, values in times.items()}
 
 
 def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -49,37 +82,36 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-class _AvgPoolPath(nn.Module):
-    """The previous pooled path: ``F.pad``, ``avg_pool2d`` box sum × 4, 2×2 conv."""
-
-    def __init__(self, layer: StructuredConv2d) -> None:
-        super().__init__()
-        self.alpha = layer.alpha
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(x, (1, 1, 1, 1))
-        return F.conv2d(F.avg_pool2d(padded, 2, stride=1) * 4.0, self.alpha)
+def _structured(conv: nn.Conv2d, method: str) -> StructuredConv2d:
+    layer = StructuredConv2d.from_conv(conv, conv.in_channels, 2)
+    layer.method = method
+    return layer
 
 
-def layer_speed(batch: int, rounds: int) -> List[Dict[str, float]]:
+def layer_speed(
+    batch: int, rounds: int, layers: Sequence[Tuple[int, int, int, int]] = LAYERS
+) -> List[Dict[str, float]]:
     """(1) forward + backward of every ResNet-18 3×3 conv shape, original vs structured."""
     rows = []
-    for channels, size in LAYERS:
+    for in_channels, out_channels, size, stride in layers:
         torch.manual_seed(0)
-        conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        structured = StructuredConv2d.from_conv(conv, channels, 2)
+        conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         variants: Dict[str, Callable[[], None]] = {}
         for layout in ("contiguous", "channels_last"):
             form = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-            x = torch.randn(batch, channels, size, size).to(memory_format=form)
+            x = torch.randn(batch, in_channels, size, size).to(memory_format=form)
             x.requires_grad_()
-            for name, layer in (("conv", conv), ("structured", structured)):
-                variants[f"{name} {layout}"] = _forward_backward(layer.to(memory_format=form), x)
-            if layout == "contiguous":
-                variants["avg_pool path"] = _forward_backward(_AvgPoolPath(structured), x)
-        medians = alternating_medians(variants, rounds)
-        rows.append({"channels": channels, "size": size, **medians})
-        print(f"layer {channels}@{size}: {medians}", flush=True)
+            variants[f"conv {layout}"] = _forward_backward(conv.to(memory_format=form), x)
+            for method in METHODS if layout == "contiguous" else ("auto", "pooled"):
+                layer = _structured(conv, method).to(memory_format=form)
+                variants[f"{method} {layout}"] = _forward_backward(layer, x)
+        minima = interleaved_minima(variants, rounds)
+        shape = {"in": in_channels, "out": out_channels, "size": size, "stride": stride}
+        probe = _structured(conv, "auto")
+        x = torch.randn(batch, in_channels, size, size, requires_grad=True)
+        picks = choose_method(probe.structure, x, probe.alpha)
+        rows.append({**shape, **minima, "picks": picks})
+        print(f"layer {shape}: {minima}", flush=True)
     return rows
 
 
@@ -87,17 +119,17 @@ def model_speed(batch: int, size: int, rounds: int) -> Dict[str, float]:
     """(2) a ResNet-18 training step, original vs every 3×3 conv a StructuredConv2d."""
     torch.manual_seed(0)
     original = create_model("resnet18")
-    structured, _ = structurize(original, Plan.parse("3x3:c=C,n=2"), replace=True)
     image = (3, size, size)
-    medians = alternating_medians(
-        {
-            "original": training_step(original, batch, image_shape=image),
-            "structured": training_step(structured, batch, image_shape=image),
-        },
-        rounds,
-    )
-    print(f"model batch {batch}: {medians}", flush=True)
-    return {"batch": batch, "size": size, **medians}
+    steps = {"original": training_step(original, batch, image_shape=image)}
+    for method in METHODS:
+        structured, _ = structurize(original, Plan.parse("3x3:c=C,n=2"), replace=True)
+        for module in structured.modules():
+            if isinstance(module, StructuredConv2d):
+                module.method = method
+        steps[method] = training_step(structured, batch, image_shape=image)
+    minima = interleaved_minima(steps, rounds)
+    print(f"model batch {batch}: {minima}", flush=True)
+    return {"batch": batch, "size": size, **minima}
 
 
 def regularizer_cost(batches: Sequence[int], size: int, rounds: int) -> List[Dict[str, float]]:
@@ -118,7 +150,7 @@ def regularizer_cost(batches: Sequence[int], size: int, rounds: int) -> List[Dic
             torch.stack([s.residual(m.weight) for m, s in layers]).sum().backward()
 
         for batch in batches:
-            medians = alternating_medians(
+            minima = interleaved_minima(
                 {
                     "step": training_step(model, batch, image_shape=(3, size, size)),
                     "regularizer": cached,
@@ -126,8 +158,8 @@ def regularizer_cost(batches: Sequence[int], size: int, rounds: int) -> List[Dic
                 },
                 rounds,
             )
-            rows.append({"plan": plan_text, "batch": batch, "size": size, **medians})
-            print(f"regularizer {plan_text} batch {batch}: {medians}", flush=True)
+            rows.append({"plan": plan_text, "batch": batch, "size": size, **minima})
+            print(f"regularizer {plan_text} batch {batch}: {minima}", flush=True)
     return rows
 
 
@@ -148,52 +180,80 @@ def kernel_cost(rounds: int) -> List[Dict[str, float]]:
             for batch in (1, 8, 64):
                 x = torch.randn(batch, 256, 14, 14)
                 steps[f"step {batch}"] = _forward_backward(conv, x)
-            medians = alternating_medians({"regularizer": alone, **steps}, rounds)
-            rows.append({"plan": plan_text, **medians})
-            print(f"kernel {plan_text}: {medians}", flush=True)
+            minima = interleaved_minima({"regularizer": alone, **steps}, rounds)
+            rows.append({"plan": plan_text, **minima})
+            print(f"kernel {plan_text}: {minima}", flush=True)
     return rows
 
 
-def markdown(results: Dict) -> str:
+def _layer_name(row: Dict) -> str:
+    name = f"{row['in']}@{row['size']}"
+    if row["out"] != row["in"] or row["stride"] != 1:
+        name = f"{row['in']}→{row['out']}@{row['size']}, stride {row['stride']}"
+    return name
+
+
+def _conditions(results: Dict, part: str) -> str:
+    conditions = results.get("conditions", {}).get(part)
+    if conditions is None:
+        return "calls and load not recorded"
+    return (
+        f"{conditions['rounds']} calls, load {conditions['load_before']:.1f} → "
+        f"{conditions['load_after']:.1f}"
+    )
+
+
+def _layers_table(results: Dict) -> List[str]:
     lines = [
-        f"torch {results['torch']}, {results['threads']} thread(s), medians of "
-        f"{results['rounds']} interleaved rounds on a shared machine (ratios within one run).",
+        f"**Per layer** (batch {results['batch']}, forward + backward, `c = C, n = 2`; "
+        "MAC ratio 2.25×; " + _conditions(results, "layers") + "): `StructuredConv2d` as it "
+        "picks (`auto`) and forced to each method, against `nn.Conv2d` in the same memory "
+        "format:",
         "",
-        f"**Per layer** (batch {results['batch']}, forward + backward; speedup = "
-        "`nn.Conv2d` ms / variant ms, contiguous conv as the base unless marked):",
-        "",
-        "| layer | conv ms | StructuredConv2d | avg_pool path (before) | conv, channels-last "
-        "| StructuredConv2d, channels-last (vs conv channels-last) | MAC ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| layer | conv ms | auto | pooled | composed | conv ms, channels-last "
+        "| auto, channels-last | pooled, channels-last | auto picks |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["layers"]:
         base, base_cl = row["conv contiguous"], row["conv channels_last"]
+        cells = [f"{base / row[f'{m} contiguous']:.2f}×" for m in METHODS]
+        cells += [f"{base_cl:.1f}"]
+        cells += [f"{base_cl / row[f'{m} channels_last']:.2f}×" for m in ("auto", "pooled")]
         lines.append(
-            f"| {row['channels']}@{row['size']} | {base:.1f} | "
-            f"{base / row['structured contiguous']:.2f}× | {base / row['avg_pool path']:.2f}× | "
-            f"{base / base_cl:.2f}× | {base / row['structured channels_last']:.2f}× "
-            f"({base_cl / row['structured channels_last']:.2f}×) | 2.25× |"
+            f"| {_layer_name(row)} | {base:.1f} | " + " | ".join(cells) + f" | {row['picks']} |"
         )
-    lines += [
-        "",
+    return lines
+
+
+def _model_table(results: Dict) -> List[str]:
+    lines = [
         "**Whole ResNet-18 training step** (forward, backward, SGD; every 3×3 conv a "
-        "`StructuredConv2d` with `c = C, n = 2`):",
+        "`StructuredConv2d` with `c = C, n = 2`, as it picks and forced to each method; "
+        + _conditions(results, "model")
+        + "):",
         "",
-        "| batch | input | original ms | structured ms | speedup |",
-        "|---|---|---|---|---|",
+        "| batch | input | original ms | auto ms | speedup | pooled | composed |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in results["model"]:
+        base = row["original"]
         lines.append(
-            f"| {row['batch']} | {row['size']}² | {row['original']:.0f} | "
-            f"{row['structured']:.0f} | {row['original'] / row['structured']:.2f}× |"
+            f"| {row['batch']} | {row['size']}² | {base:.0f} | {row['auto']:.0f} | "
+            f"{base / row['auto']:.2f}× | {base / row['pooled']:.2f}× | "
+            f"{base / row['composed']:.2f}× |"
         )
-    lines += [
-        "",
+    return lines
+
+
+def _regularizer_table(results: Dict) -> List[str]:
+    lines = [
         "**Regularizer on ResNet-18** (16 3×3 convs; forward + backward of the regularizer "
-        "against a training step of the ordinary model):",
+        "against a training step of the ordinary model; "
+        + _conditions(results, "regularizer")
+        + "):",
         "",
         "| plan | batch | step ms | regularizer ms (share of the step) | "
-        "per-layer `Structure.residual` ms (share) |",
+        "uncached per-layer `Structure.residual` ms (share) |",
         "|---|---|---|---|---|",
     ]
     for row in results["regularizer"]:
@@ -203,10 +263,15 @@ def markdown(results: Dict) -> str:
             f"({100 * row['regularizer'] / step:.1f} %) | {row['Structure.residual']:.0f} "
             f"({100 * row['Structure.residual'] / step:.0f} %) |"
         )
-    lines += [
-        "",
+    return lines
+
+
+def _kernels_table(results: Dict) -> List[str]:
+    lines = [
         "**Regularizer per kernel size** (one 256→256 conv at 14×14; regularizer forward + "
-        "backward against the layer's forward + backward at batch 1, 8, 64):",
+        "backward against the layer's forward + backward at batch 1, 8, 64; "
+        + _conditions(results, "kernels")
+        + "):",
         "",
         "| plan | regularizer ms | step ms, batch 1 / 8 / 64 | share at batch 1 / 8 / 64 |",
         "|---|---|---|---|",
@@ -219,7 +284,43 @@ def markdown(results: Dict) -> str:
             + " / ".join(f"{s:.1f}" for s in steps)
             + f" | {shares} |"
         )
+    return lines
+
+
+def markdown(results: Dict) -> str:
+    """The tables of ``results`` in Markdown (those of the parts measured so far)."""
+    lines = [
+        f"torch {results['torch']}, {results['threads']} thread(s); each table: the minimum "
+        "over its calls of each variant, the variants interleaved call by call in one "
+        "process on a shared machine (ratios within one run; the load average before and "
+        "after each table is given with it). Speedup = `nn.Conv2d` ms / variant ms, so > 1 is "
+        "faster.",
+    ]
+    tables = {
+        "layers": _layers_table,
+        "model": _model_table,
+        "regularizer": _regularizer_table,
+        "kernels": _kernels_table,
+    }
+    for part, table in tables.items():
+        if part in results:
+            lines += ["", *table(results)]
     return "\n".join(lines) + "\n"
+
+
+PARTS = ("layers", "model", "regularizer", "kernels")
+
+
+def run_part(part: str, args: argparse.Namespace) -> object:
+    """The measurement ``part`` of :data:`PARTS`."""
+    size = 64 if args.quick else 224
+    if part == "layers":
+        return layer_speed(args.batch, args.rounds)
+    if part == "model":
+        return [model_speed(8, size, args.rounds)]
+    if part == "regularizer":
+        return regularizer_cost((8, 64), size, max(3, args.rounds // 2))
+    return kernel_cost(args.rounds)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -228,22 +329,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32, help="batch of the per-layer timings")
     parser.add_argument("--quick", action="store_true", help="small inputs (a smoke run)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)}; the others are kept from the "
+        "previous results in --out",
+    )
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    size = 64 if args.quick else 224
-    results = {
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "batch": args.batch,
-        "layers": layer_speed(args.batch, args.rounds),
-        "model": [model_speed(8, size, args.rounds)],
-        "regularizer": regularizer_cost((8, 64), size, max(3, args.rounds // 2)),
-        "kernels": kernel_cost(args.rounds),
-    }
+    path = args.out / "training_speed.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.update(torch=torch.__version__, threads=args.threads, batch=args.batch)
+    for part in args.parts.split(","):
+        if part not in PARTS:
+            parser.error(f"unknown part {part!r}; choose from {PARTS}")
+        before = os.getloadavg()[0]
+        results[part] = run_part(part, args)
+        results.setdefault("conditions", {})[part] = {
+            "rounds": args.rounds,
+            "load_before": before,
+            "load_after": os.getloadavg()[0],
+        }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "training_speed.json").write_text(json.dumps(results, indent=1))
+    path.write_text(json.dumps(results, indent=1))
     text = markdown(results)
     (args.out / "training_speed.md").write_text(text, encoding="utf-8")
     print(text)
