@@ -344,28 +344,28 @@ def _padded_pool(
     return _pool_channels(x, structure, adjoint=False)
 
 
-def choose_method(
-    structure: Structure, x: torch.Tensor, alpha: torch.Tensor, stride: IntPair = 1
-) -> Method:
+def choose_method(structure: Structure, x: torch.Tensor, alpha: torch.Tensor) -> Method:
     """How :func:`structured_conv2d` computes a layer when asked for ``"auto"``.
 
     A fixed rule from the structure, measured on ResNet-18's 3×3 convs with ``c = C, n = 2``
     (``benchmarks/training_speed.py``, ``docs/experiments.md`` section (e)); no timing at
     run time:
 
-    * ``c = C`` (a spatial window only): ``"pooled"``. Forward + backward it was 1.0–1.5×
-      as fast as ``nn.Conv2d`` on every ResNet-18 3×3 layer, strided ones included, at
-      batch 32. Mixing (``("pooled", "composed", "pooled")`` at 56², ``("composed",
-      "composed", "pooled")`` at stride 2) was measured too and lost at stride 2 (0.74–0.79×
-      of ``nn.Conv2d``): two separate oneDNN backward calls each convert the gradient to
-      their blocked layout;
+    * ``c = C`` (a spatial window only): ``"pooled"``. Forward + backward at batch 32 it was
+      1.01–1.52× as fast as ``nn.Conv2d`` on the four stride-1 3×3 layers of ResNet-18 and
+      0.86–1.49× on the three strided ones (runs on a loaded machine, noise about ±20 %),
+      and a ResNet-18 training step 1.33–1.42× faster. Mixing per conv
+      (``("pooled", "composed", "pooled")`` at 56², ``("composed", "composed", "pooled")`` at
+      stride 2, each piece the faster one when timed alone) lost at stride 2 (0.74–0.86×):
+      two separate oneDNN backward calls each convert the gradient to their blocked layout,
+      and ``S`` is formed again in the backward;
     * a channel window (``c < C``), while training: ``"composed"``. Sliding sums over
       ``D = C − c + 1`` channels cost ``~2·log2(D)`` passes over the input, forward and
       backward (section (c): a small CNN trained through the pooled layers took 2.5–3.8× an
       ordinary step; not measured on ResNet-18); composed costs one ``nn.Conv2d``;
     * no gradient wanted (inference): ``"pooled"``, the structured op itself.
 
-    ``x`` and ``stride`` are not used by the rule today; they are the shape it may grow to use.
+    ``x`` and ``alpha`` say whether a gradient is wanted.
     """
     wants_gradient = torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad)
     if wants_gradient and structure.pool_window[0] > 1:
@@ -442,7 +442,7 @@ def structured_conv2d(
             f"{structure.alpha_shape(alpha.shape[0])} for {structure}"
         )
     if method == "auto":
-        method = choose_method(structure, x, alpha, stride)
+        method = choose_method(structure, x, alpha)
     pieces = method_pieces(method)
     left, right, top, bottom = _padding_lrtb(padding)
     if (left, top) != (right, bottom):

@@ -8,9 +8,9 @@ the per-axis projectors ``P = B B⁺`` (the projector of ``A = B_C ⊗ B_Nh ⊗ 
 ``P_C ⊗ P_Nh ⊗ P_Nw``), never through a dense ``C·N² × C·N²`` one: the two spatial projectors
 as one ``N² × N²`` matrix; the channel projector through window sums and a ``c × c`` product,
 and only when the channel window is wider than one (with ``c = C`` it is the identity, skipped).
-The factors are cached per device and dtype, the layers of equal shape and structure are
-stacked into one product, and the gradient is formed in closed form from the forward's
-``(I − P) W`` (:class:`_Residuals`). Its cost does not depend on the batch.
+The factors are cached per device and dtype, the layers of equal shape and structure share one
+autograd node (each kernel multiplied on its own: stacking them copied every weight), and the
+gradient is formed in closed form (:class:`_Residuals`). Its cost does not depend on the batch.
 """
 
 from __future__ import annotations
