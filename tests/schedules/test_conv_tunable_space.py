@@ -29,11 +29,12 @@ def conv_func(size: int = 16, blocks: int = 4) -> tvm.tirx.PrimFunc:
 
 def test_sampled_tilings_stay_within_rows_registers_and_divide_the_loops():
     """16x16 output, 4 blocks of 8 channels, AVX2 (16 registers): over 40 seeds each of the
-    three sampled splits is perfect, rows ≤ 8, pixels ≤ the register budget, and tasks of
+    three sampled splits is perfect, rows ≤ 8, pixels ≤ the register budget (and up to it),
+    and tasks of
     several output-channel blocks are sampled (no bound on them: with these seeds TVM's
     sampler drew all 4 blocks per task every time)."""
     budget = pixel_budget(BLOCK, vector_lanes(AVX2), vector_registers(AVX2))
-    inner_blocks = set()
+    inner_blocks, sampled_pixels = set(), set()
     for seed in range(1, 41):
         sch = s_tir.Schedule(conv_func(), seed=seed)
         assert conv.schedule_structured_conv2d(
@@ -45,7 +46,10 @@ def test_sampled_tilings_stay_within_rows_registers_and_divide_the_loops():
         assert rows[1] <= MAX_ROWS, (seed, rows)
         assert pixels[1] <= budget, (seed, pixels, budget)
         inner_blocks.add(chunks[1])
+        sampled_pixels.add(pixels[1])
     assert max(inner_blocks) > 1, inner_blocks
+    # the budget is reached: the widest tile the registers hold is among those drawn
+    assert max(sampled_pixels) == max(d for d in (1, 2, 4, 8, 16) if d <= budget), sampled_pixels
 
 
 def test_the_hand_schedule_is_the_default_and_samples_nothing():
