@@ -20,7 +20,8 @@ instrument's Python callback costs a few microseconds per call on both sides of 
 very short kernels read a little slow on the TVM side. Kinds come from TVM's function names
 and onnxruntime's op types, and each runtime fuses differently: TVM's DenseNet concat kernel
 carries the BatchNorm and ReLU after it, while onnxruntime runs that BatchNorm as an NCHWc
-``Conv`` node (so it counts among the convs); the per-node list in the JSON has both sides.
+``Conv`` node of one input channel per group and a 1x1 kernel (counted here as elementwise,
+not as a conv); the per-node list in the JSON has both sides.
 
     python benchmarks/kernel_compare.py --families googlenet,resnet50
     python benchmarks/kernel_compare.py --families resnet18 --runs 60   # a built-in model
@@ -134,13 +135,15 @@ def onnxruntime_sites(profile: Path, warmup: int) -> List[CallSite]:
             shapes = [next(iter(s.values())) for s in arguments.get("input_type_shape", [])]
             output = next(iter(arguments["output_type_shape"][0].values()))
             op = arguments["op_name"]
-            conv = None
+            kind, conv = kind_of(op), None
             if "conv" in op.lower() and len(shapes) >= 2 and len(shapes[1]) == 4:
                 cout, cin_group, kh, kw = shapes[1]
                 conv = (cout, cin_group, kh, kw, output[2], output[3], shapes[0][1] // cin_group)
+                if cin_group == kh == kw == 1:  # a BatchNorm run as a per-channel 1x1 conv
+                    kind, conv = "elementwise", None
             sites[node] = CallSite(
                 name=node,
-                kind=kind_of(op),
+                kind=kind,
                 output_size=int(np.prod(output)),
                 argument_sizes=tuple(int(np.prod(s)) for s in shapes),
                 conv=conv,
