@@ -225,3 +225,20 @@ def test_the_template_takes_the_nhwc_conv_only(layout_is_nhwc):
     done = conv.schedule_structured_conv2d(sch, ops.find_structured_block(sch), AVX512)
     assert done == layout_is_nhwc
     assert (sch.mod.script() == before) == (not layout_is_nhwc)
+
+
+def test_an_unroll_of_two_input_channels_is_split_and_loaded_as_one_vector():
+    """12 reduced channels with an unroll of 2: the channel loop split 6 × 2, the pair of S
+    values of a pixel one 2-lane vector load; exact."""
+    structure = Structure(24, 1, 12, 1)
+    func, out_shape = conv_func(structure, 16, (6, 6), 16)
+    sch = schedule(func, unroll=2)
+    loads = [name for name in block_names(sch) if name.endswith("_local") and "conv" not in name]
+    assert len(loads) == 1 and nest(sch, loads[0])[-1] == (VECTORIZED, 2)
+    assert nest(sch, "structured_conv2d_update")[-4:] == [
+        (SERIAL, 6),
+        (UNROLLED, 6),
+        (UNROLLED, 2),
+        (VECTORIZED, 16),
+    ]
+    check_exact(sch, structure, 16, (6, 6), 16, out_shape, 1, (0, 0, 0, 0))
