@@ -93,3 +93,26 @@ def test_a_clip_among_primfuncs_is_expanded_and_the_primfuncs_kept():
     } == prim_funcs
     text = actual["main"].script()
     assert "R.clip" not in text and "R.maximum" in text and "R.minimum" in text
+
+
+def test_every_relax_function_of_a_module_is_expanded():
+    """Two Relax functions with a clip each, after a PrimFunc: both expanded (each function's
+    change is counted on its own, and a PrimFunc met first does not end the walk)."""
+    x = relax.Var("x", relax.TensorType((2, 5), "float32"))
+    y = relax.Var("y", relax.TensorType((2, 5), "float32"))
+    builder = relax.BlockBuilder()
+    for name, var in (("first", x), ("second", y)):
+        with builder.function(name, [var]):
+            with builder.dataflow():
+                out = builder.emit_output(builder.emit(relax.op.clip(var, 0.0, 6.0)))
+            builder.emit_func_output(out)
+    mod = builder.get()
+    a = tvm.te.placeholder((2,), name="a")
+    prim = tvm.te.create_prim_func([a, tvm.te.compute((2,), lambda i: a[i] + 1.0)])
+    functions = {tvm.ir.GlobalVar("a_prim"): prim, **dict(mod.functions_items())}
+    mod = tvm.IRModule(functions)
+    assert isinstance(next(iter(mod.functions_items()))[1], tvm.tirx.PrimFunc)
+    actual = ExpandClip()(mod)
+    for name in ("first", "second"):
+        text = actual[name].script()
+        assert "R.clip" not in text and "R.maximum" in text and "R.minimum" in text, name
