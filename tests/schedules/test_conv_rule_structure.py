@@ -14,12 +14,12 @@ one vector.
 
 from __future__ import annotations
 
-import re
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
 import tvm
+from loop_nests import AVX512, PARALLEL, SERIAL, UNROLLED, VECTORIZED, block_names, nest
 from tvm import s_tir, te
 
 from tvm_structconv import ops
@@ -27,29 +27,6 @@ from tvm_structconv.schedules.cpu import conv
 from tvm_structconv.structure import Structure
 
 from conv_oracle import oracle, random_case
-
-AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
-
-SERIAL, PARALLEL, VECTORIZED, UNROLLED = (
-    tvm.tirx.ForKind.SERIAL,
-    tvm.tirx.ForKind.PARALLEL,
-    tvm.tirx.ForKind.VECTORIZED,
-    tvm.tirx.ForKind.UNROLLED,
-)
-
-
-def nest(sch: s_tir.Schedule, block: str) -> List[Tuple[tvm.tirx.ForKind, int]]:
-    """The (kind, extent) of each loop around the block named ``block``, outermost first."""
-    return [
-        (sch.get(loop).kind, int(sch.get(loop).extent))
-        for loop in sch.get_loops(sch.get_sblock(block))
-    ]
-
-
-def block_names(sch: s_tir.Schedule) -> List[str]:
-    """The blocks of the scheduled function in program order, the root left out."""
-    names = re.findall(r'T\.sblock\("(\w+)"\)', sch.mod.script())
-    return [name for name in names if name != "root"]
 
 
 def conv_func(

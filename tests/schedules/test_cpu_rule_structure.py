@@ -21,6 +21,7 @@ import torch
 import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loop_nests import AVX512, PARALLEL, SERIAL, VECTORIZED, block_names, nest
 from tvm import s_tir, te, topi
 
 from tvm_structconv.schedules.cpu.blocks import (
@@ -34,31 +35,6 @@ from tvm_structconv.schedules.cpu.injective import Injective
 from tvm_structconv.schedules.cpu.reduction import ChannelReduction
 from tvm_structconv.schedules.target_info import vector_widths
 
-#: 16 float lanes, 32 registers; two cores, so that nothing depends on the machine testing.
-AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
-LANES = 16
-
-SERIAL, PARALLEL, VECTORIZED = (
-    tvm.tirx.ForKind.SERIAL,
-    tvm.tirx.ForKind.PARALLEL,
-    tvm.tirx.ForKind.VECTORIZED,
-)
-
-
-def nest(sch: s_tir.Schedule, block: str) -> List[Tuple[tvm.tirx.ForKind, int]]:
-    """The (kind, extent) of each loop around the block named ``block``, outermost first."""
-    return [
-        (sch.get(loop).kind, int(sch.get(loop).extent))
-        for loop in sch.get_loops(sch.get_sblock(block))
-    ]
-
-
-def block_names(sch: s_tir.Schedule) -> List[str]:
-    """The names of the blocks of the scheduled function, in program order (root left out)."""
-    return [
-        name for name in re.findall(r'T\.sblock\("(\w+)"\)', sch.mod.script()) if name != "root"
-    ]
-
 
 def kinds(loops: Sequence[Tuple[tvm.tirx.ForKind, int]]) -> List[tvm.tirx.ForKind]:
     return [kind for kind, _ in loops]
@@ -71,6 +47,10 @@ def run(sch_or_func, arrays: Sequence[np.ndarray], out_shape: Sequence[int]) -> 
     result = tvm.runtime.tensor(np.zeros(tuple(out_shape), "float32"))
     tvm.compile(module, target=host)(*(tvm.runtime.tensor(a) for a in arrays), result)
     return result.numpy()
+
+
+#: AVX512's float lanes.
+LANES = 16
 
 
 def widest(total: int) -> int:
