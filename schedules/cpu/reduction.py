@@ -119,7 +119,7 @@ def _split_vector(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int):
     """Split ``loop`` into (outer, vector of 1, 2 or 4 registers, or less than one).
 
     A power-of-two number of registers: a padded window's conditional read of 3 registers is
-    3-4x slower (LLVM), see the module's docstring.
+    6-20x slower (LLVM), see the module's docstring.
     """
     widths = [
         width
