@@ -6,31 +6,36 @@ tests compile the same modules and run them.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import tvm
 from tvm import relax
 
 
-def conv2d_module(x_shape, weight: relax.Expr, **attrs) -> tvm.IRModule:
-    """``main(x) = conv2d(x, weight, **attrs)``, float32 ``x`` of ``x_shape``."""
-    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+def chain_module(x_shape, *layers: Callable[[relax.Expr], relax.Expr], dtype: str = "float32"):
+    """``main(x) = layers[-1](… layers[0](x))``, ``x`` of ``x_shape`` and ``dtype``, each
+    layer's result bound in one dataflow block."""
+    x = relax.Var("x", relax.TensorType(x_shape, dtype))
     builder = relax.BlockBuilder()
     with builder.function("main", [x]):
         with builder.dataflow():
-            out = builder.emit_output(builder.emit(relax.op.nn.conv2d(x, weight, **attrs)))
+            out = x
+            for layer in layers:
+                out = builder.emit(layer(out))
+            out = builder.emit_output(out)
         builder.emit_func_output(out)
     return builder.get()
+
+
+def conv2d_module(x_shape, weight: relax.Expr, dtype: str = "float32", **attrs) -> tvm.IRModule:
+    """``main(x) = conv2d(x, weight, **attrs)``, ``x`` of ``x_shape`` and ``dtype``."""
+    return chain_module(x_shape, lambda x: relax.op.nn.conv2d(x, weight, **attrs), dtype=dtype)
 
 
 def clip_module(dtype: str = "float32") -> tvm.IRModule:
     """``main(x) = clip(x, 0, 6)`` (ReLU6) for ``x`` of shape ``(1, 4, 3, 3)`` and ``dtype``."""
-    x = relax.Var("x", relax.TensorType((1, 4, 3, 3), dtype))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            out = builder.emit_output(builder.emit(relax.op.clip(x, 0.0, 6.0)))
-        builder.emit_func_output(out)
-    return builder.get()
+    return chain_module((1, 4, 3, 3), lambda x: relax.op.clip(x, 0.0, 6.0), dtype=dtype)
 
 
 def bn_params(channels: int, seed: int) -> list[np.ndarray]:

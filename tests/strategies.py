@@ -19,6 +19,18 @@ def structures(draw, max_channels: int = 8, max_kernel: int = 4, allow_groups: b
     return Structure(per_group * groups, kernel, reduced * groups, reduced_kernel, groups)
 
 
+#: The drawn arguments of a ``gradcheck`` of ``structured_conv2d``, small enough for float64
+#: finite differences: structure, stride, padding ``(left, right, top, bottom)``, dilation and
+#: whether the input is channels-last.
+GRADCHECK_CONVS = (
+    structures(max_channels=3, max_kernel=3),
+    st.integers(1, 2),
+    st.tuples(*[st.integers(0, 2)] * 4),
+    st.integers(1, 2),
+    st.booleans(),
+)
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """Stride, padding and dilation of a conv, each drawn per axis, and the input's extra size.

@@ -22,7 +22,7 @@ from tvm_structconv.nn.functional import (
 )
 from tvm_structconv.structure import Structure, banded_ones
 
-from strategies import structures
+from strategies import GRADCHECK_CONVS, structures
 
 METHODS = ("pooled", "composed")
 #: every method structured_conv2d takes: the two names and the mixed triples
@@ -97,15 +97,7 @@ def test_gradients_equal_conv2d_on_the_composed_kernel(
 
 
 @settings(max_examples=12)
-@given(
-    structures(max_channels=3, max_kernel=3),
-    st.integers(1, 2),  # stride
-    st.tuples(*[st.integers(0, 2)] * 4),  # (left, right, top, bottom)
-    st.integers(1, 2),  # dilation
-    st.booleans(),  # channels-last input
-    CONV_METHODS,
-    st.integers(0, 99),
-)
+@given(*GRADCHECK_CONVS, CONV_METHODS, st.integers(0, 99))
 def test_each_method_passes_gradcheck(
     structure, stride, padding, dilation, channels_last, method, seed
 ):

@@ -16,7 +16,7 @@ from tvm_structconv.nn.functional import (
 )
 from tvm_structconv.structure import Structure
 
-from strategies import structures
+from strategies import GRADCHECK_CONVS, structures
 
 
 @given(
@@ -157,14 +157,7 @@ def test_window_sum_against_numpy_and_its_adjoint(length, size, dilation, seed):
 
 
 @settings(max_examples=6, deadline=None)
-@given(
-    structures(max_channels=3, max_kernel=3),
-    st.integers(1, 2),  # stride
-    st.tuples(*[st.integers(0, 2)] * 4),  # (left, right, top, bottom)
-    st.integers(1, 2),  # dilation
-    st.booleans(),  # channels-last input
-    st.integers(0, 99),
-)
+@given(*GRADCHECK_CONVS, st.integers(0, 99))
 def test_fast_backward_passes_gradcheck(structure, stride, padding, dilation, channels_last, seed):
     generator = torch.Generator().manual_seed(seed)
     out_channels = structure.groups

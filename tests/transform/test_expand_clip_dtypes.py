@@ -11,30 +11,23 @@ from tvm import relax
 
 from tvm_structconv.transform import ExpandClip
 
+from relax_modules import chain_module
+
 
 def clip_of(dtype: str, low, high) -> tvm.IRModule:
     """``main(x) = clip(x, low, high)`` for ``x`` of shape ``(2, 5)`` and ``dtype``."""
-    x = relax.Var("x", relax.TensorType((2, 5), dtype))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            out = builder.emit_output(builder.emit(relax.op.clip(x, low, high)))
-        builder.emit_func_output(out)
-    return builder.get()
+    return chain_module((2, 5), lambda x: relax.op.clip(x, low, high), dtype=dtype)
 
 
 def expanded(dtype: str, low: float, high: float) -> tvm.IRModule:
     """``minimum(maximum(x, low), high)`` with 0-d constants of ``dtype``."""
-    x = relax.Var("x", relax.TensorType((2, 5), dtype))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            lower = builder.emit(relax.op.maximum(x, relax.const(np.array(low, dtype), dtype)))
-            out = builder.emit_output(
-                builder.emit(relax.op.minimum(lower, relax.const(np.array(high, dtype), dtype)))
-            )
-        builder.emit_func_output(out)
-    return relax.transform.CanonicalizeBindings()(builder.get())
+    mod = chain_module(
+        (2, 5),
+        lambda x: relax.op.maximum(x, relax.const(np.array(low, dtype), dtype)),
+        lambda lower: relax.op.minimum(lower, relax.const(np.array(high, dtype), dtype)),
+        dtype=dtype,
+    )
+    return relax.transform.CanonicalizeBindings()(mod)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
@@ -58,30 +51,16 @@ def test_an_integer_clip_is_left_as_it_is(dtype):
 
 def test_a_module_with_a_primfunc_and_no_clip_is_returned_as_it_is():
     """Nothing to expand: the module itself comes back, its PrimFunc untouched."""
-    x = relax.Var("x", relax.TensorType((2, 5), "float32"))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            out = builder.emit_output(builder.emit(relax.op.nn.relu(x)))
-        builder.emit_func_output(out)
-    mod = builder.get()
-    mod = relax.transform.LegalizeOps()(mod)  # relu as a PrimFunc next to main
+    mod = relax.transform.LegalizeOps()(chain_module((2, 5), relax.op.nn.relu))  # relu PrimFunc
     assert any(isinstance(f, tvm.tirx.PrimFunc) for _, f in mod.functions_items())
     assert ExpandClip()(mod).same_as(mod)
 
 
 def test_a_clip_among_primfuncs_is_expanded_and_the_primfuncs_kept():
     """A module holding PrimFuncs too: only the Relax function is rewritten."""
-    x = relax.Var("x", relax.TensorType((2, 5), "float32"))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            relu = builder.emit(relax.op.nn.relu(x))
-            out = builder.emit_output(builder.emit(relax.op.clip(relu, 0.0, 6.0)))
-        builder.emit_func_output(out)
-    mod = relax.transform.LegalizeOps(enable_warning=False)(builder.get())
+    before = chain_module((2, 5), relax.op.nn.relu, lambda relu: relax.op.clip(relu, 0.0, 6.0))
+    mod = relax.transform.LegalizeOps(enable_warning=False)(before)
     # LegalizeOps turned both into PrimFuncs: put the clip back as a Relax op
-    before = builder.get()
     mod = tvm.IRModule({**dict(mod.functions_items()), **dict(before.functions_items())})
     prim_funcs = {
         gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)

@@ -10,6 +10,8 @@ from tvm_structconv.manifest import LayerSpec, Manifest
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform import RewriteStructuredConv, rewrite_structured_conv
 
+from relax_modules import chain_module
+
 
 def two_conv_module(first: np.ndarray, second: np.ndarray):
     """``main(x) = conv2d(conv2d(x, first, padding=1), second, padding=1)`` on 1x4x6x6."""
@@ -111,13 +113,7 @@ def test_report_totals_and_table():
 
 
 def test_an_empty_report_has_no_ratio():
-    x = relax.Var("x", relax.TensorType((1, 4), "float32"))
-    builder = relax.BlockBuilder()
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            out = builder.emit_output(builder.emit(relax.op.nn.relu(x)))
-        builder.emit_func_output(out)
-    mod = builder.get()
+    mod = chain_module((1, 4), relax.op.nn.relu)
     after, report = rewrite_structured_conv(mod, Manifest({}))
     assert after.same_as(mod) and report.layers == [] and report.unmatched == []
     assert (
