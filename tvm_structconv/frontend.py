@@ -28,6 +28,7 @@ from tvm_structconv.manifest import Manifest
 from tvm_structconv.messages import last_line
 from tvm_structconv.onnx_converters import relax_converters
 from tvm_structconv.onnx_static import InputShapeError, make_static
+from tvm_structconv.transform.relax_functions import typed_const
 
 __all__ = ["FrontendError", "ImportedModel", "InputSpec", "load_model"]
 
@@ -236,9 +237,35 @@ def _export(module: torch.nn.Module, example_input: torch.Tensor) -> torch.expor
         raise FrontendError(f"torch.export failed for {type(module).__name__}: {error}") from None
 
 
+def _check_float32(program: torch.export.ExportedProgram, source: str) -> None:
+    """Refuse a program with floating-point inputs or weights other than float32.
+
+    TVM's torch importer builds every ``conv2d`` and ``linear`` with ``out_dtype="float32"``:
+    a float64 (or float16) model would be computed in float32 and come back rounded, or fail
+    later on a dtype mismatch. The ONNX importer keeps the model's dtypes.
+    """
+    dtypes = sorted(
+        {
+            str(node.meta["val"].dtype).removeprefix("torch.")
+            for node in program.graph.nodes
+            if node.op == "placeholder"
+            and isinstance(node.meta.get("val"), torch.Tensor)
+            and node.meta["val"].dtype.is_floating_point
+            and node.meta["val"].dtype != torch.float32
+        }
+    )
+    if dtypes:
+        raise FrontendError(
+            f"{source} has {' and '.join(dtypes)} inputs or weights; TVM's torch importer "
+            "computes conv2d and linear in float32 only: cast the model to float32, or export "
+            "it to ONNX, whose importer keeps its dtypes"
+        )
+
+
 def _from_exported_program(program, source: str, kind: str) -> ImportedModel:
     from tvm.relax.frontend.torch import from_exported_program
 
+    _check_float32(program, source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -286,7 +313,7 @@ def _bind(mod: tvm.IRModule, weight_name, source: str, kind: str) -> ImportedMod
     )
     bindings, names = {}, {}
     for var, value in zip(main.params[num_inputs:], params.get("main", [])):
-        constant = relax.const(value.numpy())
+        constant = typed_const(value.numpy())
         bindings[var] = constant
         names[constant] = weight_name(var.name)
     mod = relax.transform.BindParams("main", bindings)(mod)

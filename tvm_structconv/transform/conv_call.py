@@ -30,6 +30,7 @@ from tvm import relax
 from tvm_structconv import ops
 from tvm_structconv.schedules.packing import BlockSize, padded_channels, portable_block_size
 from tvm_structconv.structure import Structure
+from tvm_structconv.transform.relax_functions import typed_const
 
 __all__ = [
     "NCHW_INPUT_MAX_CHANNELS",
@@ -211,7 +212,7 @@ def emit_conv2d(
     if conv.layout == "NCHW":
         compute = functools.partial(ops.structured_conv2d, **settings)
         return builder.call_te(
-            compute, conv.data, relax.const(alpha), primfunc_name_hint="structured_conv2d"
+            compute, conv.data, typed_const(alpha), primfunc_name_hint="structured_conv2d"
         )
     out_channels = alpha.shape[0]
     block = block_size(out_channels, structure.groups, conv.out_width)
@@ -226,7 +227,7 @@ def emit_conv2d(
     out = builder.call_te(
         compute,
         conv.data if conv.nchw_data is None else conv.nchw_data,
-        relax.const(ops.pack_alpha(alpha, block)),
+        typed_const(ops.pack_alpha(alpha, block)),
         primfunc_name_hint="structured_conv2d",
     )
     if padded == out_channels:
@@ -341,7 +342,7 @@ def emit_linear(
             ops.structured_dense, structure=structure, out_dtype=linear.out_dtype
         )
         return builder.call_te(
-            compute, linear.data, relax.const(alpha), primfunc_name_hint="structured_dense"
+            compute, linear.data, typed_const(alpha), primfunc_name_hint="structured_dense"
         )
     in_shape = static_shape(linear.data)
     assert in_shape is not None and linear.out_shape is not None, "as_conv needs static shapes"

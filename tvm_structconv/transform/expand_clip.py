@@ -18,7 +18,7 @@ from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from tvm_structconv.transform.relax_functions import rewrite_relax_functions
+from tvm_structconv.transform.relax_functions import rewrite_relax_functions, typed_const
 
 __all__ = ["ExpandClip"]
 
@@ -61,6 +61,5 @@ class _ClipMutator(PyExprMutator):
         if low is None or high is None or dtype not in ("float16", "float32", "float64"):
             return call
         self.expanded += 1
-        # the dtype given again: relax.const makes a float64 array float32 unless told
-        lower = self.builder_.emit(relax.op.maximum(data, relax.const(np.array(low, dtype), dtype)))
-        return relax.op.minimum(lower, relax.const(np.array(high, dtype), dtype))
+        lower = self.builder_.emit(relax.op.maximum(data, typed_const(np.array(low, dtype))))
+        return relax.op.minimum(lower, typed_const(np.array(high, dtype)))

@@ -33,7 +33,11 @@ from tvm import relax
 from tvm.relax.dpl import DFPattern, is_const, is_op, is_tuple_get_item, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from tvm_structconv.transform.relax_functions import count_uses, rewrite_relax_functions
+from tvm_structconv.transform.relax_functions import (
+    count_uses,
+    rewrite_relax_functions,
+    typed_const,
+)
 
 __all__ = ["BatchNormFoldReport", "FoldBatchNorm", "fold_batchnorm"]
 
@@ -190,6 +194,6 @@ def _folded_constants(
     shift = (bias - mean) * scale + (beta if attrs.center else 0.0)
     weight = kernel.astype(np.float64) * scale[:, None, None, None]
     return (
-        relax.const(weight.astype(kernel.dtype)),
-        relax.const(shift.reshape(1, -1, 1, 1).astype(kernel.dtype)),
+        typed_const(weight.astype(kernel.dtype)),
+        typed_const(shift.reshape(1, -1, 1, 1).astype(kernel.dtype)),
     )

@@ -1,9 +1,11 @@
-"""The driver loop every Relax-rewriting pass of the project shares.
+"""The driver loop every Relax-rewriting pass of the project shares, and its constants.
 
 A pass here is a ``PyExprMutator`` that counts what it changed; :func:`rewrite_relax_functions`
 visits every Relax function of a module with it, puts back each function the visit changed
 (with its dead bindings removed) and canonicalizes the bindings once at the end. A module in
 which nothing changed is returned as it is, so a pass that finds nothing to do is a no-op.
+Every constant the project puts into a module is made by :func:`typed_const`, in the dtype of
+its values.
 """
 
 from __future__ import annotations
@@ -11,11 +13,22 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Optional
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, visitor
 
-__all__ = ["count_uses", "rewrite_relax_functions"]
+__all__ = ["count_uses", "rewrite_relax_functions", "typed_const"]
+
+
+def typed_const(values: np.ndarray) -> tvm.ir.Constant:
+    """A Relax constant holding ``values`` in their own dtype.
+
+    ``relax.const(values)`` without a dtype makes float64 values float32 and int64 values
+    int32; a float64 model would silently compute in float32 from then on.
+    """
+    values = np.asarray(values)
+    return relax.const(values, str(values.dtype))
 
 
 @visitor

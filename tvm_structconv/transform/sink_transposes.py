@@ -31,7 +31,11 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_structconv.transform.conv_call import bound_value, static_shape
-from tvm_structconv.transform.relax_functions import count_uses, rewrite_relax_functions
+from tvm_structconv.transform.relax_functions import (
+    count_uses,
+    rewrite_relax_functions,
+    typed_const,
+)
 
 __all__ = ["ELEMENTWISE", "SinkTransposes", "sink_transposes"]
 
@@ -92,8 +96,7 @@ def _permute_constant(constant: tvm.ir.Constant, axes: Sequence[int]) -> Optiona
     if array.ndim == 0:
         return constant
     full = array.reshape((1,) * (rank - array.ndim) + array.shape)
-    # its own dtype: relax.const makes float64 float32 and int64 int32 unless told
-    return relax.const(np.ascontiguousarray(full.transpose(np.argsort(axes))), str(array.dtype))
+    return typed_const(np.ascontiguousarray(full.transpose(np.argsort(axes))))
 
 
 @mutator
