@@ -6,16 +6,16 @@ model is trained from scratch or fine-tuned. Each term is
 :meth:`Structure.residual <tvm_structconv.structure.Structure.residual>`, computed here through
 the per-axis projectors ``P = B B⁺`` (the projector of ``A = B_C ⊗ B_Nh ⊗ B_Nw`` is
 ``P_C ⊗ P_Nh ⊗ P_Nw``), never through a dense ``C·N² × C·N²`` one: the two spatial projectors
-as one ``N² × N²`` matrix; the channel projector through window sums and a ``c × c`` product,
-and only when the channel window is wider than one (with ``c = C`` it is the identity, skipped).
-The factors are cached per device and dtype, the layers of equal shape and structure share one
-autograd node (each kernel multiplied on its own: stacking them copied every weight), and the
-gradient is formed in closed form (:class:`_Residuals`). Its cost does not depend on the batch.
+as one ``N² × N²`` matrix; the channel projector's complement in closed form, ``C`` adds per
+column (:class:`_Projectors`), and only when the channel window is wider than one (with
+``c = C`` it is the identity, skipped). The factors are cached per device and dtype, the
+layers of equal shape and structure share one autograd node (each kernel multiplied on its
+own: stacking them copied every weight), and the gradient is formed in closed form
+(:class:`_Residuals`). Its cost does not depend on the batch.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tvm_structconv.nn.functional import window_sum, window_sum_adjoint
 from tvm_structconv.plan import Plan
 from tvm_structconv.structure import Structure, banded_ones
 
@@ -38,48 +37,96 @@ def _projector(full: int, reduced: int) -> Optional[np.ndarray]:
     return band @ np.linalg.pinv(band)
 
 
+#: Kernels of fewer taps than this are projected spatial axis first (see :class:`_Projectors`).
+SPATIAL_FIRST_BELOW = 16
+
+
 @dataclass
 class _Projectors:
-    """The projectors of one structure, on one device and dtype; None for an identity.
+    """The projection ``P = P_C ⊗ P_Nh ⊗ P_Nw`` of one structure, on one device and dtype.
 
-    ``spatial`` is ``(P_Nh ⊗ P_Nw)ᵀ``, applied on the right of the ``(…, C, Nh·Nw)`` kernel.
-    ``channel_gram_inverse`` is ``(B_Cᵀ B_C)⁻¹`` (``c × c``): the channel projector is applied
-    as ``P_C x = B_C (B_Cᵀ B_C)⁻¹ B_Cᵀ x``, where ``B_Cᵀ`` is a window sum over the channels and
-    ``B_C`` its adjoint, so it costs ``c²`` multiplies per column instead of ``C²``.
+    The spatial projector ``P_S = P_Nh ⊗ P_Nw`` (symmetric) is one product with the kernel
+    read as a ``(rows·C, Nh·Nw)`` matrix. Below :data:`SPATIAL_FIRST_BELOW` taps it is taken
+    as ``P_S · Wᵀ``, which lays the result out as ``(Nh·Nw, rows, C)``: BLAS does that 3×
+    faster than ``W · P_S`` with 9 columns (2.0 against 6.4 ms on a 512-channel 3×3 kernel,
+    one thread), and forming the gradient from it (a transposing add, 3.7 ms) is still
+    cheaper than the second product the old backward ran; from 5×5 up ``W · P_S`` is as fast
+    and the transposing add is not, so the kernel keeps its layout.
+
+    The channel projector is never formed: ``I − P_C = I − B_C B_C⁺`` projects onto the null
+    space of ``B_Cᵀ`` (the window sums of ``D = C − c + 1`` channels), the ``D``-periodic
+    vectors whose period sums to zero (every window sum vanishes iff ``x[k + D] = x[k]`` and
+    one window sums to zero). The closest such vector to ``x`` repeats ``z_r = (s_r − λ) / m_r``
+    (``r = k mod D``), where ``s_r`` sums the ``m_r`` channels ``k ≡ r (mod D)`` and
+    ``λ = Σ_r (s_r / m_r) / Σ_r (1 / m_r)`` (least squares under one linear constraint): ``C``
+    adds per column. Through ``(B_Cᵀ B_C)⁻¹`` it took window sums of ``D`` channels, a
+    ``c × c`` product and the adjoint window sums: 3× the time on ResNet-18 with ``c = C/2``
+    (229 against 73 ms forward + backward, one thread).
+
+    Attributes
+    ----------
+    channel_window
+        ``D``.
+    spatial_projector, spatial_complement
+        ``P_S`` and ``I − P_S``; None when ``P_S = I`` (a 1×1 kernel or ``n = N``), and
+        ``P_S`` also when ``c = C`` (not needed).
+    inverse_counts
+        ``1 / m_r`` shaped ``(1, D, 1)``; None when ``D = 1`` (``c = C``, ``P_C = I``).
+    spatial_first
+        Whether kernels are laid out ``(Nh·Nw, rows, C)`` (``P_S · Wᵀ``), else
+        ``(rows, C, Nh·Nw)``.
     """
 
     channel_window: int
-    channel_gram_inverse: Optional[torch.Tensor]
-    spatial: Optional[torch.Tensor]
+    spatial_projector: Optional[torch.Tensor]
+    spatial_complement: Optional[torch.Tensor]
+    inverse_counts: Optional[torch.Tensor]
+    spatial_first: bool
 
-    @functools.cached_property
-    def spatial_complement(self) -> torch.Tensor:
-        """``I − spatial``: applied on the right, it leaves the spatial residual."""
-        assert self.spatial is not None
-        return (
-            torch.eye(len(self.spatial), dtype=self.spatial.dtype, device=self.spatial.device)
-            - self.spatial
-        )
+    def periodic_part(self, x: torch.Tensor) -> torch.Tensor:
+        """One period ``z`` (``(outer, D, inner)``) of ``(I − P_C)`` applied along axis 1 of
+        ``x`` (``(outer, C, inner)``): the result is ``z`` repeated along that axis."""
+        assert self.inverse_counts is not None
+        window, channels = self.channel_window, x.shape[1]
+        sums = x.narrow(1, 0, window).clone()
+        for start in range(window, channels, window):
+            length = min(window, channels - start)
+            sums.narrow(1, 0, length).add_(x.narrow(1, start, length))
+        means = sums.mul_(self.inverse_counts)  # s_r / m_r
+        constraint = means.sum(1, keepdim=True) / self.inverse_counts.sum()  # λ
+        return means.sub_(constraint * self.inverse_counts)
 
-    def project_channels(self, kernel: torch.Tensor) -> torch.Tensor:
-        """``P_C`` applied along axis 1 of a ``(rows, C, columns)`` tensor."""
-        if self.channel_gram_inverse is None:
-            return kernel
-        rows, channels, columns = kernel.shape
-        # channels first: the window sums add whole contiguous rows, and the c × c product
-        # is one large matrix product
-        flat = kernel.transpose(0, 1).reshape(channels, rows * columns)
-        summed = window_sum(flat, 0, self.channel_window)  # B_Cᵀ x
-        solved = window_sum_adjoint(self.channel_gram_inverse @ summed, 0, self.channel_window)
-        return solved.reshape(channels, rows, columns).transpose(0, 1)
+    def _spatial(self, matrix: torch.Tensor, flat: torch.Tensor, channels: int) -> torch.Tensor:
+        """``matrix`` applied to the taps of ``flat`` (``(rows·C, Nh·Nw)``), as
+        ``(Nh·Nw·rows, C, 1)`` or ``(rows, C, Nh·Nw)``."""
+        if self.spatial_first:
+            return (matrix @ flat.T).view(-1, channels, 1)
+        return (flat @ matrix).view(-1, channels, flat.shape[1])
 
-    def complement(self, kernel: torch.Tensor) -> torch.Tensor:
-        """``(I − P) W`` of a ``(rows, C, Nh·Nw)`` kernel (not differentiated)."""
-        if self.channel_gram_inverse is None:
-            # c = C: W − W·Pᵀ = W·(I − P)ᵀ, one product and no subtraction
-            return kernel @ self.spatial_complement
-        projected = kernel if self.spatial is None else kernel @ self.spatial
-        return kernel - self.project_channels(projected)
+    def complement(self, weight: torch.Tensor) -> torch.Tensor:
+        """``(I − P) W`` of a ``(rows, C, Nh, Nw)`` or ``(rows, C)`` kernel: a new tensor of
+        ``W``'s shape (a permuted view when :attr:`spatial_first`), not differentiated.
+
+        ``(I − P_C ⊗ P_S) W = (I − P_S) W + (I − P_C) P_S W``.
+        """
+        rows, channels = weight.shape[:2]
+        flat = weight.reshape(rows * channels, -1)  # (rows·C, Nh·Nw)
+        if self.spatial_complement is None:  # only the channels are pooled
+            projected = flat.view(rows, channels, -1)
+            difference = torch.zeros_like(projected)
+        else:
+            difference = self._spatial(self.spatial_complement, flat, channels)
+        if self.inverse_counts is not None:
+            if self.spatial_projector is not None:
+                projected = self._spatial(self.spatial_projector, flat, channels)
+            period = self.periodic_part(projected)
+            window = self.channel_window
+            for start in range(0, channels, window):
+                length = min(window, channels - start)
+                difference.narrow(1, start, length).add_(period.narrow(1, 0, length))
+        if self.spatial_first:  # (Nh·Nw, rows, C) -> (rows, C, Nh·Nw), a view
+            difference = difference.view(-1, rows, channels).permute(1, 2, 0)
+        return difference.reshape(weight.shape)
 
     @classmethod
     def of(cls, structure: Structure, like: torch.Tensor) -> _Projectors:
@@ -88,18 +135,21 @@ class _Projectors:
             structure.reduced_kernel_size,
         )
         rows, columns = _projector(height, reduced_h), _projector(width, reduced_w)
-        spatial = None
+        window = structure.pool_window[0]
+        projector = complement = inverse_counts = None
         if rows is not None or columns is not None:
             spatial = np.kron(
                 np.eye(height) if rows is None else rows,
                 np.eye(width) if columns is None else columns,
-            ).T
-        window = structure.pool_window[0]
-        gram_inverse = None
+            )
+            complement = like.new_tensor(np.eye(len(spatial)) - spatial)
+            if window > 1:
+                projector = like.new_tensor(spatial)
         if window > 1:
-            band = banded_ones(structure.group_channels, structure.group_reduced_channels)
-            gram_inverse = like.new_tensor(np.linalg.inv(band.T @ band))
-        return cls(window, gram_inverse, None if spatial is None else like.new_tensor(spatial))
+            counts = [len(range(r, structure.group_channels, window)) for r in range(window)]
+            inverse_counts = 1.0 / like.new_tensor(counts).reshape(1, window, 1)
+        spatial_first = complement is not None and height * width < SPATIAL_FIRST_BELOW
+        return cls(window, projector, complement, inverse_counts, spatial_first)
 
 
 class _Residuals(torch.autograd.Function):
@@ -108,28 +158,24 @@ class _Residuals(torch.autograd.Function):
     ``b = r / ‖W‖²``.
 
     The kernels are not stacked (a copy of every weight, measured at a fifth of the
-    regularizer's time on ResNet-18); each is multiplied in place of its own. With ``c = C``
-    the complement is one product ``W·(I − P_S)``, and the gradient another,
-    ``W·(a·(I − P_S) − b·I)``, with nothing kept between the two but the scalars; otherwise
-    the forward keeps ``(I − P) W`` and the backward is two scaled adds. Either way the
-    projectors run once per step. Where ``(I − P) W = 0`` (a structured kernel) the first term
-    is taken as zero, a subgradient.
+    regularizer's time on ResNet-18); each is multiplied in place of its own. The forward
+    keeps ``(I − P) W`` and the backward is two scaled adds, so the projectors run once per
+    step. Where ``(I − P) W = 0`` (a structured kernel) the first term is taken as zero, a
+    subgradient.
     """
 
     @staticmethod
     def forward(ctx, projectors: _Projectors, *weights: torch.Tensor):  # type: ignore[override]
-        spatial_only = projectors.channel_gram_inverse is None
         differences, distances, norms = [], [], []
         for weight in weights:
-            flat = weight.reshape(weight.shape[0], weight.shape[1], -1)  # (Cout, C, Nh·Nw)
-            difference = projectors.complement(flat)
+            difference = projectors.complement(weight)
             distances.append(torch.linalg.vector_norm(difference))
             norms.append(torch.linalg.vector_norm(weight))
-            differences.append(None if spatial_only else difference)
+            differences.append(difference)
         distance, norm = torch.stack(distances), torch.stack(norms)
         norm = norm.clamp_min(torch.finfo(norm.dtype).tiny)
         residuals = distance / norm
-        ctx.projectors, ctx.differences = projectors, differences
+        ctx.differences = differences
         ctx.save_for_backward(distance, norm, residuals, *weights)
         return residuals
 
@@ -138,16 +184,10 @@ class _Residuals(torch.autograd.Function):
         distance, norm, residuals, *weights = ctx.saved_tensors
         along = torch.where(distance > 0, grad / (norm * distance), 0.0).tolist()
         back = (grad * residuals / norm.square()).tolist()
-        projectors: _Projectors = ctx.projectors
-        gradients = []
-        for weight, difference, a, b in zip(weights, ctx.differences, along, back):
-            if difference is None:  # c = C: W·(a·(I − P_S) − b·I) in one product
-                matrix = a * projectors.spatial_complement
-                matrix.diagonal().sub_(b)
-                flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
-                gradients.append((flat @ matrix).reshape(weight.shape))
-            else:
-                gradients.append((a * difference).reshape(weight.shape).add_(weight, alpha=-b))
+        gradients = [
+            torch.mul(weight, -b).add_(difference, alpha=a)
+            for weight, difference, a, b in zip(weights, ctx.differences, along, back)
+        ]
         return (None, *gradients)
 
 
