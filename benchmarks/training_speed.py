@@ -17,6 +17,8 @@ A, B …), with ``torch.set_num_threads(--threads)``; the tables give the minimu
    structured (``StructuredConv2d``, each method).
 3. The regularizer (forward + backward) against a ResNet-18 training step at batch 8 and 64,
    the cached one against ``Structure.residual`` per layer; and per kernel size.
+4. ``StructuredLinear`` (``c = C/2``, forward + backward) against ``nn.Linear``: ResNet-18's
+   classifier 512→1000 and a 4096-wide MLP layer at batch 32, the classifier at batch 4096.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ import torch.nn as nn
 from paper_questions import training_step  # benchmarks/ is sys.path[0]
 
 from tvm_structconv.models import create_model
-from tvm_structconv.nn import StructuralRegularizer, StructuredConv2d, structurize
+from tvm_structconv.nn import (
+    StructuralRegularizer,
+    StructuredConv2d,
+    StructuredLinear,
+    structurize,
+)
 from tvm_structconv.nn.functional import choose_method
 from tvm_structconv.plan import Plan
 
@@ -186,6 +193,28 @@ def kernel_cost(rounds: int) -> List[Dict[str, float]]:
     return rows
 
 
+#: Linear layers of :func:`linear_speed`: (in features, out features, batch).
+LINEARS = ((512, 1000, 32), (4096, 4096, 32), (512, 1000, 4096))
+
+
+def linear_speed(rounds: int) -> List[Dict[str, float]]:
+    """(4) forward + backward of linear layers, ``nn.Linear`` vs ``StructuredLinear``."""
+    rows = []
+    for in_features, out_features, batch in LINEARS:
+        torch.manual_seed(0)
+        linear = nn.Linear(in_features, out_features)
+        x = torch.randn(batch, in_features, requires_grad=True)
+        variants: Dict[str, Callable[[], None]] = {"linear": _forward_backward(linear, x)}
+        for method in METHODS:
+            layer = StructuredLinear.from_linear(linear, in_features // 2)
+            layer.method = method
+            variants[method] = _forward_backward(layer, x)
+        minima = interleaved_minima(variants, rounds)
+        rows.append({"in": in_features, "out": out_features, "batch": batch, **minima})
+        print(f"linear {in_features}->{out_features} batch {batch}: {minima}", flush=True)
+    return rows
+
+
 def _layer_name(row: Dict) -> str:
     name = f"{row['in']}@{row['size']}"
     if row["out"] != row["in"] or row["stride"] != 1:
@@ -287,20 +316,38 @@ def _kernels_table(results: Dict) -> List[str]:
     return lines
 
 
+def _linears_table(results: Dict) -> List[str]:
+    lines = [
+        "**Linear layers** (forward + backward, `StructuredLinear` with `c = C/2`, MAC ratio "
+        "2×, as it picks and forced to each method, against `nn.Linear`; "
+        + _conditions(results, "linear")
+        + "):",
+        "",
+        "| layer | batch | linear ms | auto | pooled | composed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results["linear"]:
+        base = row["linear"]
+        cells = " | ".join(f"{base / row[m]:.2f}×" for m in METHODS)
+        lines.append(f"| {row['in']}→{row['out']} | {row['batch']} | {base:.1f} | {cells} |")
+    return lines
+
+
 def markdown(results: Dict) -> str:
     """The tables of ``results`` in Markdown (those of the parts measured so far)."""
     lines = [
         f"torch {results['torch']}, {results['threads']} thread(s); each table: the minimum "
         "over its calls of each variant, the variants interleaved call by call in one "
         "process on a shared machine (ratios within one run; the load average before and "
-        "after each table is given with it). Speedup = `nn.Conv2d` ms / variant ms, so > 1 is "
-        "faster.",
+        "after each table is given with it). Speedup = `nn.Conv2d` (`nn.Linear`) ms / "
+        "variant ms, so > 1 is faster.",
     ]
     tables = {
         "layers": _layers_table,
         "model": _model_table,
         "regularizer": _regularizer_table,
         "kernels": _kernels_table,
+        "linear": _linears_table,
     }
     for part, table in tables.items():
         if part in results:
@@ -308,7 +355,7 @@ def markdown(results: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-PARTS = ("layers", "model", "regularizer", "kernels")
+PARTS = ("layers", "model", "regularizer", "kernels", "linear")
 
 
 def run_part(part: str, args: argparse.Namespace) -> object:
@@ -320,6 +367,8 @@ def run_part(part: str, args: argparse.Namespace) -> object:
         return [model_speed(8, size, args.rounds)]
     if part == "regularizer":
         return regularizer_cost((8, 64), size, max(3, args.rounds // 2))
+    if part == "linear":
+        return linear_speed(args.rounds)
     return kernel_cost(args.rounds)
 
 

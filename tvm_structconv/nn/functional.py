@@ -359,16 +359,22 @@ def choose_method(structure: Structure, x: torch.Tensor, alpha: torch.Tensor) ->
       stride 2, each piece the faster one when timed alone) lost at stride 2 (0.74–0.86×):
       two separate oneDNN backward calls each convert the gradient to their blocked layout,
       and ``S`` is formed again in the backward;
-    * a channel window (``c < C``), while training: ``"composed"``. Sliding sums over
-      ``D = C − c + 1`` channels cost ``~2·log2(D)`` passes over the input, forward and
+    * a conv with a channel window (``c < C``), while training: ``"composed"``. Sliding sums
+      over ``D = C − c + 1`` channels cost ``~2·log2(D)`` passes over the input, forward and
       backward (section (c): a small CNN trained through the pooled layers took 2.5–3.8× an
       ordinary step; not measured on ResNet-18); composed costs one ``nn.Conv2d``;
+    * a linear layer (a 2-D ``alpha``): ``"pooled"``, training or not. The sliding sums run
+      over the input's ``batch × C`` features, composing runs them over the ``out × C``
+      weight, and the pooled product has half the MACs at ``c = C/2``: forward + backward,
+      one thread, ``c = C/2``, pooled took 0.71× of ``nn.Linear`` (512→1000, batch 32),
+      0.50× (4096→4096, batch 32) and 0.59× (512→1000, batch 4096); composed 2.4×, 15× and
+      1.0× (``benchmarks/training_speed.py``, part ``linear``);
     * no gradient wanted (inference): ``"pooled"``, the structured op itself.
 
     ``x`` and ``alpha`` say whether a gradient is wanted.
     """
     wants_gradient = torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad)
-    if wants_gradient and structure.pool_window[0] > 1:
+    if wants_gradient and structure.pool_window[0] > 1 and alpha.dim() == 4:
         return "composed"
     return "pooled"
 
