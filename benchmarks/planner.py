@@ -166,57 +166,106 @@ def run_model(name: str, args: argparse.Namespace) -> Dict[str, object]:
     }
 
 
-def rpc_check(name: str, local: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
-    """The plans of ``name`` from a table measured through RPC (127.0.0.1), against local."""
-    from tvm_structconv.local_rpc import local_rpc_cluster
-    from tvm_structconv.planner import BudgetError, Planner
+def _compare(here, there, args: argparse.Namespace) -> List[Dict[str, object]]:
+    """For each requested speedup: the plans of two planners of one model, layer by layer, and
+    the second one's plan compiled and timed on this machine by the first."""
+    from tvm_structconv.planner import BudgetError
 
-    with local_rpc_cluster("bench", 1, timeout=90) as cluster:
-        planner = Planner(
-            name,
-            "x86",
-            image_size=args.image_size,
-            rounds=3,
-            rpc_tracker=cluster.address,
-            device_key="bench",
-            cold_weights=args.cold,
-            progress=lambda message: print(f"[rpc {name}] {message}", flush=True),
+    rows = []
+    for speedup in args.speedups:
+        try:
+            mine, theirs = here.plan(speedup=speedup), there.plan(speedup=speedup)
+        except BudgetError as error:
+            rows.append({"requested": speedup, "unreachable": str(error)})
+            continue
+        differ = sorted(n for n in mine.choice if mine.choice[n] != theirs.choice[n])
+        measured = here.measure(here.result(theirs.choice, mine.budget_ms)).measured_speedup
+        rows.append(
+            {
+                "requested": speedup,
+                "same_plan": not differ,
+                "layers_differing": differ,
+                "damage": [mine.total_damage, theirs.total_damage],
+                "structured": [len(mine.structured()), len(theirs.structured())],
+                "measured_here": measured,
+            }
         )
-        local_planner = local["planner"]
-        comparisons = []
-        for speedup in args.speedups:
-            try:
-                remote = planner.plan(speedup=speedup)
-                here = local_planner.plan(speedup=speedup)
-            except BudgetError as error:
-                comparisons.append({"requested": speedup, "unreachable": str(error)})
-                continue
-            differ = sorted(n for n in here.choice if here.choice[n] != remote.choice[n])
-            comparisons.append(
-                {
-                    "requested": speedup,
-                    "same_plan": not differ,
-                    "layers_differing": differ,
-                    "local_damage": here.total_damage,
-                    "rpc_damage": remote.total_damage,
-                    "local_structured": len(here.structured()),
-                    "rpc_structured": len(remote.structured()),
-                }
+    return rows
+
+
+def _kernel_ratios(here, there) -> Dict[str, object]:
+    """Median and range of ``there``'s kernel latencies over ``here``'s."""
+    ratios = sorted(
+        there.table.latency_ms[n][i] / latency
+        for n, row in here.table.latency_ms.items()
+        for i, latency in enumerate(row)
+        if latency and there.table.latency_ms[n][i]
+    )
+    return {"median": ratios[len(ratios) // 2], "range": [ratios[0], ratios[-1]]}
+
+
+def rpc_check(name: str, local: Dict[str, object], args: argparse.Namespace) -> Dict[str, object]:
+    """The plans of ``name`` from a table measured through RPC (127.0.0.1), against the local
+    ones, and against a second local table measured afresh (how much two local measurements of
+    the same machine differ: a plan that flips between near-equal choices flips there too).
+    Each other planner's plan is also compiled and timed locally: does it meet the request?"""
+    import tempfile
+
+    from tvm_structconv.local_rpc import local_rpc_cluster
+    from tvm_structconv.planner import Planner
+    from tvm_structconv.tuning_logs import LOGS_ENV
+
+    def progress(label: str):
+        return lambda message: print(f"[{label} {name}] {message}", flush=True)
+
+    local_planner = local["planner"]
+    saved = os.environ.get(LOGS_ENV)
+    try:
+        # both tables measured afresh (no cached table): every kernel timed again
+        with (
+            tempfile.TemporaryDirectory() as fresh,
+            local_rpc_cluster("bench", 1, timeout=90) as cluster,
+        ):
+            os.environ[LOGS_ENV] = fresh
+            remote = Planner(
+                name,
+                "x86",
+                image_size=args.image_size,
+                rounds=args.rounds,
+                rpc_tracker=cluster.address,
+                device_key="bench",
+                cold_weights=args.cold,
+                progress=progress("rpc"),
             )
-        kernels = [
-            (local_planner.table.latency_ms[n][i], planner.table.latency_ms[n][i])
-            for n in local_planner.table.latency_ms
-            for i in range(len(local_planner.table.latency_ms[n]))
-            if local_planner.table.latency_ms[n][i] is not None
-        ]
-        ratios = sorted(r / h for h, r in kernels)
-        return {
-            "model": name,
-            "plans": comparisons,
-            "kernel_ratio_median": ratios[len(ratios) // 2],
-            "kernel_ratio_range": [ratios[0], ratios[-1]],
-            "rpc_original_ms": planner.original_ms,
-        }
+        with tempfile.TemporaryDirectory() as fresh:
+            os.environ[LOGS_ENV] = fresh
+            again = Planner(
+                name,
+                "x86",
+                image_size=args.image_size,
+                rounds=args.rounds,
+                cold_weights=args.cold,
+                progress=progress("local again"),
+            )
+    finally:
+        if saved is None:
+            os.environ.pop(LOGS_ENV, None)
+        else:
+            os.environ[LOGS_ENV] = saved
+    return {
+        "model": name,
+        "rpc": _compare(local_planner, remote, args),
+        "local_again": _compare(local_planner, again, args),
+        "kernel_ratio": {
+            "rpc": _kernel_ratios(local_planner, remote),
+            "local_again": _kernel_ratios(local_planner, again),
+        },
+        "original_ms": {
+            "local": local_planner.original_ms,
+            "rpc": remote.original_ms,
+            "local_again": again.original_ms,
+        },
+    }
 
 
 def _rate(gb_per_s: Optional[float]) -> str:
@@ -291,23 +340,36 @@ def markdown(models: List[Dict[str, object]], rpc: Optional[Dict[str, object]], 
     if rpc:
         lines += ["", f"## RPC (server on 127.0.0.1) vs local, {rpc['model']}", ""]
         lines.append(
-            f"Kernel latency RPC / local: median {rpc['kernel_ratio_median']:.3f}, range "
-            f"{rpc['kernel_ratio_range'][0]:.3f}–{rpc['kernel_ratio_range'][1]:.3f}."
+            "Each table is measured from scratch and planned for the same requests; the other "
+            "plan is then compiled and timed on this machine against the original by the first "
+            "local planner. A second local table shows how much two measurements of the same "
+            "machine differ."
         )
+        lines.append("")
+        for key, label in (("rpc", "RPC"), ("local_again", "local, measured again")):
+            ratio = rpc["kernel_ratio"][key]
+            lines.append(
+                f"* kernel latency {label} / local: median {ratio['median']:.3f}, range "
+                f"{ratio['range'][0]:.3f}–{ratio['range'][1]:.3f}; original "
+                f"{rpc['original_ms'][key]:.2f} ms (local {rpc['original_ms']['local']:.2f})"
+            )
         lines += [
             "",
-            "| requested | same plan | layers differing | local damage | RPC damage |",
-            "|---|---|---|---|---|",
+            "| requested | table | same plan | layers differing | damage (local / it) | "
+            "layers structured (local / it) | its plan measured here |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for item in rpc["plans"]:
-            if "unreachable" in item:
-                lines.append(f"| {item['requested']}x | unreachable | | | |")
-                continue
-            lines.append(
-                f"| {item['requested']}x | {'yes' if item['same_plan'] else 'no'} | "
-                f"{', '.join(item['layers_differing']) or '—'} | {item['local_damage']:.3f} | "
-                f"{item['rpc_damage']:.3f} |"
-            )
+        for key, label in (("rpc", "RPC"), ("local_again", "local again")):
+            for item in rpc[key]:
+                if "unreachable" in item:
+                    lines.append(f"| {item['requested']}x | {label} | unreachable | | | | |")
+                    continue
+                lines.append(
+                    f"| {item['requested']}x | {label} | {'yes' if item['same_plan'] else 'no'} "
+                    f"| {len(item['layers_differing'])} | {item['damage'][0]:.2f} / "
+                    f"{item['damage'][1]:.2f} | {item['structured'][0]} / {item['structured'][1]} "
+                    f"| {item['measured_here']:.2f}x |"
+                )
     return "\n".join(lines) + "\n"
 
 
