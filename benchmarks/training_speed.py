@@ -19,14 +19,20 @@ A, B …), with ``torch.set_num_threads(--threads)``; the tables give the minimu
    the cached one against ``Structure.residual`` per layer; and per kernel size.
 4. ``StructuredLinear`` (``c = C/2``, forward + backward) against ``nn.Linear``: ResNet-18's
    classifier 512→1000 and a 4096-wide MLP layer at batch 32, the classifier at batch 4096.
+5. The pieces of (1) alone, no autograd: the 3×3 conv's forward + both gradients (one oneDNN
+   backward call, as autograd makes it), the 2×2 conv's on a ready ``S``, and forming ``S``
+   plus the pool's adjoint: how far the convs alone are from the MAC ratio, and what the box
+   sum adds.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import pathlib
+import resource
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -34,6 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from paper_questions import training_step  # benchmarks/ is sys.path[0]
 
 from tvm_structconv.models import create_model
@@ -43,7 +50,7 @@ from tvm_structconv.nn import (
     StructuredLinear,
     structurize,
 )
-from tvm_structconv.nn.functional import choose_method
+from tvm_structconv.nn.functional import _padded_pool, _pool_backward, choose_method
 from tvm_structconv.plan import Plan
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -78,6 +85,15 @@ def interleaved_minima(functions: Dict[str, Callable[[], None]], count: int) -> 
     return {name: float(np.min(values)) for name, values in times.items()}
 
 
+def _page_faults(function: Callable[[], None], count: int = 3) -> float:
+    """Minor page faults per call of ``function`` (fresh memory the kernel maps and zeroes)."""
+    function()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(count):
+        function()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / count
+
+
 def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     upstream = torch.randn_like(layer(x))
 
@@ -108,11 +124,21 @@ def layer_speed(
             form = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             x = torch.randn(batch, in_channels, size, size).to(memory_format=form)
             x.requires_grad_()
-            variants[f"conv {layout}"] = _forward_backward(conv.to(memory_format=form), x)
+            # a copy: Module.to converts in place, and a channels-last weight makes the
+            # contiguous conv run channels-last (its output too)
+            variants[f"conv {layout}"] = _forward_backward(
+                copy.deepcopy(conv).to(memory_format=form), x
+            )
             for method in METHODS if layout == "contiguous" else ("auto", "pooled"):
                 layer = _structured(conv, method).to(memory_format=form)
                 variants[f"{method} {layout}"] = _forward_backward(layer, x)
         minima = interleaved_minima(variants, rounds)
+        minima.update(
+            {
+                f"faults {name}": _page_faults(variants[f"{name} contiguous"])
+                for name in ("conv", "auto")
+            }
+        )
         shape = {"in": in_channels, "out": out_channels, "size": size, "stride": stride}
         probe = _structured(conv, "auto")
         x = torch.randn(batch, in_channels, size, size, requires_grad=True)
@@ -193,6 +219,45 @@ def kernel_cost(rounds: int) -> List[Dict[str, float]]:
     return rows
 
 
+def conv_pieces(
+    batch: int, rounds: int, layers: Sequence[Tuple[int, int, int, int]] = LAYERS
+) -> List[Dict[str, float]]:
+    """(5) the convs of (1) alone and the box sum alone, contiguous, no autograd."""
+    rows = []
+    for in_channels, out_channels, size, stride in layers:
+        torch.manual_seed(0)
+        conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        layer = _structured(conv, "pooled")
+        structure, weight, alpha = layer.structure, conv.weight.detach(), layer.alpha.detach()
+        x = torch.randn(batch, in_channels, size, size)
+        pooled = _padded_pool(x, structure, (1, 1), (1, 1))
+        grad = torch.randn_like(F.conv2d(x, weight, None, stride, 1))
+        pooled_grad = torch.randn_like(pooled)
+
+        def convs(source: torch.Tensor, kernel: torch.Tensor, padding: int) -> Callable[[], None]:
+            def run() -> None:
+                F.conv2d(source, kernel, None, stride, padding)
+                torch.ops.aten.convolution_backward(
+                    grad, source, kernel, None, [stride] * 2, [padding] * 2, [1, 1], False,
+                    [0, 0], 1, [True, True, False],
+                )  # fmt: skip
+
+            return run
+
+        def box() -> None:
+            _padded_pool(x, structure, (1, 1), (1, 1))
+            _pool_backward(pooled_grad, structure, (1, 1), (1, 1, 1, 1))
+
+        minima = interleaved_minima(
+            {"3x3 convs": convs(x, weight, 1), "2x2 convs": convs(pooled, alpha, 0), "box": box},
+            rounds,
+        )
+        shape = {"in": in_channels, "out": out_channels, "size": size, "stride": stride}
+        rows.append({**shape, **minima})
+        print(f"pieces {shape}: {minima}", flush=True)
+    return rows
+
+
 #: Linear layers of :func:`linear_speed`: (in features, out features, batch).
 LINEARS = ((512, 1000, 32), (4096, 4096, 32), (512, 1000, 4096))
 
@@ -237,20 +302,24 @@ def _layers_table(results: Dict) -> List[str]:
         f"**Per layer** (batch {results['batch']}, forward + backward, `c = C, n = 2`; "
         "MAC ratio 2.25×; " + _conditions(results, "layers") + "): `StructuredConv2d` as it "
         "picks (`auto`) and forced to each method, against `nn.Conv2d` in the same memory "
-        "format:",
+        "format; page faults: minor faults per call (thousands), contiguous, `nn.Conv2d` / "
+        "`auto`:",
         "",
         "| layer | conv ms | auto | pooled | composed | conv ms, channels-last "
-        "| auto, channels-last | pooled, channels-last | auto picks |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| auto, channels-last | pooled, channels-last | auto picks | page faults |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["layers"]:
         base, base_cl = row["conv contiguous"], row["conv channels_last"]
         cells = [f"{base / row[f'{m} contiguous']:.2f}×" for m in METHODS]
         cells += [f"{base_cl:.1f}"]
         cells += [f"{base_cl / row[f'{m} channels_last']:.2f}×" for m in ("auto", "pooled")]
-        lines.append(
-            f"| {_layer_name(row)} | {base:.1f} | " + " | ".join(cells) + f" | {row['picks']} |"
-        )
+        cells += [row["picks"]]
+        if "faults conv" in row:
+            cells += [f"{row['faults conv'] / 1e3:.1f}k / {row['faults auto'] / 1e3:.1f}k"]
+        else:
+            cells += ["–"]
+        lines.append(f"| {_layer_name(row)} | {base:.1f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -333,6 +402,25 @@ def _linears_table(results: Dict) -> List[str]:
     return lines
 
 
+def _pieces_table(results: Dict) -> List[str]:
+    lines = [
+        f"**The pieces alone** (batch {results['batch']}, contiguous, no autograd; forward + "
+        "input and weight gradients in one oneDNN backward call; *3×3*: `nn.Conv2d`'s convs; "
+        "*2×2*: the convs with `alpha` on a ready `S`; *box*: forming `S` and the pool's "
+        "adjoint; MAC ratio 2.25×; " + _conditions(results, "pieces") + "):",
+        "",
+        "| layer | 3×3 convs ms | 2×2 convs ms | ratio, convs alone | box ms | ratio, 2×2 + box |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results["pieces"]:
+        full, small, box = row["3x3 convs"], row["2x2 convs"], row["box"]
+        lines.append(
+            f"| {_layer_name(row)} | {full:.1f} | {small:.1f} | {full / small:.2f}× | "
+            f"{box:.1f} | {full / (small + box):.2f}× |"
+        )
+    return lines
+
+
 def markdown(results: Dict) -> str:
     """The tables of ``results`` in Markdown (those of the parts measured so far)."""
     lines = [
@@ -348,6 +436,7 @@ def markdown(results: Dict) -> str:
         "regularizer": _regularizer_table,
         "kernels": _kernels_table,
         "linear": _linears_table,
+        "pieces": _pieces_table,
     }
     for part, table in tables.items():
         if part in results:
@@ -355,7 +444,7 @@ def markdown(results: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-PARTS = ("layers", "model", "regularizer", "kernels", "linear")
+PARTS = ("layers", "model", "regularizer", "kernels", "linear", "pieces")
 
 
 def run_part(part: str, args: argparse.Namespace) -> object:
@@ -369,6 +458,8 @@ def run_part(part: str, args: argparse.Namespace) -> object:
         return regularizer_cost((8, 64), size, max(3, args.rounds // 2))
     if part == "linear":
         return linear_speed(args.rounds)
+    if part == "pieces":
+        return conv_pieces(args.batch, args.rounds)
     return kernel_cost(args.rounds)
 
 
