@@ -15,9 +15,10 @@ tracker and server started on 127.0.0.1, and the plans for the requested speedup
 with the local ones, layer by layer.
 
     python benchmarks/planner.py                       # the three models (about 40 min)
-    python benchmarks/planner.py --models resnet18 --speedups 1.3 --rpc-check resnet18
+    python benchmarks/planner.py --models resnet18 --rpc-check resnet18 --prefix planner-rpc
 
-Writes ``benchmarks/results/planner-<cpu>.{json,md}`` and ``planner-<cpu>-<model>.png``.
+Writes ``benchmarks/results/<prefix>-<cpu>.{json,md}`` and ``<prefix>-<cpu>-<model>.png``
+(``--prefix`` default ``planner``).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def run_model(name: str, args: argparse.Namespace) -> Dict[str, object]:
             )
         )
     cpu = str(planner.target.attrs["mcpu"])
-    plot = args.out_dir / f"planner-{cpu}-{name}.png"
+    plot = args.out_dir / f"{args.prefix}-{cpu}-{name}.png"
     plot_frontier(base, plot, uniform_points, planned_points)
     return {
         "model": name,
@@ -385,6 +386,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "--cold", action="store_true", help="time kernels with cold weights (see timers.py)"
     )
     parser.add_argument("--out-dir", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--prefix", default="planner", help="file names: <prefix>-<cpu>.{json,md}, -<model>.png"
+    )
     args = parser.parse_args(argv)
     args.speedups = [float(value) for value in args.speedups.split(",")]
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -413,7 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         }
         models: List[Dict[str, object]] = []
         rpc = None
-        stem = args.out_dir / f"planner-{cpu}"
+        stem = args.out_dir / f"{args.prefix}-{cpu}"
         for name in args.models.split(","):
             models.append(run_model(name, args))
             if name == args.rpc_check:  # right away: its local plans are at hand
