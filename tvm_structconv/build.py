@@ -55,6 +55,7 @@ from tvm_structconv.transform import (
     RewriteReport,
     StructureMismatchError,
     fold_batchnorm,
+    merge_parallel_convs,
     rewrite_ordinary_conv,
     rewrite_structured_conv,
     sink_transposes,
@@ -298,6 +299,9 @@ def prepare_module(
             block_size=layout.block_size,
             linear_as_conv=nhwc,
         )
+    # after the structured rewrite: a conv with a recorded structure is never merged
+    mod, parallel = merge_parallel_convs(mod)
+    notes.extend(parallel.summary())
     mod, ordinary = rewrite_ordinary_conv(mod, layout.block_size, linear_as_conv=nhwc)
     notes.extend(ordinary.summary())
     return PreparedModule(mod, report, fold.folded, notes)

@@ -18,6 +18,11 @@ from tvm_structconv.transform.fold_batchnorm import (
     FoldBatchNorm,
     fold_batchnorm,
 )
+from tvm_structconv.transform.merge_parallel_convs import (
+    MergeParallelConvs,
+    ParallelConvReport,
+    merge_parallel_convs,
+)
 from tvm_structconv.transform.ordinary_conv import (
     OrdinaryConvReport,
     RewriteOrdinaryConv,
@@ -40,13 +45,16 @@ __all__ = [
     "ExpandClip",
     "FoldBatchNorm",
     "LayerReport",
+    "MergeParallelConvs",
     "OrdinaryConvReport",
+    "ParallelConvReport",
     "RewriteOrdinaryConv",
     "RewriteReport",
     "RewriteStructuredConv",
     "SinkTransposes",
     "StructureMismatchError",
     "fold_batchnorm",
+    "merge_parallel_convs",
     "rewrite_ordinary_conv",
     "rewrite_structured_conv",
     "sink_transposes",
