@@ -124,6 +124,7 @@ FAMILIES: Dict[str, Family] = {
         Family("ghostnet", "timm", "ghostnet_100"),
         Family("mixnet", "timm", "mixnet_s"),
         Family("repvgg", "timm", "repvgg_a0"),
+        Family("mobileone", "timm", "mobileone_s0"),
     )
 }
 

@@ -3,6 +3,7 @@ without an identity BatchNorm branch) compiled for x86 (NHWC, scheduled) and wit
 default NCHW pipeline, against torch; what merges and what must not."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 from hypothesis import given, settings
@@ -168,3 +169,23 @@ def test_a_branch_with_another_user_is_not_merged():
     assert _merges(compiled) == ""
     for got, expected in zip(compiled.run(x.numpy()), model(x)):
         np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, blocks", [("repvgg", 22), ("mobileone", 43)])
+def test_every_block_of_timm_reparameterizable_families_merges(family, blocks):
+    """timm's RepVGG-A0 and MobileOne-S0 in their training form: every block's branches are
+    one conv in the original build, and the model is exact against torch."""
+    from tvm_structconv.zoo import create
+
+    model = create(family, 0)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    imported = load_model(model, x, Manifest.from_structures({}))
+    compiled = compile_model(imported, "x86", structured=False, tuning_logs=False)
+    merged = _merges(compiled)
+    counts = [int(part.split("x (")[0]) for part in merged.split(": ")[1].split("), ")]
+    assert sum(counts) == blocks, compiled.notes
+    expected = model(x).detach().numpy()
+    # random BatchNorm statistics grow the logits to ~1e4: errors relative to the largest
+    error = np.abs(compiled.run(x.numpy())[0] - expected).max() / np.abs(expected).max()
+    assert error < 1e-5, error
