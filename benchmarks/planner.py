@@ -219,35 +219,26 @@ def rpc_check(name: str, local: Dict[str, object], args: argparse.Namespace) -> 
     def progress(label: str):
         return lambda message: print(f"[{label} {name}] {message}", flush=True)
 
+    def fresh_planner(label: str, **remote) -> Planner:
+        """A planner whose table is measured afresh (no cached table: every kernel timed)."""
+        with tempfile.TemporaryDirectory() as fresh:
+            os.environ[LOGS_ENV] = fresh
+            return Planner(
+                name,
+                "x86",
+                image_size=args.image_size,
+                rounds=args.rounds,
+                cold_weights=args.cold,
+                progress=progress(label),
+                **remote,
+            )
+
     local_planner = local["planner"]
     saved = os.environ.get(LOGS_ENV)
     try:
-        # both tables measured afresh (no cached table): every kernel timed again
-        with (
-            tempfile.TemporaryDirectory() as fresh,
-            local_rpc_cluster("bench", 1, timeout=90) as cluster,
-        ):
-            os.environ[LOGS_ENV] = fresh
-            remote = Planner(
-                name,
-                "x86",
-                image_size=args.image_size,
-                rounds=args.rounds,
-                rpc_tracker=cluster.address,
-                device_key="bench",
-                cold_weights=args.cold,
-                progress=progress("rpc"),
-            )
-        with tempfile.TemporaryDirectory() as fresh:
-            os.environ[LOGS_ENV] = fresh
-            again = Planner(
-                name,
-                "x86",
-                image_size=args.image_size,
-                rounds=args.rounds,
-                cold_weights=args.cold,
-                progress=progress("local again"),
-            )
+        with local_rpc_cluster("bench", 1, timeout=90) as cluster:
+            remote = fresh_planner("rpc", rpc_tracker=cluster.address, device_key="bench")
+        again = fresh_planner("local again")
     finally:
         if saved is None:
             os.environ.pop(LOGS_ENV, None)
