@@ -26,9 +26,12 @@ tracker (``RPCRunner``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
@@ -60,6 +63,7 @@ __all__ = [
     "called_functions",
     "conv_calls",
     "conv_tasks",
+    "conv_tune_context",
     "fuse",
     "tune_model",
 ]
@@ -269,6 +273,54 @@ def _search_space() -> ms.space_generator.SpaceGenerator:
     )
 
 
+#: The module of TVM's tensor intrinsics, which every ``TuneContext`` imports.
+_TENSOR_INTRINSICS = "tvm.s_tir.tensor_intrin"
+
+
+@contextlib.contextmanager
+def _tensor_intrinsics_skipped():
+    """An empty stand-in for :data:`_TENSOR_INTRINSICS` unless it was imported already."""
+    if _TENSOR_INTRINSICS in sys.modules:
+        yield
+        return
+    stand_in = types.ModuleType(_TENSOR_INTRINSICS)
+    sys.modules[_TENSOR_INTRINSICS] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get(_TENSOR_INTRINSICS) is stand_in:
+            del sys.modules[_TENSOR_INTRINSICS]
+
+
+def conv_tune_context(
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    task_name: str = "main",
+    seed: Optional[int] = None,
+) -> ms.TuneContext:
+    """The MetaSchedule context of one conv task: :func:`_search_space`, evolutionary search.
+
+    ``TuneContext`` imports TVM's tensor intrinsics, for the default rules' tensorization,
+    which the conv spaces never use. That import (once a process) parses about 500
+    TVMScript functions, and each parse reads the source of every frame on the stack
+    (``inspect`` scans all loaded modules for each): 27 s in a fresh process here, about
+    140 s in a test process that has loaded torch. The context is made with an empty module
+    in its place (a process that has imported them keeps them).
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    with _tensor_intrinsics_skipped():
+        return ms.TuneContext(
+            mod=mod,
+            target=target,
+            space_generator=_search_space(),
+            search_strategy="evolutionary",
+            task_name=task_name,
+            num_threads=target_cores(target),
+            rand_state=-1 if seed is None else seed,
+        )
+
+
 def _progress_callback(total: int, show: bool):
     """A MetaSchedule measure callback that advances a progress bar per measured candidate."""
     from tqdm import tqdm
@@ -450,16 +502,7 @@ def tune_model(
     database = open_database(folder)
     before = len(database)
     contexts = [
-        ms.TuneContext(
-            mod=task.dispatched[0],
-            target=target,
-            space_generator=_search_space(),
-            search_strategy="evolutionary",
-            task_name=task.task_name,
-            num_threads=target_cores(target),
-            rand_state=-1 if seed is None else seed,
-        )
-        for task in tasks
+        conv_tune_context(task.dispatched[0], target, task.task_name, seed) for task in tasks
     ]
     callback = _progress_callback(trials, progress)
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
