@@ -147,7 +147,7 @@ class _Merger(PyExprMutator):
     def visit_call_(self, op: relax.Call) -> relax.Expr:
         if not op.op.same_as(_ADD) or self.bound_to.get(op) in self.inner:
             return super().visit_call_(op)
-        merged = self._merge(self._leaves(op), op)
+        merged = self._merge(self._leaves(op))
         return merged if merged is not None else super().visit_call_(op)
 
     # -- the sum's terms ------------------------------------------------------------------
@@ -177,11 +177,9 @@ class _Merger(PyExprMutator):
 
     # -- the merge ------------------------------------------------------------------------
 
-    def _merge(self, leaves: List[_Leaf], root: relax.Call) -> Optional[relax.Expr]:
+    def _merge(self, leaves: List[_Leaf]) -> Optional[relax.Expr]:
         convs = [leaf for leaf in leaves if leaf.conv is not None]
-        if len(convs) < 1:
-            return None
-        # the group of the first conv with a partner: same input and geometry
+        # the first conv with a partner (a conv of the same input and geometry, an identity)
         for first in convs:
             group = [leaf for leaf in convs if _same_geometry(first, leaf)]
             if _kernel_padding(group) is None:
@@ -205,6 +203,7 @@ class _Merger(PyExprMutator):
     def _classify(self, leaf: _Leaf, conv_leaf: _Leaf, out_shape: Tuple[int, ...]) -> None:
         """Fill ``leaf.scale/shift`` when it is an identity of ``conv_leaf``'s input or a
         per-channel constant of the output's shape."""
+        leaf.scale = leaf.shift = None  # classified against another conv before, maybe
         conv = conv_leaf.conv
         axis = 1 if conv.layout == "NCHW" else 3
         channels = out_shape[axis]
