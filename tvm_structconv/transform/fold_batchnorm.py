@@ -39,7 +39,7 @@ from tvm_structconv.transform.relax_functions import (
     typed_const,
 )
 
-__all__ = ["BatchNormFoldReport", "FoldBatchNorm", "fold_batchnorm"]
+__all__ = ["BatchNormFoldReport", "FoldBatchNorm", "batch_norm_affine", "fold_batchnorm"]
 
 _WEIGHT = is_const()
 _CONV = is_op("relax.nn.conv2d")(wildcard(), _WEIGHT)
@@ -183,15 +183,24 @@ def _channel_bias(bias: relax.Expr, channels: int) -> np.ndarray | None:
     return constant.value.numpy().astype(np.float64).reshape(channels)
 
 
+def batch_norm_affine(batch_norm: relax.Call) -> tuple[np.ndarray, np.ndarray]:
+    """``(s, t)`` in float64 with ``batch_norm(x)[0] = x * s + t`` per channel for an inference
+    batch norm with constant parameters: ``s = gamma / sqrt(var + eps)``,
+    ``t = beta - mean * s`` (``gamma`` left out for ``scale=False``, ``beta`` for
+    ``center=False``)."""
+    attrs = batch_norm.attrs
+    gamma, beta, mean, var = (arg.value.numpy().astype(np.float64) for arg in batch_norm.args[1:])
+    scale = (gamma if attrs.scale else 1.0) / np.sqrt(var + float(attrs.epsilon))
+    return scale, (beta if attrs.center else 0.0) - mean * scale
+
+
 def _folded_constants(
     kernel: np.ndarray, bias: np.ndarray, batch_norm: relax.Call
 ) -> tuple[tvm.ir.Constant, tvm.ir.Constant]:
     """``W * s`` and ``(b - mean) * s + beta`` (shape ``(1, C, 1, 1)``) with
     ``s = gamma / sqrt(var + eps)``, computed in float64 and cast to the kernel's dtype."""
-    attrs = batch_norm.attrs
-    gamma, beta, mean, var = (arg.value.numpy().astype(np.float64) for arg in batch_norm.args[1:])
-    scale = (gamma if attrs.scale else 1.0) / np.sqrt(var + float(attrs.epsilon))
-    shift = (bias - mean) * scale + (beta if attrs.center else 0.0)
+    scale, shift = batch_norm_affine(batch_norm)
+    shift = shift + bias * scale
     weight = kernel.astype(np.float64) * scale[:, None, None, None]
     return (
         typed_const(weight.astype(kernel.dtype)),

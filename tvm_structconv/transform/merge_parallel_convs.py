@@ -42,6 +42,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_structconv.transform.conv_call import Conv2dCall, bound_value, read_conv2d
+from tvm_structconv.transform.fold_batchnorm import batch_norm_affine
 from tvm_structconv.transform.relax_functions import (
     count_uses,
     rewrite_relax_functions,
@@ -182,7 +183,8 @@ class _Merger(PyExprMutator):
         # the first conv with a partner (a conv of the same input and geometry, an identity)
         for first in convs:
             group = [leaf for leaf in convs if _same_geometry(first, leaf)]
-            if _kernel_padding(group) is None:
+            geometry = _kernel_padding(group)
+            if geometry is None:
                 continue
             out_shape = first.conv.out_shape
             others = [leaf for leaf in leaves if leaf not in group]
@@ -192,7 +194,7 @@ class _Merger(PyExprMutator):
             constants = [leaf for leaf in others if leaf.shift is not None and leaf.scale is None]
             if len(group) + len(identities) < 2:
                 continue
-            merged = _merged_kernel(group, identities)
+            merged = _merged_kernel(group, identities, *geometry)
             if merged is None:
                 continue
             kernel, padding = merged
@@ -253,10 +255,7 @@ class _Merger(PyExprMutator):
                 and all(isinstance(arg, tvm.ir.Constant) for arg in norm.args[1:])
             ):
                 return None
-            attrs = norm.attrs
-            gamma, beta, mean, var = (a.value.numpy().astype(np.float64) for a in norm.args[1:])
-            scale = (gamma if attrs.scale else 1.0) / np.sqrt(var + float(attrs.epsilon))
-            shift = (beta if attrs.center else 0.0) - mean * scale
+            scale, shift = batch_norm_affine(norm)
             expr = norm.args[0]
         source = _source(expr, self.var2val.get) if axes is None else (expr, axes)
         if scale is None:
@@ -379,11 +378,15 @@ def _kernel_padding(group: List[_Leaf]) -> Optional[Tuple[Tuple[int, int], Tuple
 
 
 def _merged_kernel(
-    group: List[_Leaf], identities: List[_Leaf]
+    group: List[_Leaf],
+    identities: List[_Leaf],
+    size: Tuple[int, int],
+    padding: Tuple[int, int, int, int],
 ) -> Optional[Tuple[np.ndarray, Tuple[int, int, int, int]]]:
-    """The summed kernel (float64, OIHW) and its padding, or ``None`` if an identity cannot
-    join (a stride, a channel count or a padding that moves the pixel)."""
-    (kh, kw), padding = _kernel_padding(group)
+    """The summed kernel (float64, OIHW) of ``size`` and its ``padding`` (from
+    :func:`_kernel_padding`), or ``None`` if an identity cannot join (a stride, a channel count
+    or a padding that moves the pixel)."""
+    kh, kw = size
     first = group[0].conv
     out_channels, in_per_group = first.kernel.shape[:2]
     kernel = np.zeros((out_channels, in_per_group, kh, kw))
