@@ -148,6 +148,81 @@ def test_a_structured_branch_is_never_merged():
     np.testing.assert_allclose(compiled.run(x.numpy())[0], expected, rtol=1e-4, atol=1e-4)
 
 
+def _structured_branches(channels, out_channels, kernel, structures, identity, seed):
+    """A :class:`Branches` block whose convs are projected onto ``structures`` (one each), its
+    manifest, and an input."""
+    torch.manual_seed(seed)
+    padding = kernel // 2
+    model = Branches(
+        channels, out_channels, [(kernel, padding, 1)] * len(structures), 1, 1, identity
+    ).eval()
+    layers = {}
+    for i, structure in enumerate(structures):
+        conv = model.branches[i][0]
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(structure.project(conv.weight.double().numpy())))
+        layers[f"branches.{i}.0.weight"] = structure
+    return model, Manifest.from_structures(layers), torch.randn(1, channels, 9, 8)
+
+
+def _structured_calls(prepared) -> int:
+    return prepared.mod.script().count("R.call_tir(cls.structured_conv2d")
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    channels=st.sampled_from([4, 8, 12]),
+    out_channels=st.sampled_from([8, 12, 20]),
+    kernel=st.sampled_from([1, 3]),
+    branches=st.integers(2, 4),
+    identity=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_structured_branches_of_one_structure_become_one_structured_conv(
+    channels, out_channels, kernel, branches, identity, seed
+):
+    """Summed structured convs of one input with the same structure are one structured conv
+    of the summed alpha (the fused op is linear in alpha), in both layouts (NHWC: out_channels
+    not a multiple of the channel block take the sliced, zero-padded path); an identity
+    branch cannot join them and is added as it was. Exact against torch."""
+    identity = identity and channels == out_channels
+    if kernel == 3:
+        structure = Structure(channels, 3, channels, 2)
+    else:
+        structure = Structure(channels, 1, channels // 2, 1)
+    model, manifest, x = _structured_branches(
+        channels, out_channels, kernel, [structure] * branches, identity, seed
+    )
+    expected = model(x).detach().numpy()
+    imported = load_model(model, x, manifest)
+    for layout in (conv_layout(make_target("x86"), True), None):
+        prepared = prepare_module(imported, structured=True, layout=layout)
+        assert len(prepared.report.rewritten) == branches
+        assert _structured_calls(prepared) == 1, prepared.mod.script()
+        assert [n for n in prepared.notes if f"{branches} structured convs of one op" in n]
+    for schedules in (True, False):
+        compiled = compile_model(
+            imported, "x86", structured=True, schedules=schedules, tuning_logs=False
+        )
+        np.testing.assert_allclose(compiled.run(x.numpy())[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_structured_branches_of_different_structures_stay_apart():
+    """Two structured 3x3 branches of one input, c = C and c = C/2: two different ops, two
+    calls, nothing merged, exact."""
+    model, manifest, x = _structured_branches(
+        8, 8, 3, [Structure(8, 3, 8, 2), Structure(8, 3, 4, 2)], False, 3
+    )
+    imported = load_model(model, x, manifest)
+    prepared = prepare_module(imported, structured=True, layout=conv_layout(make_target("x86")))
+    assert _structured_calls(prepared) == 2
+    assert not [n for n in prepared.notes if "merged" in n], prepared.notes
+    compiled = compile_model(imported, "x86", structured=True, tuning_logs=False)
+    np.testing.assert_allclose(
+        compiled.run(x.numpy())[0], model(x).detach().numpy(), rtol=1e-4, atol=1e-4
+    )
+
+
 def test_a_branch_with_another_user_is_not_merged():
     """A conv whose output is also read elsewhere must still be computed: nothing merges."""
 

@@ -27,7 +27,11 @@ one-hot kernel of its channel at the tap that reads the output's own pixel (stri
 outputs as inputs). Everything is summed in float64 and cast back to the weights' dtype.
 
 The pass runs after the structured rewrite: a conv with a recorded structure is already the
-fused structured op and is never merged (adding a 1x1 branch would break its structure).
+fused structured op and is never merged with an ordinary conv or an identity (adding a 1x1
+branch would break its structure). Structured convs of one input that call the same fused op
+(the same structure, geometry and ``alpha`` packing, so the same PrimFunc) merge with each
+other: the op is linear in ``alpha``, so their sum is one call with the summed ``alpha``
+(MobileOne's parallel 1x1 branches, each structured, become one structured conv).
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ _ADD = tvm.ir.Op.get("relax.add")
 _CONV = tvm.ir.Op.get("relax.nn.conv2d")
 _PERMUTE = tvm.ir.Op.get("relax.permute_dims")
 _BATCH_NORM = tvm.ir.Op.get("relax.nn.batch_norm")
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+_SLICE = tvm.ir.Op.get("relax.strided_slice")
+#: ``primfunc_name_hint`` of the fused structured conv (:func:`~.conv_call.emit_conv2d`).
+_STRUCTURED_OP = "structured_conv2d"
 
 
 @dataclass
@@ -106,6 +114,21 @@ class MergeParallelConvs:
 
 
 @dataclass
+class _StructuredCall:
+    """A ``call_tir`` of the fused structured conv: ``op(data, alpha)``, maybe under the
+    ``strided_slice`` that cuts a padded channel block off (``slice``)."""
+
+    call: relax.Call
+    alpha: np.ndarray
+    source: Tuple[relax.Expr, Optional[Tuple[int, ...]]]
+    slice: Optional[relax.Call] = None
+
+    def key(self) -> tuple:
+        """Calls with equal keys compute the same op of the same input."""
+        return (self.call.args[0], self.source[0], self.source[1])
+
+
+@dataclass
 class _Leaf:
     """One term of a sum: a conv, an identity (``x * scale + shift``), a per-channel constant
     or anything else (``expr``)."""
@@ -115,6 +138,7 @@ class _Leaf:
     source: Optional[Tuple[relax.Expr, Optional[Tuple[int, ...]]]] = None
     scale: Optional[np.ndarray] = None
     shift: Optional[np.ndarray] = None
+    structured: Optional[_StructuredCall] = None
 
 
 @mutator
@@ -173,12 +197,80 @@ class _Merger(PyExprMutator):
                 conv = read_conv2d(value, self.var2val.get)
                 if isinstance(conv, Conv2dCall) and conv.kernel.dtype.kind == "f":
                     leaf.conv, leaf.source = conv, _source(conv.data, self.var2val.get)
+            elif self._single_use(term):
+                leaf.structured = self._structured_call(value)
             leaves.append(leaf)
         return leaves
+
+    def _structured_call(self, value: Optional[relax.Expr]) -> Optional[_StructuredCall]:
+        """``value`` as a call of the fused structured conv with a constant ``alpha``."""
+        cut = None
+        if isinstance(value, relax.Call) and value.op.same_as(_SLICE):
+            if not self._single_use(value.args[0]):
+                return None
+            cut, value = value, self.var2val.get(value.args[0])
+        if not (
+            isinstance(value, relax.Call)
+            and value.op.same_as(_CALL_TIR)
+            and value.args[0].name_hint.startswith(_STRUCTURED_OP)
+            and isinstance(value.args[1], relax.Tuple)
+            and len(value.args[1].fields) == 2
+        ):
+            return None
+        data, alpha = value.args[1].fields
+        alpha = bound_value(alpha, self.var2val.get)
+        if not isinstance(alpha, tvm.ir.Constant):
+            return None
+        return _StructuredCall(value, alpha.value.numpy(), _source(data, self.var2val.get), cut)
 
     # -- the merge ------------------------------------------------------------------------
 
     def _merge(self, leaves: List[_Leaf]) -> Optional[relax.Expr]:
+        """The merged sum of ``leaves``, or ``None`` when nothing in it merges."""
+        merged_leaves = self._merge_structured(leaves)
+        merged = self._merge_convs(merged_leaves)
+        if merged is not None or len(merged_leaves) == len(leaves):
+            return merged
+        out = self.visit_expr(merged_leaves[0].expr)
+        for leaf in merged_leaves[1:]:
+            out = self.builder_.emit(relax.op.add(out, self.visit_expr(leaf.expr)))
+        return out
+
+    def _merge_structured(self, leaves: List[_Leaf]) -> List[_Leaf]:
+        """``leaves`` with each set of structured calls of one op and input replaced by one
+        call with the summed ``alpha`` (the op is linear in it)."""
+        groups: Dict[tuple, List[_Leaf]] = {}
+        for leaf in leaves:
+            if leaf.structured is not None:
+                key = leaf.structured.key()
+                match = next((k for k in groups if _same_key(k, key)), key)
+                groups.setdefault(match, []).append(leaf)
+        result = [leaf for leaf in leaves if leaf.structured is None]
+        for group in groups.values():
+            if len(group) == 1:
+                result.extend(group)
+                continue
+            first = group[0].structured
+            alpha = sum(leaf.structured.alpha.astype(np.float64) for leaf in group)
+            data = self.visit_expr(first.call.args[1].fields[0])
+            args = relax.Tuple([data, typed_const(alpha.astype(first.alpha.dtype))])
+            call = relax.Call(
+                first.call.op, [first.call.args[0], args], first.call.attrs, first.call.ty_args
+            )
+            out = self.builder_.emit(call)
+            if first.slice is not None:
+                cut = first.slice
+                out = self.builder_.emit(relax.Call(cut.op, [out], cut.attrs, cut.ty_args))
+            result.append(_Leaf(out))
+            shape = tuple(int(d) for d in out.ty.shape)
+            self.merged.append(
+                f"{len(group)} structured convs of one op -> 1 structured conv, "
+                f"{'x'.join(map(str, shape))}"
+            )
+        return result
+
+    def _merge_convs(self, leaves: List[_Leaf]) -> Optional[relax.Expr]:
+        """The sum with its ordinary convs (and identities) of one input merged, or ``None``."""
         convs = [leaf for leaf in leaves if leaf.conv is not None]
         # the first conv with a partner (a conv of the same input and geometry, an identity)
         for first in convs:
@@ -327,6 +419,11 @@ def _source(expr: relax.Expr, lookup) -> Tuple[relax.Expr, Optional[Tuple[int, .
         axes = value.attrs.axes
         return value.args[0], tuple(int(a) for a in axes) if axes is not None else ()
     return expr, None
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    """Whether two :meth:`_StructuredCall.key` tuples name the same op and input."""
+    return a[0].same_as(b[0]) and a[1].same_as(b[1]) and a[2] == b[2]
 
 
 def _same_source(a: Optional[tuple], b: Optional[tuple]) -> bool:
