@@ -100,6 +100,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=10, help="samples per process")
     parser.add_argument("--out", default=None, help="output stem")
     args = parser.parse_args(argv)
+    from tvm_structconv.zoo import FAMILIES
+
+    unknown = [name for name in args.families.split(",") if name not in FAMILIES]
+    if unknown:
+        parser.error(f"unknown families {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
 
     import tvm
 
