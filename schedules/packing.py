@@ -23,12 +23,14 @@ from tvm.target import Target
 
 from tvm_structconv.schedules.base import target_family
 from tvm_structconv.schedules.cpu.tiling import channel_block, tile_score
-from tvm_structconv.schedules.target_info import vector_lanes, vector_registers
+from tvm_structconv.schedules.cpu.winograd import choose_winograd_tile
+from tvm_structconv.schedules.target_info import is_aarch64, vector_lanes, vector_registers
 
 __all__ = [
     "MAX_PADDING",
     "BlockSize",
     "ConvLayout",
+    "WinogradTile",
     "conv_layout",
     "cpu_block_size",
     "divisor_block",
@@ -40,6 +42,10 @@ __all__ = [
 #: with for an NHWC conv. It divides ``out_channels``, except for an ungrouped conv whose
 #: output the rewrite pads with zero filters to a multiple of the block (and slices back).
 BlockSize = Callable[[int, int, int], int]
+
+#: ``(batch, out_height, out_width) -> m or None``: the Winograd F(m, 2) tile of a layer whose
+#: structure allows it, ``None`` for the direct kernel.
+WinogradTile = Callable[[int, int, int], Optional[int]]
 
 #: Largest share of zero filters a packing block may add to an ungrouped conv's outputs.
 MAX_PADDING = Fraction(1, 8)
@@ -108,18 +114,26 @@ class ConvLayout:
         ``"NHWC"`` (CPU targets: the project's schedules) or ``"NCHW"``.
     block_size
         The packing block of an NHWC conv's ``alpha`` (unused for NCHW).
+    winograd_tile
+        For the NHWC convs that can run as Winograd F(m, 2) (stride 1, ``c = C``, ``n = 2``):
+        ``m`` for a ``(batch, out_height, out_width)`` output, or ``None`` for the direct
+        kernel (:data:`WinogradTile`); ``None`` here: never Winograd.
     """
 
     layout: str
     block_size: BlockSize
+    winograd_tile: Optional[WinogradTile] = None
 
 
 def conv_layout(target: Optional[Target] = None, scheduled: bool = True) -> ConvLayout:
     """The layout and packing block the conv rewrites use for ``target``.
 
     No target, ``scheduled=False`` (TVM's default pipeline instead of the project's schedules)
-    and non-CPU targets get NCHW.
+    and non-CPU targets get NCHW. x86 targets run the layers that allow it as Winograd
+    (:func:`~tvm_structconv.schedules.cpu.winograd.choose_winograd_tile`; measured on x86
+    only, so AArch64 keeps the direct kernel).
     """
     if target is not None and scheduled and target_family(target) == "cpu":
-        return ConvLayout("NHWC", functools.partial(cpu_block_size, target))
+        winograd = None if is_aarch64(target) else choose_winograd_tile
+        return ConvLayout("NHWC", functools.partial(cpu_block_size, target), winograd)
     return ConvLayout("NCHW", portable_block_size)

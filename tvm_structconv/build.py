@@ -298,6 +298,7 @@ def prepare_module(
             match_by_value=match_by_value,
             block_size=layout.block_size,
             linear_as_conv=nhwc,
+            winograd_tile=layout.winograd_tile,
         )
     # after the structured rewrite: a conv with a recorded structure is never merged
     mod, parallel = merge_parallel_convs(mod)

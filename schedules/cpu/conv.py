@@ -55,6 +55,7 @@ from tvm_structconv.schedules.target_info import (
 
 __all__ = [
     "StructuredConv2dRule",
+    "host_target",
     "schedule_structured_conv2d",
     "schedule_tail",
     "split_epilogue",
@@ -300,7 +301,7 @@ def _meta_schedule_rule(
     ``s_tir.meta_schedule.<key>.<rule>``, and calls them without a target in scope while it
     generates design spaces: the target is then this host (all its cores).
     """
-    target = Target.current(allow_none=True) or _host_target()
+    target = Target.current(allow_none=True) or host_target()
     if not _is_nhwc_conv(sch, block):
         return [sch]  # the NCHW compute: MetaSchedule's own rules schedule it
     spaces = []
@@ -312,7 +313,8 @@ def _meta_schedule_rule(
     return spaces
 
 
-def _host_target() -> Target:
+def host_target() -> Target:
+    """This host's CPU with all its cores: the target of a rule called without one in scope."""
     return Target(
         {
             "kind": "llvm",

@@ -17,14 +17,15 @@ The template:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target
 
 from tvm_structconv.ops import stages_around
-from tvm_structconv.schedules.base import TargetRule
-from tvm_structconv.schedules.cpu.conv import schedule_tail, split_epilogue
+from tvm_structconv.schedules.base import TargetRule, schedule_whole_function
+from tvm_structconv.schedules.cpu.conv import host_target, schedule_tail, split_epilogue
 from tvm_structconv.schedules.cpu.tiling import pixel_budget
 from tvm_structconv.schedules.target_info import (
     divisors,
@@ -35,10 +36,27 @@ from tvm_structconv.schedules.target_info import (
 )
 from tvm_structconv.winograd import WINOGRAD_RULE
 
-__all__ = ["WinogradTiling", "WinogradRule", "find_winograd_block", "schedule_winograd"]
+__all__ = [
+    "MIN_TILES",
+    "WINOGRAD_TILES",
+    "WinogradRule",
+    "WinogradTiling",
+    "choose_winograd_tile",
+    "choose_winograd_tiling",
+    "find_winograd_block",
+    "schedule_winograd",
+]
 
 #: Tiles (of all positions' transformed input) one chunk may hold, at most.
 MAX_CHUNK_TILES = 64
+#: Output tile sizes ``m`` of F(m, 2) tried, largest first.
+WINOGRAD_TILES = (4, 2)
+#: Fewest tiles (over the batch) a layer needs for Winograd: each element of the transformed
+#: kernel ``U`` (``(m+1)²/4`` times the size of ``alpha``) is used once per tile, so with few
+#: tiles the GEMM waits on memory. One thread on znver5 (benchmarks/winograd_layers.py): F(4, 2)
+#: 1.96x of the direct kernel at 56² (196 tiles) and 1.98x at 28² (49), 1.1-1.25x at 14² (16);
+#: F(2, 2) 1.43x at 14² (49 tiles), 0.97x at 7² (16).
+MIN_TILES = 32
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,18 @@ def choose_winograd_tiling(
         r * tiles_w for r in divisors(rows, budget // tiles_w)
     ]
     return WinogradTiling(rows, max(candidates))
+
+
+def choose_winograd_tile(batch: int, out_height: int, out_width: int) -> Optional[int]:
+    """``m`` of the F(m, 2) a stride-1 layer with this output runs as, or ``None`` (direct).
+
+    The largest of :data:`WINOGRAD_TILES` that cuts the output into at least
+    :data:`MIN_TILES` tiles.
+    """
+    for tile in WINOGRAD_TILES:
+        if batch * -(-out_height // tile) * -(-out_width // tile) >= MIN_TILES:
+            return tile
+    return None
 
 
 def find_winograd_block(sch: s_tir.Schedule) -> Optional[s_tir.schedule.SBlockRV]:
@@ -204,3 +234,20 @@ class WinogradRule(TargetRule):
         if gemm is None:
             return None
         return sch if schedule_winograd(sch, gemm, target) else None
+
+
+@tvm.register_global_func(f"s_tir.meta_schedule.cpu.{WINOGRAD_RULE}", override=True)
+def _meta_schedule_rule(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
+) -> Sequence[s_tir.Schedule]:
+    """MetaSchedule custom rule of the Winograd GEMM block: the hand schedule, one space.
+
+    Called without a target in scope while MetaSchedule generates design spaces: the target
+    is then this host (as for the direct conv's rule).
+    """
+    target = Target.current(allow_none=True) or host_target()
+    space = sch.copy()
+    if not schedule_winograd(space, block, target):
+        return [sch]
+    schedule_whole_function(space, block)
+    return [space]

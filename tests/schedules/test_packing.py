@@ -81,6 +81,7 @@ def test_rules_per_target_family():
     cpu_rules = rules_for(HOST)
     assert [type(r).__name__ for r in cpu_rules] == [
         "StructuredConv2dRule",
+        "WinogradRule",
         "ChannelReduction",
         "Injective",
         "Fallback",

@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_structconv import ops
+from tvm_structconv import ops, winograd
 from tvm_structconv.schedules.packing import BlockSize, padded_channels, portable_block_size
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform.relax_functions import typed_const
@@ -39,6 +39,8 @@ __all__ = [
     "bound_value",
     "emit_conv2d",
     "emit_linear",
+    "emit_winograd_conv2d",
+    "winograd_output",
     "read_conv2d",
     "read_linear",
     "static_shape",
@@ -233,6 +235,56 @@ def emit_conv2d(
     if padded == out_channels:
         return out
     return builder.emit(relax.op.strided_slice(out, axes=[3], begin=[0], end=[out_channels]))
+
+
+def winograd_output(conv: Conv2dCall, structure: Structure) -> Optional[Tuple[int, int, int]]:
+    """``(batch, out_height, out_width)`` of a conv Winograd F(m, 2) can compute, else ``None``.
+
+    An NHWC float32 conv of NHWC data with stride 1, dilation 1 and one group whose structure
+    is a 3×3 kernel over all input channels pooled to a 2×2 ``alpha`` (``c = C``, ``n = 2``).
+    """
+    if (
+        conv.layout != "NHWC"
+        or conv.nchw_data is not None
+        or conv.out_dtype != "float32"
+        or conv.strides != (1, 1)
+        or conv.dilation != (1, 1)
+        or conv.groups != 1
+        or structure.kernel_size != (3, 3)
+        or structure.reduced_kernel_size != (2, 2)
+        or structure.reduced_channels != structure.in_channels
+    ):
+        return None
+    batch, out_height, out_width, _ = conv.out_shape
+    return batch, out_height, out_width
+
+
+def emit_winograd_conv2d(
+    builder: relax.BlockBuilder,
+    conv: Conv2dCall,
+    alpha: np.ndarray,
+    tile: int,
+    block_size: BlockSize = portable_block_size,
+) -> relax.Expr:
+    """``call_te`` of :func:`tvm_structconv.winograd.winograd_structured_conv2d_nhwc`.
+
+    ``alpha`` (OIHW, ``(K, C, 2, 2)``) is transformed at compile time
+    (:func:`~tvm_structconv.winograd.transform_alpha`), its output channels packed in blocks of
+    ``block_size``'s choice (zero filters fill the last block; the output has ``K`` channels).
+    ``conv`` must pass :func:`winograd_output`.
+    """
+    out_channels = alpha.shape[0]
+    block = block_size(out_channels, 1, conv.out_width)
+    compute = functools.partial(
+        winograd.winograd_structured_conv2d_nhwc,
+        out_channels=out_channels,
+        padding=list(conv.padding),
+        out_dtype=conv.out_dtype,
+    )
+    transformed = typed_const(winograd.transform_alpha(alpha, tile, block))
+    return builder.call_te(
+        compute, conv.data, transformed, primfunc_name_hint="structured_winograd_conv2d"
+    )
 
 
 @dataclass(frozen=True)

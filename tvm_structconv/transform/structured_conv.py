@@ -14,7 +14,9 @@ For a layer whose weight has a recorded structure it checks the residual, decomp
 ``alpha = A⁺W`` and replaces the call with ``call_tir`` of the TE compute
 :func:`tvm_structconv.ops.structured_conv2d` (``structured_conv2d_nhwc`` with ``alpha`` packed
 for an NHWC conv; for a linear layer the NHWC op with a 1×1 kernel when ``linear_as_conv``,
-else ``structured_dense``). Every other conv or
+else ``structured_dense``; an NHWC stride-1 3×3 conv with ``c = C``, ``n = 2`` as
+:func:`tvm_structconv.winograd.winograd_structured_conv2d_nhwc` where the target's
+``winograd_tile`` chooses it). Every other conv or
 linear layer is left as it is and reported with the reason. A weight that does not satisfy
 its recorded structure raises :class:`StructureMismatchError`: never wrong code, never a
 silent skip.
@@ -33,16 +35,18 @@ from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_structconv.manifest import Manifest, ManifestError, detect
-from tvm_structconv.schedules.packing import BlockSize, portable_block_size
+from tvm_structconv.schedules.packing import BlockSize, WinogradTile, portable_block_size
 from tvm_structconv.structure import Structure, default_tolerance
 from tvm_structconv.transform.conv_call import (
     LinearCall,
     bound_value,
     emit_conv2d,
     emit_linear,
+    emit_winograd_conv2d,
     read_conv2d,
     read_linear,
     static_shape,
+    winograd_output,
 )
 from tvm_structconv.transform.relax_functions import rewrite_relax_functions
 
@@ -90,6 +94,9 @@ class LayerReport:
         MACs of the layer before and after the rewrite (equal when skipped).
     params_before, params_after
         Weight parameters (``W`` and ``alpha``; equal when skipped).
+    kernel
+        Which kernel a rewritten conv runs as when the rewrite chooses between kernels
+        (``winograd_tile`` given): ``"direct"`` or ``"winograd F(m,2)"``; else ``None``.
     """
 
     name: str
@@ -102,6 +109,7 @@ class LayerReport:
     macs_after: int = 0
     params_before: int = 0
     params_after: int = 0
+    kernel: Optional[str] = None
 
 
 @dataclass
@@ -160,6 +168,8 @@ class RewriteReport:
             status = (
                 f"rewritten ({layer.reason})" if layer.rewritten else f"skipped: {layer.reason}"
             )
+            if layer.kernel is not None:
+                status += f", {layer.kernel}"
             lines.append(
                 f"{layer.name:<40} {layer.kind:<7} {change:<26} "
                 f"{layer.macs_before:>13,} {layer.macs_after:>13,}  {status}"
@@ -182,6 +192,7 @@ def rewrite_structured_conv(
     match_by_value: bool = False,
     block_size: BlockSize = portable_block_size,
     linear_as_conv: bool = False,
+    winograd_tile: Optional[WinogradTile] = None,
 ) -> Tuple[tvm.IRModule, RewriteReport]:
     """Rewrite every conv / linear layer of ``mod`` that has a structure; say what was done.
 
@@ -206,6 +217,12 @@ def rewrite_structured_conv(
     linear_as_conv
         Emit structured Linear layers as the NHWC fused op with a 1×1 kernel (what the CPU
         schedules tile; needs static shapes) instead of ``structured_dense``.
+    winograd_tile
+        For an NHWC conv Winograd can compute
+        (:func:`~tvm_structconv.transform.conv_call.winograd_output`): ``m`` of F(m, 2) for
+        its output, or ``None`` for the direct kernel
+        (:data:`~tvm_structconv.schedules.packing.WinogradTile`, the target's choice). Each
+        rewritten conv's report then names its kernel. ``None``: always the direct kernel.
 
     Returns
     -------
@@ -222,7 +239,13 @@ def rewrite_structured_conv(
         If a manifest entry does not fit its weight's shape.
     """
     options = _Options(
-        manifest, weight_names or {}, tol, match_by_value, block_size, linear_as_conv
+        manifest,
+        weight_names or {},
+        tol,
+        match_by_value,
+        block_size,
+        linear_as_conv,
+        winograd_tile,
     )
     return _rewrite(mod, options)
 
@@ -237,6 +260,7 @@ class _Options:
     match_by_value: bool
     block_size: BlockSize
     linear_as_conv: bool
+    winograd_tile: Optional[WinogradTile] = None
 
 
 def _rewrite(mod: tvm.IRModule, options: _Options) -> Tuple[tvm.IRModule, RewriteReport]:
@@ -263,9 +287,16 @@ class RewriteStructuredConv:
         match_by_value: bool = False,
         block_size: BlockSize = portable_block_size,
         linear_as_conv: bool = False,
+        winograd_tile: Optional[WinogradTile] = None,
     ) -> None:
         self.options = _Options(
-            manifest, weight_names or {}, tol, match_by_value, block_size, linear_as_conv
+            manifest,
+            weight_names or {},
+            tol,
+            match_by_value,
+            block_size,
+            linear_as_conv,
+            winograd_tile,
         )
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -309,6 +340,7 @@ class _StructuredConvMutator(PyExprMutator):
             self._skip("conv2d", name, reason, conv.macs, kernel.size)
             return call
         alpha, residual = self._checked_alpha(name, kernel, structure)
+        tile = self._winograd_tile(conv, structure)
         self._record(
             "conv2d",
             name,
@@ -319,8 +351,18 @@ class _StructuredConvMutator(PyExprMutator):
             alpha.size * conv.pixels,
             kernel.size,
             alpha.size,
+            kernel=None if self.options.winograd_tile is None else _kernel_name(tile),
         )
+        if tile is not None:
+            return emit_winograd_conv2d(self.builder_, conv, alpha, tile, self.options.block_size)
         return emit_conv2d(self.builder_, conv, alpha, structure, self.options.block_size)
+
+    def _winograd_tile(self, conv, structure: Structure) -> Optional[int]:
+        """``m`` of the Winograd F(m, 2) that computes ``conv``, or ``None`` (direct kernel)."""
+        output = winograd_output(conv, structure)
+        if self.options.winograd_tile is None or output is None:
+            return None
+        return self.options.winograd_tile(*output)
 
     def _linear(self, call: relax.Call, linear: LinearCall) -> relax.Expr:
         """Rewrite the Linear layer ``call`` if it has a structure."""
@@ -431,6 +473,7 @@ class _StructuredConvMutator(PyExprMutator):
         macs_after: int,
         params_before: int,
         params_after: int,
+        kernel: Optional[str] = None,
     ) -> None:
         self.report.layers.append(
             LayerReport(
@@ -444,5 +487,11 @@ class _StructuredConvMutator(PyExprMutator):
                 macs_after,
                 params_before,
                 params_after,
+                kernel,
             )
         )
+
+
+def _kernel_name(tile: Optional[int]) -> str:
+    """The report's name of the kernel a conv runs as: ``direct`` or ``winograd F(m,2)``."""
+    return "direct" if tile is None else f"winograd F({tile},2)"
