@@ -144,6 +144,14 @@ def test_rows_that_cannot_run_are_listed_once_and_never_run(tmp_path):
     assert [m.row.label for m in runnable] == ["host/torch/original"]
     run_rounds([m for m in local if m.row.note], 3, progress.append)
     assert progress == []  # no worker started, no progress line
+    # an ONNX file alone: torch has no program to run, of either variant
+    onnx_only = plan_jobs(
+        [], ModelSource(onnx=str(tmp_path / "net.onnx")), ["torch"], costs, "in.npz", 1, 2, 5
+    )
+    assert {m.row.label: m.row.note for m in onnx_only} == {
+        "host/torch/original": "n/a (torch needs a torch.export program (.pt2))",
+        "host/torch/structured": "n/a (torch runs the structured variant only for built-in models)",
+    }
 
 
 def test_image_size_on_a_model_file_is_an_error(exported_small_net, capsys):

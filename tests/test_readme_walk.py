@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tvm_structconv import benchmark
+from tvm_structconv.benchmark import run_benchmark
 from tvm_structconv.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -68,6 +70,15 @@ def test_the_script_exports_and_the_build_matches_torch(walk, monkeypatch, capsy
 
 @pytest.mark.slow
 def test_the_bench_step_prints_a_row_per_build_and_peer(walk, monkeypatch, capsys):
+    # the one run of `structconv bench` that times TVM and a peer (tests/test_benchmark.py has
+    # the cheaper ones): the report behind the printed table is checked here too
+    reports = []
+
+    def spy(*args, **kwargs):
+        reports.append(run_benchmark(*args, **kwargs))
+        return reports[-1]
+
+    monkeypatch.setattr(benchmark, "run_benchmark", spy)
     folder, _ = walk
     out = run("bench", folder, monkeypatch, capsys)
     for runtime in ("x86     tvm ", "host    onnxruntime "):
@@ -75,6 +86,27 @@ def test_the_bench_step_prints_a_row_per_build_and_peer(walk, monkeypatch, capsy
     # a headline only from stable rows; otherwise the line that says why there is none
     assert re.search(r"faster than onnxruntime \(host\)|no ratio with .*unstable", out)
     assert (folder / "mynet-bench.png").read_bytes()[:4] == b"\x89PNG"
+
+    (report,) = reports
+    argv = commands()["bench"]
+    rounds = int(argv[argv.index("--rounds") + 1])
+    ours = report.row("x86", "tvm", "structured")
+    baseline = report.row("x86", "tvm", "original")
+    assert ours.latency is not None and baseline.latency is not None
+    # the README's interleaved rounds of bench's default 10 samples each, merged
+    assert len(ours.latency.samples_ms) == len(baseline.latency.samples_ms) == rounds * 10
+    assert ours.macs < baseline.macs and ours.params < baseline.params
+    ort = report.row("host", "onnxruntime", "original")
+    assert ort.latency is not None
+    assert report.row("host", "onnxruntime", "structured").latency is not None
+    lines = report.ratios()
+    if ours.trusted and ort.trusted:
+        assert any("faster than onnxruntime (host)" in line for line in lines), lines
+    else:  # a disturbed round (microsecond kernels): the line says why instead of a number
+        unstable = "structured tvm (x86)" if not ours.trusted else "onnxruntime (host)"
+        assert any(f"no ratio with {unstable}: its samples are unstable" in line for line in lines)
+        assert not any("faster than onnxruntime" in line for line in lines)
+    assert "median ms" in out and all(line in out for line in lines)
 
 
 @pytest.mark.slow
