@@ -1,6 +1,7 @@
 """structconv bench on noisy numbers: unstable samples (rounds apart, or two clusters) mark
 their row and never make a headline ratio; rows that cannot run are listed once as n/a, never
-run and never drawn; value labels sit above the whiskers; --image-size on a file is an error."""
+run and never drawn; value labels sit above the whiskers; --image-size on a file is an error.
+(A target alias of this host, timed here: the bench command of tests/test_benchmark.py.)"""
 
 import matplotlib.axes
 from hypothesis import given, settings
@@ -162,20 +163,3 @@ def test_image_size_on_a_model_file_is_an_error(exported_small_net, capsys):
         f"structconv: error: --image-size is for built-in models; {model} has the input shape "
         "it was exported with (an ONNX model with symbolic dims takes --input-shape)\n"
     )
-
-
-def test_an_alias_of_this_host_is_timed_here(exported_small_net, tmp_path):
-    from tvm_structconv.benchmark import run_benchmark
-
-    report = run_benchmark(
-        str(exported_small_net["onnx"]),
-        targets=["x86_64"],
-        peers=[],
-        threads=1,
-        repeat=2,
-        min_repeat_ms=1,
-        rounds=1,
-        workdir=str(tmp_path),
-    )
-    row = report.row("x86", "tvm", "structured")
-    assert row is not None and row.latency is not None and len(row.latency.samples_ms) == 2
