@@ -7,6 +7,14 @@ from tvm_structconv.zoo import DEFAULT_BUILDS, Build, ZooResult, check
 #: Largest accepted error relative to the output's magnitude (the issue's bar).
 RTOL = 1e-4
 
+#: Mobile families checked at a batch of 8 and a non-square input instead of 1x3x32x32: x86 in
+#: test_zoo_mobile.py, and their aarch64 structured build deployed and run under qemu in
+#: test_zoo_qemu.py (so test_zoo_mobile.py does not compile that build once more).
+MOBILE_BATCHED = {
+    "shufflenet_v2": {"size": (48, 64), "batch": 8},
+    "mobilenet_v3_small": {"size": (48, 64), "batch": 8},
+}
+
 
 def assert_family(
     name: str,

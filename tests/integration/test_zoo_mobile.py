@@ -1,18 +1,20 @@
 """Mobile CNN families (SE blocks, hardswish/SiLU, channel shuffles, grouped and depthwise
 convs) through TorchScript ONNX: x86 original and structured checked against onnxruntime,
-aarch64 structured compiled; ShuffleNetV2 and MobileNetV3-Small at a batch of 8, 48x64."""
+aarch64 structured compiled; ShuffleNetV2 and MobileNetV3-Small at a batch of 8, 48x64 (their
+aarch64 structured build run under qemu instead: test_zoo_qemu.py)."""
 
 import pytest
 
-from zoo_checks import assert_family
+from zoo_checks import MOBILE_BATCHED, assert_family
 
 pytestmark = pytest.mark.slow
 
-#: Families checked at a batch of 8 and a non-square input instead of 1x3x32x32 (one export and
-#: three builds cover both; the others keep the single square image).
+#: Families checked at a batch of 8 and a non-square input instead of 1x3x32x32 (one export
+#: covers both; the others keep the single square image). Their aarch64 structured build, at
+#: that shape, is compiled, run under qemu and checked in test_zoo_qemu.py.
 BATCHED = {
-    "shufflenet_v2": {"size": (48, 64), "batch": 8},
-    "mobilenet_v3_small": {"size": (48, 64), "batch": 8},
+    name: {**shape, "builds": [("x86", False), ("x86", True)]}
+    for name, shape in MOBILE_BATCHED.items()
 }
 
 

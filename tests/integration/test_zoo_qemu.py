@@ -1,5 +1,7 @@
 """Two families deployed to aarch64 and run under qemu: the structured build with the NEON
-schedules (SE gates, hardswish, channel shuffles) against onnxruntime on the same input."""
+schedules (SE gates, hardswish, channel shuffles) against onnxruntime on the same input, at the
+batch of 8 and the 48x64 input test_zoo_mobile.py checks them at on x86 (this is their aarch64
+build of the zoo checks)."""
 
 import pytest
 
@@ -8,6 +10,8 @@ from tvm_structconv.manifest import Manifest
 from tvm_structconv.nn import structurize
 from tvm_structconv.plan import Plan
 from tvm_structconv.zoo import FAMILIES, create, export_model
+
+from zoo_checks import MOBILE_BATCHED
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_cross]
 
@@ -18,7 +22,9 @@ def test_structured_family_matches_onnxruntime_under_qemu(name, tmp_path, capsys
 
     model, manifest = structurize(create(name), Plan.parse(FAMILIES[name].plan))
     assert isinstance(manifest, Manifest) and manifest.layers
-    path = export_model(model, torch.randn(1, 3, 32, 32), manifest, tmp_path, name, "torchscript")
+    shape = MOBILE_BATCHED[name]
+    example = torch.randn(shape["batch"], 3, *shape["size"])
+    path = export_model(model, example, manifest, tmp_path, name, "torchscript")
     status = main(
         [
             "deploy",
