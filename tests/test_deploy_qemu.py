@@ -35,14 +35,22 @@ def _elf_machine(path) -> int:
     return int.from_bytes(header[18:20], "little")
 
 
-@pytest.mark.needs_cross
-def test_aarch64_bundle_matches_torch_under_qemu(tmp_path):
+@pytest.fixture(scope="module")
+def default_pipeline_build():
+    """The small net imported through torch.export and compiled for aarch64 by TVM's default
+    CPU pipeline: ``(imported, compiled, x, torch's output)``."""
     model, x, manifest = structured_net()
     with torch.no_grad():
         expected = model(x).numpy()
     imported = load_model(model, x, manifest)
     # TVM's default CPU pipeline: checks the deployment path apart from the hand schedules
     compiled = compile_model(imported, "aarch64", schedules=False)
+    return imported, compiled, x, expected
+
+
+@pytest.mark.needs_cross
+def test_aarch64_bundle_matches_torch_under_qemu(default_pipeline_build, tmp_path):
+    imported, compiled, x, expected = default_pipeline_build
     bundle = deploy(compiled, imported, tmp_path / "bundle", [x.numpy()], [expected])
     assert bundle.runner is not None, bundle.build_hint
     for binary in (
@@ -96,16 +104,15 @@ def test_cli_compile_for_aarch64_writes_an_aarch64_library(tmp_path, capsys):
 
 
 @pytest.mark.needs_cross
-def test_without_the_aarch64_runtime_the_bundle_keeps_the_sources(tmp_path, monkeypatch):
+def test_without_the_aarch64_runtime_the_bundle_keeps_the_sources(
+    default_pipeline_build, tmp_path, monkeypatch
+):
     # an empty cache and no package index: the runtime wheels cannot be fetched
     monkeypatch.setenv("STRUCTCONV_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
-    model, x, manifest = structured_net()
-    imported = load_model(model, x, manifest)
-    bundle = deploy(
-        compile_model(imported, "aarch64", schedules=False), imported, tmp_path / "bundle"
-    )
+    imported, compiled, _, _ = default_pipeline_build
+    bundle = deploy(compiled, imported, tmp_path / "bundle")
     assert bundle.runner is None
     assert "cannot download the aarch64 TVM runtime wheels" in bundle.build_hint
     assert "make TVM_ROOT=" in bundle.build_hint
