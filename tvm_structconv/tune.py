@@ -8,7 +8,9 @@ searches their schedules with MetaSchedule's evolutionary search guided by its X
 model. The space of a conv task is the hand schedule with sampled tile sizes (rows per task,
 pixels per accumulator tile, output-channel chunks; see
 :func:`tvm_structconv.schedules.cpu.conv.schedule_structured_conv2d`), plus the hand schedule as it
-is. Pools, transposes and elementwise functions are memory-bound and keep the hand rules.
+is. Pools, transposes and elementwise functions are memory-bound and keep the hand rules, and
+so do the convs that run as Winograd (:mod:`tvm_structconv.schedules.cpu.winograd`; their
+template has no sampled tile sizes yet): they are no tasks.
 
 Measured records go to a MetaSchedule JSON database in the user's ``<root>/<target key>/``
 (:func:`~tvm_structconv.tuning_logs.user_logs_dir`: ``$STRUCTCONV_TUNING_LOGS`` or the user's
