@@ -2,8 +2,9 @@
 
 The template:
 
-* ``parallel`` over fused (batch, chunk of tile rows); everything else is computed per chunk,
-  so the transformed input ``V`` and the GEMM's products ``M`` of one chunk stay in cache;
+* ``parallel`` over fused (batch, chunk of tile rows, chunk of output channels); everything
+  else is computed per chunk, so the transformed input ``V`` and the GEMM's products ``M`` of
+  one chunk stay in cache (channel chunks only where rows alone cannot balance the cores);
 * per chunk: ``S`` (the pool stages, the padding inlined into the first), vectorized over
   channels; ``V`` per tile and channel vector, both 1-D transforms unrolled over the tile
   (the constant matrices fold into adds and multiplies by constants);
@@ -30,6 +31,7 @@ from tvm_structconv.schedules.cpu.tiling import pixel_budget
 from tvm_structconv.schedules.target_info import (
     divisors,
     extent,
+    target_cores,
     vector_lanes,
     vector_partition,
     vector_registers,
@@ -66,28 +68,54 @@ class WinogradTiling:
     Attributes
     ----------
     rows
-        Tile rows per chunk (the parallel task; ``V`` and ``M`` of one chunk stay in cache).
+        Tile rows per chunk (``V`` and ``M`` of one chunk stay in cache).
     tiles
         Tiles per register tile of the GEMM (unrolled).
+    channel_chunks
+        Parallel chunks the output channels are cut into (the input transform of a chunk of
+        rows is recomputed for each): a parallel task is one chunk of rows and one of
+        channels.
     """
 
     rows: int
     tiles: int
+    channel_chunks: int = 1
 
 
 def choose_winograd_tiling(
-    tiles_h: int, tiles_w: int, block: int, target: Target, max_tiles: int = MAX_CHUNK_TILES
+    tiles_h: int,
+    tiles_w: int,
+    block: int,
+    target: Target,
+    max_tiles: int = MAX_CHUNK_TILES,
+    batch: int = 1,
+    out_channels: Optional[int] = None,
 ) -> WinogradTiling:
-    """The most tile rows per chunk within ``max_tiles`` tiles, and the widest register tile.
+    """Chunks that give every core the same number of tasks where possible, then the fewest
+    channel chunks (each recomputes the input transform), then the most tile rows within
+    ``max_tiles`` tiles; and the widest register tile.
 
-    The register tile is part of one tile row, or whole rows (so each is a rectangle of tiles).
+    Output channels are cut into chunks only when ``out_channels`` (the real ones) is a
+    multiple of ``block``. The register tile is part of one tile row, or whole rows (so each
+    is a rectangle of tiles).
     """
-    rows = max(divisors(tiles_h, max(1, max_tiles // tiles_w)))
+    cores = target_cores(target)
+    blocks = out_channels // block if out_channels and out_channels % block == 0 else 1
+    best = None
+    for rows in divisors(tiles_h, max(1, max_tiles // tiles_w)):
+        for channel_chunks in divisors(blocks, cores):
+            tasks = batch * (tiles_h // rows) * channel_chunks
+            balance = tasks / (cores * -(-tasks // cores))
+            score = (round(balance, 2), -channel_chunks, rows)
+            if best is None or score > best[0]:
+                best = (score, rows, channel_chunks)
+    assert best is not None
+    _, rows, channel_chunks = best
     budget = pixel_budget(block, vector_lanes(target), vector_registers(target))
     candidates = divisors(tiles_w, budget) + [
         r * tiles_w for r in divisors(rows, budget // tiles_w)
     ]
-    return WinogradTiling(rows, max(candidates))
+    return WinogradTiling(rows, max(candidates), channel_chunks)
 
 
 def choose_winograd_tile(batch: int, out_height: int, out_width: int) -> Optional[int]:
@@ -115,15 +143,6 @@ def _unroll_all(sch: s_tir.Schedule, loops) -> None:
         sch.unroll(loop)
 
 
-def _vector_channels(sch: s_tir.Schedule, block, lanes: int) -> list:
-    """Split the block's last loop (channels) into (outer, lanes); the inner one vectorized."""
-    loop = sch.get_loops(block)[-1]
-    if extent(sch, loop) % lanes or extent(sch, loop) == lanes:
-        return [loop]  # vectorized whole below, or left for vector_partition
-    outer, inner = sch.split(loop, [None, lanes])
-    return [outer, inner]
-
-
 def schedule_winograd(
     sch: s_tir.Schedule,
     gemm: s_tir.schedule.SBlockRV,
@@ -144,10 +163,13 @@ def schedule_winograd(
     output_rows, output, *epilogue = consumers
     lanes = vector_lanes(target)
     stmt = sch.get(gemm)
-    positions, _, _, tiles_h, tiles_w, _ = (int(d) for d in stmt.writes[0].source.shape)
+    positions, _, batch, tiles_h, tiles_w, _ = (int(d) for d in stmt.writes[0].source.shape)
     block = int(stmt.reads[1].source.shape[-1])
     if tiling is None:
-        tiling = choose_winograd_tiling(tiles_h, tiles_w, block, target)
+        out_channels = int(sch.get(output).writes[0].source.shape[-1])
+        tiling = choose_winograd_tiling(
+            tiles_h, tiles_w, block, target, batch=batch, out_channels=out_channels
+        )
 
     head, tail = split_epilogue(sch, output, epilogue)
     for extra in head[:-1]:
@@ -162,9 +184,10 @@ def schedule_winograd(
     n, y, x, k = sch.get_loops(output)
     y_chunk, y_tile, y_in = sch.split(y, [None, tiling.rows, tile_size])
     x_tile, x_in = sch.split(x, [None, tile_size])
+    k_chunk, k = sch.split(k, [tiling.channel_chunks, None])
     k_outer, k_vector = sch.split(k, [None, lanes]) if extent(sch, k) % lanes == 0 else (k, None)
-    sch.reorder(n, y_chunk, y_tile, x_tile, k_outer, y_in, x_in)
-    chunk = sch.fuse(n, y_chunk)
+    sch.reorder(n, y_chunk, k_chunk, y_tile, x_tile, k_outer, y_in, x_in)
+    chunk = sch.fuse(n, y_chunk, k_chunk)
     sch.parallel(chunk)
     sch.compute_at(output_rows, k_outer, preserve_unit_loops=True)
     _unroll_all(sch, [y_in, x_in])

@@ -15,6 +15,7 @@ from tvm_structconv import ops, winograd
 from tvm_structconv.schedules.cpu.winograd import (
     MIN_TILES,
     WinogradRule,
+    WinogradTiling,
     choose_winograd_tile,
     choose_winograd_tiling,
 )
@@ -212,3 +213,21 @@ def test_reference_is_the_composed_kernel():
         for dx in (0, 1):
             expected[:, :, dy : dy + 2, dx : dx + 2] += alpha
     np.testing.assert_allclose(composed, expected)
+
+
+def test_two_cores_split_output_channels_where_tile_rows_cannot_balance_them():
+    """7 tile rows on 2 cores: one chunk of rows, the output channels in two parallel chunks
+    (each recomputes the input transform); one core keeps one chunk of everything."""
+    one_core = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 1})
+    two_cores = tvm.target.Target({"kind": "llvm", "mcpu": "znver5", "num-cores": 2})
+    assert choose_winograd_tiling(7, 7, 32, one_core, out_channels=128).channel_chunks == 1
+    assert choose_winograd_tiling(7, 7, 32, two_cores, out_channels=128) == WinogradTiling(7, 7, 2)
+    assert choose_winograd_tiling(14, 14, 32, two_cores, out_channels=64).channel_chunks == 1
+    assert choose_winograd_tiling(7, 7, 32, two_cores, out_channels=40).channel_chunks == 1
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 14, 14, 8)).astype("float32")
+    alpha = rng.standard_normal((64, 8, 2, 2)).astype("float32")
+    bias = rng.standard_normal(64).astype("float32")
+    got = run_winograd(x, alpha, 2, (1, 1, 1, 1), bias=bias, relu=True)
+    expected = reference(x, alpha, (1, 1, 1, 1), bias=bias, relu=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
