@@ -18,7 +18,9 @@ of ``4m²`` (F(4, 2): 25 instead of 64). The stages of :func:`winograd_structure
 The 1-D transforms are written out term by term from the constant matrices (zeros dropped,
 ``±1`` as adds), selected by the transform's row index: the schedule unrolls that index and
 TVM folds the selection away. The matrices are TVM's Cook–Toom construction
-(``tvm.topi.nn.winograd_util``) with its interpolation points.
+(``tvm.topi.nn.winograd_util``) with its interpolation points, called through its helpers:
+its public ``winograd_transform_matrices`` refuses a kernel of size 2 and returns TE tensors,
+where the kernel transform here is numpy at compile time.
 """
 
 from __future__ import annotations
