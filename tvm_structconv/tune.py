@@ -104,7 +104,8 @@ def called_functions(mod: tvm.IRModule) -> List[str]:
 
 
 def conv_calls(mod: tvm.IRModule, target: tvm.target.Target) -> List[Tuple[str, tvm.tirx.PrimFunc]]:
-    """``(function name, PrimFunc)`` of every conv call of a prepared module, in call order.
+    """``(function name, PrimFunc)`` of every conv call of a prepared module, in call order
+    (direct and Winograd).
 
     ``mod`` is what :func:`~tvm_structconv.build.prepare_module` returns; it is taken through
     :func:`fuse`, so each function is a conv as the scheduled build compiles it: with its fused
@@ -121,8 +122,18 @@ def conv_calls(mod: tvm.IRModule, target: tvm.target.Target) -> List[Tuple[str, 
     return [
         (name, functions[name])
         for name in called_functions(fused)
-        if find_structured_block(functions[name]) is not None
+        if find_structured_block(functions[name]) is not None or is_winograd(functions[name])
     ]
+
+
+def is_winograd(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether ``func`` is a structured conv computed by Winograd
+    (:mod:`tvm_structconv.winograd`; a conv call, but not a tuning task)."""
+    from tvm import s_tir
+
+    from tvm_structconv.schedules.cpu.winograd import find_winograd_block
+
+    return find_winograd_block(s_tir.Schedule(func)) is not None
 
 
 def conv_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> List[ms.ExtractedTask]:

@@ -34,7 +34,7 @@ from tvm_structconv.planner.layers import FAMILIES, Candidate, Layer
 from tvm_structconv.planner.source import ModelSource
 from tvm_structconv.schedules.packing import conv_layout
 from tvm_structconv.structure import Structure
-from tvm_structconv.tune import conv_calls
+from tvm_structconv.tune import conv_calls, is_winograd
 from tvm_structconv.tuning_logs import user_logs_dir
 
 __all__ = ["TABLE_FORMAT", "KernelCache", "LatencyTable", "measure_table", "schedules_hash"]
@@ -160,9 +160,13 @@ class LatencyTable:
 
 def _signature(func: tvm.tirx.PrimFunc) -> Tuple[int, ...]:
     """``(kh, kw, input channels per group, output channels)`` of a fused conv function, read
-    from its packed ``alpha`` (``K/block × kh × kw × C/groups × block``) and its output."""
+    from its packed ``alpha`` (``K/block × kh × kw × C/groups × block``) and its output; a
+    Winograd conv's transformed ``alpha`` (``m+1 × m+1 × K/block × C × block``) is a 2×2 one."""
     alpha = [int(d) for d in func.params[1].shape]
-    return (alpha[1], alpha[2], alpha[3], int(func.params[-1].shape[-1]))
+    out_channels = int(func.params[-1].shape[-1])
+    if is_winograd(func):
+        return (2, 2, alpha[3], out_channels)
+    return (alpha[1], alpha[2], alpha[3], out_channels)
 
 
 def _expected(weight_shape: Tuple[int, ...], structure: Optional[Structure]) -> Tuple[int, ...]:
