@@ -207,6 +207,31 @@ def test_structured_branches_of_one_structure_become_one_structured_conv(
         np.testing.assert_allclose(compiled.run(x.numpy())[0], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_structured_winograd_branches_become_one_winograd_conv():
+    """Three structured 3x3 branches (c = C, n = 2) of an NHWC activation on x86 run as Winograd,
+    which is linear in its transformed alpha: one Winograd call of the summed constant, exact."""
+    torch.manual_seed(4)
+    structure = Structure(8, 3, 8, 2)
+    block = Branches(8, 8, [(3, 1, 1)] * 3, 1, 1, identity=False)
+    model = nn.Sequential(nn.Conv2d(8, 8, 1), block).eval()
+    layers = {}
+    for i in range(3):
+        conv = block.branches[i][0]
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(structure.project(conv.weight.double().numpy())))
+        layers[f"1.branches.{i}.0.weight"] = structure
+    x = torch.randn(1, 8, 17, 18)
+    imported = load_model(model, x, Manifest.from_structures(layers))
+    prepared = prepare_module(imported, structured=True, layout=conv_layout(make_target("x86")))
+    assert [layer.kernel for layer in prepared.report.rewritten] == ["winograd F(2,2)"] * 3
+    assert prepared.mod.script().count("R.call_tir(cls.structured_winograd_conv2d") == 1
+    assert [n for n in prepared.notes if "3 structured convs of one op" in n], prepared.notes
+    compiled = compile_model(imported, "x86", structured=True, tuning_logs=False)
+    np.testing.assert_allclose(
+        compiled.run(x.numpy())[0], model(x).detach().numpy(), rtol=1e-4, atol=1e-4
+    )
+
+
 def test_structured_branches_of_different_structures_stay_apart():
     """Two structured 3x3 branches of one input, c = C and c = C/2: two different ops, two
     calls, nothing merged, exact."""

@@ -30,7 +30,8 @@ The pass runs after the structured rewrite: a conv with a recorded structure is 
 fused structured op and is never merged with an ordinary conv or an identity (adding a 1x1
 branch would break its structure). Structured convs of one input that call the same fused op
 (the same structure, geometry and ``alpha`` packing, so the same PrimFunc) merge with each
-other: the op is linear in ``alpha``, so their sum is one call with the summed ``alpha``
+other: the op is linear in ``alpha`` (the Winograd op in its transformed ``alpha``), so their
+sum is one call with the summed constant
 (MobileOne's parallel 1x1 branches, each structured, become one structured conv).
 """
 
@@ -61,8 +62,9 @@ _PERMUTE = tvm.ir.Op.get("relax.permute_dims")
 _BATCH_NORM = tvm.ir.Op.get("relax.nn.batch_norm")
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 _SLICE = tvm.ir.Op.get("relax.strided_slice")
-#: ``primfunc_name_hint`` of the fused structured conv (:func:`~.conv_call.emit_conv2d`).
-_STRUCTURED_OP = "structured_conv2d"
+#: ``primfunc_name_hint`` of the fused structured convs (:func:`~.conv_call.emit_conv2d`,
+#: :func:`~.conv_call.emit_winograd_conv2d`): ops linear in their one constant argument.
+_STRUCTURED_OPS = ("structured_conv2d", "structured_winograd_conv2d")
 
 
 @dataclass
@@ -212,7 +214,7 @@ class _Merger(PyExprMutator):
         if not (
             isinstance(value, relax.Call)
             and value.op.same_as(_CALL_TIR)
-            and value.args[0].name_hint.startswith(_STRUCTURED_OP)
+            and value.args[0].name_hint.startswith(_STRUCTURED_OPS)
             and isinstance(value.args[1], relax.Tuple)
             and len(value.args[1].fields) == 2
         ):
