@@ -243,6 +243,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10, help="--time: samples per round")
     parser.add_argument("--threads", type=int, default=None, help="--time: default all cores")
     args = parser.parse_args()
+    unknown = [name for name in (args.families or "").split(",") if name and name not in FAMILIES]
+    if unknown:
+        parser.error(f"unknown families {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
     if args.time:
         return main_time(args)
     args.families = args.families or ",".join(FAMILIES)
