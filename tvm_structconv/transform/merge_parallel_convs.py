@@ -31,8 +31,8 @@ fused structured op and is never merged with an ordinary conv or an identity (ad
 branch would break its structure). Structured convs of one input that call the same fused op
 (the same structure, geometry and ``alpha`` packing, so the same PrimFunc) merge with each
 other: the op is linear in ``alpha`` (the Winograd op in its transformed ``alpha``), so their
-sum is one call with the summed constant
-(MobileOne's parallel 1x1 branches, each structured, become one structured conv).
+sum is one call with the summed constant (MobileOne's parallel 1x1 branches, each structured,
+become one structured conv).
 """
 
 from __future__ import annotations
@@ -243,10 +243,8 @@ class _Merger(PyExprMutator):
         call with the summed ``alpha`` (the op is linear in it)."""
         groups: Dict[tuple, List[_Leaf]] = {}
         for leaf in leaves:
-            if leaf.structured is not None:
-                key = leaf.structured.key()
-                match = next((k for k in groups if _same_key(k, key)), key)
-                groups.setdefault(match, []).append(leaf)
+            if leaf.structured is not None:  # Relax objects hash and compare by identity
+                groups.setdefault(leaf.structured.key(), []).append(leaf)
         result = [leaf for leaf in leaves if leaf.structured is None]
         for group in groups.values():
             if len(group) == 1:
@@ -421,11 +419,6 @@ def _source(expr: relax.Expr, lookup) -> Tuple[relax.Expr, Optional[Tuple[int, .
         axes = value.attrs.axes
         return value.args[0], tuple(int(a) for a in axes) if axes is not None else ()
     return expr, None
-
-
-def _same_key(a: tuple, b: tuple) -> bool:
-    """Whether two :meth:`_StructuredCall.key` tuples name the same op and input."""
-    return a[0].same_as(b[0]) and a[1].same_as(b[1]) and a[2] == b[2]
 
 
 def _same_source(a: Optional[tuple], b: Optional[tuple]) -> bool:
