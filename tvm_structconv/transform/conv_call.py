@@ -32,7 +32,14 @@ from tvm_structconv.schedules.packing import BlockSize, padded_channels, portabl
 from tvm_structconv.structure import Structure
 from tvm_structconv.transform.relax_functions import typed_const
 
+#: ``primfunc_name_hint`` of the fused structured conv and of its Winograd form (TVM may add
+#: a numeric suffix to the function's name).
+STRUCTURED_CONV = "structured_conv2d"
+WINOGRAD_CONV = "structured_winograd_conv2d"
+
 __all__ = [
+    "STRUCTURED_CONV",
+    "WINOGRAD_CONV",
     "NCHW_INPUT_MAX_CHANNELS",
     "Conv2dCall",
     "LinearCall",
@@ -214,7 +221,7 @@ def emit_conv2d(
     if conv.layout == "NCHW":
         compute = functools.partial(ops.structured_conv2d, **settings)
         return builder.call_te(
-            compute, conv.data, typed_const(alpha), primfunc_name_hint="structured_conv2d"
+            compute, conv.data, typed_const(alpha), primfunc_name_hint=STRUCTURED_CONV
         )
     out_channels = alpha.shape[0]
     block = block_size(out_channels, structure.groups, conv.out_width)
@@ -230,7 +237,7 @@ def emit_conv2d(
         compute,
         conv.data if conv.nchw_data is None else conv.nchw_data,
         typed_const(ops.pack_alpha(alpha, block)),
-        primfunc_name_hint="structured_conv2d",
+        primfunc_name_hint=STRUCTURED_CONV,
     )
     if padded == out_channels:
         return out
@@ -282,9 +289,7 @@ def emit_winograd_conv2d(
         out_dtype=conv.out_dtype,
     )
     transformed = typed_const(winograd.transform_alpha(alpha, tile, block))
-    return builder.call_te(
-        compute, conv.data, transformed, primfunc_name_hint="structured_winograd_conv2d"
-    )
+    return builder.call_te(compute, conv.data, transformed, primfunc_name_hint=WINOGRAD_CONV)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,13 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from tvm_structconv.transform.conv_call import Conv2dCall, bound_value, read_conv2d
+from tvm_structconv.transform.conv_call import (
+    STRUCTURED_CONV,
+    WINOGRAD_CONV,
+    Conv2dCall,
+    bound_value,
+    read_conv2d,
+)
 from tvm_structconv.transform.fold_batchnorm import batch_norm_affine
 from tvm_structconv.transform.relax_functions import (
     count_uses,
@@ -62,9 +68,8 @@ _PERMUTE = tvm.ir.Op.get("relax.permute_dims")
 _BATCH_NORM = tvm.ir.Op.get("relax.nn.batch_norm")
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 _SLICE = tvm.ir.Op.get("relax.strided_slice")
-#: ``primfunc_name_hint`` of the fused structured convs (:func:`~.conv_call.emit_conv2d`,
-#: :func:`~.conv_call.emit_winograd_conv2d`): ops linear in their one constant argument.
-_STRUCTURED_OPS = ("structured_conv2d", "structured_winograd_conv2d")
+#: The fused structured convs: ops linear in their one constant argument.
+_STRUCTURED_OPS = (STRUCTURED_CONV, WINOGRAD_CONV)
 
 
 @dataclass
