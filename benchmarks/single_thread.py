@@ -35,6 +35,8 @@ os.environ["TVM_NUM_THREADS"] = "1"  # before TVM starts its thread pool
 
 import numpy as np  # noqa: E402
 
+from tvm_structconv.timing import interleaved_samples  # noqa: E402  (imports no TVM)
+
 FAMILIES = (
     "convnext_tiny",
     "repvgg",
@@ -108,15 +110,7 @@ def time_family(family: str, calls: int, warmup: int = 3) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         run = runners(family, Path(scratch))
         mac_ratio = run.pop("mac_ratio")
-        for _ in range(warmup):
-            for call in run.values():
-                call()
-        samples: Dict[str, List[float]] = {name: [] for name in run}
-        for _ in range(calls):
-            for name, call in run.items():
-                start = time.perf_counter()
-                call()
-                samples[name].append((time.perf_counter() - start) * 1e3)
+        samples = interleaved_samples(run, calls, warmup)
     best = {name: min(values) for name, values in samples.items()}
     return {
         "family": family,

@@ -34,10 +34,8 @@ import os
 import pathlib
 import resource
 import sys
-import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,6 +50,7 @@ from tvm_structconv.nn import (
 )
 from tvm_structconv.nn.functional import _padded_pool, _pool_backward, choose_method
 from tvm_structconv.plan import Plan
+from tvm_structconv.timing import interleaved_samples
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: ResNet-18's 3×3 convs: (in channels, out channels, input size, stride).
@@ -70,19 +69,10 @@ METHODS = ("auto", "pooled", "composed")
 def interleaved_minima(functions: Dict[str, Callable[[], None]], count: int) -> Dict[str, float]:
     """Minimum ms of each function over ``count`` calls, the functions called in turn.
 
-    Two warm-up rounds first. On a shared machine the minimum is the call least slowed by
-    other jobs, and alternating call by call makes a drift in load hit every function alike.
+    Two warm-up rounds first (:func:`~tvm_structconv.timing.interleaved_samples`). On a shared
+    machine the minimum is the call least slowed by other jobs.
     """
-    for _ in range(2):
-        for function in functions.values():
-            function()
-    times: Dict[str, List[float]] = {name: [] for name in functions}
-    for _ in range(count):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: float(np.min(values)) for name, values in times.items()}
+    return {name: min(values) for name, values in interleaved_samples(functions, count).items()}
 
 
 def _page_faults(function: Callable[[], None], count: int = 3) -> float:

@@ -16,6 +16,7 @@ Writes ``benchmarks/results/winograd_layers-<cpu>.{md,json}``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -25,6 +26,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 os.environ.setdefault("TVM_NUM_THREADS", "1")  # before TVM starts its thread pool
 
 import numpy as np  # noqa: E402
+
+from tvm_structconv.timing import interleaved_samples  # noqa: E402  (imports no TVM)
 
 #: (channels, height = width) of ResNet-18's stride-1 3×3 convs.
 SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
@@ -135,12 +138,11 @@ def measure_shape(
         func(*args)
         errors[name] = float(np.abs(out.numpy() - expected).max() / np.abs(expected).max())
         runs[name] = (func, args)
-    times: Dict[str, List[float]] = {name: [] for name in runs}
-    for _ in range(calls):
-        for name, (func, args) in runs.items():
-            start = time.perf_counter()
-            func(*args)
-            times[name].append((time.perf_counter() - start) * 1e3)
+    times = interleaved_samples(
+        {name: functools.partial(func, *args) for name, (func, args) in runs.items()},
+        calls,
+        warmup=0,
+    )
     best = {name: min(values) for name, values in times.items()}
     return {
         "channels": channels,

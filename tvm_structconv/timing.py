@@ -15,13 +15,21 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tvm_structconv.threads import thread_environment
 
-__all__ = ["Job", "Latency", "measure_isolated", "measure_latency", "run_job", "time_callable"]
+__all__ = [
+    "Job",
+    "Latency",
+    "interleaved_samples",
+    "measure_isolated",
+    "measure_latency",
+    "run_job",
+    "time_callable",
+]
 
 
 #: Rounds whose medians differ by more than this fraction make a measurement unstable.
@@ -123,6 +131,29 @@ def time_callable(
             run()
         samples.append((time.perf_counter() - start) / number * 1e3)
     return Latency(tuple(samples))
+
+
+def interleaved_samples(
+    functions: Mapping[str, Callable[[], object]], calls: int, warmup: int = 2
+) -> Dict[str, List[float]]:
+    """Milliseconds of every call of each function, the functions called in turn, round by round.
+
+    ``warmup`` untimed rounds first, then ``calls`` timed ones. Calling them alternately makes a
+    drift in the machine's load hit every function alike; on a shared machine the minimum of a
+    function's samples is its call least slowed by other jobs. Only for functions that may share
+    a process: runtimes whose idle threads spin (onnxruntime at several threads) are timed apart
+    (:func:`measure_isolated`).
+    """
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    samples: Dict[str, List[float]] = {name: [] for name in functions}
+    for _ in range(calls):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return samples
 
 
 def measure_latency(
