@@ -42,6 +42,7 @@ from tvm_structconv.schedules.cpu.injective import schedule_elementwise
 from tvm_structconv.schedules.cpu.tiling import (
     MAX_ROWS,
     ConvTiling,
+    alias_bound,
     channel_unroll,
     choose_tiling,
     pixel_budget,
@@ -210,8 +211,15 @@ def schedule_structured_conv2d(
     out_shape = [int(d) for d in stmt.writes[0].source.shape]
     block = int(stmt.reads[1].source.shape[-1])
     batch, out_height, out_width, out_channels = out_shape
+    # bytes between consecutive pixels of what each tile reads (S or the input) and writes
+    strides = [
+        int(buffer.shape[-1]) * buffer.dtype.bits // 8
+        for buffer in (stmt.reads[0].source, stmt.writes[0].source)
+    ]
     if tiling is None:
-        tiling = choose_tiling(batch, out_height, out_width, out_channels, block, target, unroll)
+        tiling = choose_tiling(
+            batch, out_height, out_width, out_channels, block, target, unroll, strides
+        )
     lanes = vector_lanes(target)
 
     # the epilogue: its elementwise head becomes one block, reverse-inlined into the
@@ -227,6 +235,7 @@ def schedule_structured_conv2d(
     chunk, o_inner = _split(sch, o_block, tiling.chunks, None, -1, tunable)
     y_task, y_row = _split(sch, y, None, tiling.rows, MAX_ROWS, tunable)
     budget = pixel_budget(block, lanes, vector_registers(target), unroll)
+    budget = min(budget, alias_bound(strides) or budget)
     x_tile, x_pixel = _split(sch, x, None, tiling.pixels, budget, tunable)
     if unroll > 1 and extent(sch, rc) % unroll == 0 and extent(sch, rc) > 1:
         rc, rc_lane = sch.split(rc, [None, unroll])

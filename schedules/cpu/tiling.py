@@ -8,6 +8,13 @@ with (:func:`channel_block`, used through :func:`tvm_structconv.schedules.packin
 how many pixels one tile holds, and how rows and output-channel chunks are cut into parallel
 tasks (:func:`choose_tiling`).
 
+A tile's pixels are one row of the output, and each reads (input) and writes (output) its own
+channels: in NHWC consecutive pixels are ``channels × 4`` bytes apart. With 1024 channels that
+is exactly the 4 KB after which addresses fall into the same L1 set, so the 14 pixels of a
+14-wide tile all compete for one set of 8–12 ways and evict each other on every pass over the
+channels; :func:`alias_bound` keeps a tile to what the sets hold (ResNet-50's 1×1 convs of 1024
+channels at 14×14: 0.90–0.92× of onnxruntime with 14-pixel tiles, 0.99–1.02× with 7).
+
 On AArch64 the tile also holds :func:`channel_unroll` input channels' weight vectors: NEON has
 no broadcast memory operand (x86's ``vfmadd231ps`` takes one, free), but has FMA *by element*
 (``fmla v.4s, v.4s, v.s[i]``), so the conv rule unrolls four consecutive input channels inside
@@ -16,8 +23,9 @@ the pixel loop and loads their four ``S`` values of one pixel as one ``ldr q``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from tvm.target import Target
 
@@ -31,8 +39,12 @@ from tvm_structconv.schedules.target_info import (
 )
 
 __all__ = [
+    "L1_ALIAS_PERIOD",
+    "MAX_LINES_PER_SET",
+    "MAX_TILE_PIXELS",
     "MAX_ROWS",
     "ConvTiling",
+    "alias_bound",
     "channel_block",
     "channel_unroll",
     "choose_tiling",
@@ -45,6 +57,33 @@ __all__ = [
 MAX_ROWS = 8
 #: Independent accumulators needed to hide the FMA latency (2 pipes × 4 cycles).
 MIN_ACCUMULATORS = 8
+#: Bytes after which addresses map to the same L1 data-cache set: 64 sets of 64-byte lines, as
+#: in every x86 and Arm core of the targets (32 KB 8-way, 48 KB 12-way, 64 KB 16-way).
+L1_ALIAS_PERIOD = 4096
+#: Most lines of one tile's pixels that may map to one L1 set: the ways of a 32 KB 8-way L1.
+MAX_LINES_PER_SET = 8
+#: More pixels than any register tile holds (32 AVX-512 registers, one vector per pixel).
+MAX_TILE_PIXELS = 64
+
+
+def alias_bound(pixel_strides: Sequence[int]) -> Optional[int]:
+    """Most pixels of one tile whose rows of each tensor share no L1 set beyond its ways.
+
+    ``pixel_strides``: the bytes between consecutive pixels of each tensor the tile reads or
+    writes per pixel (its input and output: ``channels × 4`` in NHWC). Pixels ``stride`` bytes
+    apart spread over ``L1_ALIAS_PERIOD / gcd(stride, L1_ALIAS_PERIOD)`` sets; with at most
+    :data:`MAX_LINES_PER_SET` pixels on each, 1024 or 2048 channels allow 8 pixels, 512 allow 16,
+    256 allow 32. Exact for strides of whole lines (channels a multiple of 16 floats); for
+    other strides it holds for tiles up to :data:`MAX_TILE_PIXELS` (rows shorter than a line
+    share lines, which the count above does not see). ``None`` when no stride is given (no
+    bound).
+    """
+    bounds = [
+        MAX_LINES_PER_SET * (L1_ALIAS_PERIOD // math.gcd(stride, L1_ALIAS_PERIOD))
+        for stride in pixel_strides
+        if stride > 0
+    ]
+    return min(bounds) if bounds else None
 
 
 def channel_unroll(target: Target) -> int:
@@ -64,10 +103,18 @@ def pixel_budget(block: int, lanes: int, registers: int, channel_unroll: int = 1
 
 
 def pixel_tile(
-    out_width: int, block: int, lanes: int, registers: int, channel_unroll: int = 1
+    out_width: int,
+    block: int,
+    lanes: int,
+    registers: int,
+    channel_unroll: int = 1,
+    pixel_strides: Sequence[int] = (),
 ) -> int:
-    """Pixels per accumulator tile: the largest divisor of the width within :func:`pixel_budget`."""
-    return max(divisors(out_width, pixel_budget(block, lanes, registers, channel_unroll)))
+    """Pixels per accumulator tile: the largest divisor of the width within :func:`pixel_budget`
+    and, given the tensors' ``pixel_strides``, within :func:`alias_bound`."""
+    bound = pixel_budget(block, lanes, registers, channel_unroll)
+    aliasing = alias_bound(pixel_strides)
+    return max(divisors(out_width, bound if aliasing is None else min(bound, aliasing)))
 
 
 def tile_score(out_width: int, block: int, lanes: int, registers: int) -> float:
@@ -126,14 +173,17 @@ def choose_tiling(
     block: int,
     target: Target,
     channel_unroll: int = 1,
+    pixel_strides: Sequence[int] = (),
 ) -> ConvTiling:
     """Tile sizes for an ``(batch, out_height, out_width, out_channels)`` NHWC output.
 
-    Rows and chunks give every core the same number of tasks where possible, then the most rows
-    per task (less ``S`` overlap recomputed between tasks), then the fewest chunks.
+    Pixels: :func:`pixel_tile` (``pixel_strides``: of the conv's input and output, see
+    :func:`alias_bound`). Rows and chunks give every core the same number of tasks where
+    possible, then the most rows per task (less ``S`` overlap recomputed between tasks), then
+    the fewest chunks.
     """
     lanes, registers, cores = vector_lanes(target), vector_registers(target), target_cores(target)
-    pixels = pixel_tile(out_width, block, lanes, registers, channel_unroll)
+    pixels = pixel_tile(out_width, block, lanes, registers, channel_unroll, pixel_strides)
     best: Optional[Tuple[tuple, int, int]] = None
     for rows in divisors(out_height, MAX_ROWS):
         for chunks in divisors(out_channels // block, cores):
