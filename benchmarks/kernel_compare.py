@@ -25,6 +25,7 @@ not as a conv); the per-node list in the JSON has both sides.
 
     python benchmarks/kernel_compare.py --families googlenet,resnet50
     python benchmarks/kernel_compare.py --families resnet18 --runs 60   # a built-in model
+    python benchmarks/kernel_compare.py --families bottleneck2,bottleneck12  # weights cached or not
 
 Writes ``benchmarks/results/kernel_compare-<cpu>[-<n>threads].{md,json}``.
 """
@@ -179,13 +180,42 @@ def pair_convs(
     return pairs
 
 
+def bottleneck_stack(pairs: int):
+    """``(model, example)``: ``pairs`` 1×1 bottleneck pairs of ResNet-50's third stage.
+
+    Each pair is 1024 → 256 (ReLU) → 1024 (+ the pair's input, ReLU) at 14×14, the shapes
+    whose convs lag onnxruntime's in ResNet-50. Every pair has weights of its own (2 MB), so
+    a stack of twelve streams 24 MB of weights per run, as the model does; two pairs keep
+    theirs in cache. Comparing the two tells what waiting for weights costs each runtime.
+    """
+    import torch
+    from torch import nn
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reduce = nn.Conv2d(1024, 256, 1)
+            self.expand = nn.Conv2d(256, 1024, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.expand(torch.relu(self.reduce(x))) + x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[Pair() for _ in range(pairs)]).eval()
+    return model, torch.randn(1, 1024, 14, 14)
+
+
 def compare_family(family: str, runs: int, threads: int) -> dict:
     """Time one family's original build and onnxruntime session, kernel by kernel.
 
-    TVM's thread count is set by ``main`` before TVM is imported; ``threads`` is onnxruntime's.
+    ``bottleneck<N>`` names :func:`bottleneck_stack` of ``N`` pairs. TVM's thread count is set
+    by ``main`` before TVM is imported; ``threads`` is onnxruntime's.
     """
     import torch
 
+    if family.startswith("bottleneck"):
+        model, example = bottleneck_stack(int(family[len("bottleneck") :]))
+        return compare_model(family, model, example, runs, threads)
     example = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     return compare_model(family, create(family)[0], example, runs, threads)
 
@@ -343,7 +373,8 @@ def main() -> int:
     header = (
         f"Kernel by kernel, {time.strftime('%Y-%m-%d %H:%M')}, host CPU {cpu}: the original "
         f"build (TVM, hand schedules) against onnxruntime, {args.threads} thread(s), batch 1, "
-        f"fp32, 224x224, random weights; the two alternate run by run, {args.runs} runs; "
+        f"fp32, 224x224 (bottleneck<N>: 1024x14x14), random weights; the two alternate run by "
+        f"run, {args.runs} runs; "
         f"every number is a sum of per-call minima in ms; load average at start {load}. "
         "Above 1: TVM faster.\n\n"
     )
