@@ -42,10 +42,9 @@ from tvm_structconv.schedules.cpu.injective import schedule_elementwise
 from tvm_structconv.schedules.cpu.tiling import (
     MAX_ROWS,
     ConvTiling,
-    alias_bound,
     channel_unroll,
     choose_tiling,
-    pixel_budget,
+    pixel_bound,
 )
 from tvm_structconv.schedules.target_info import (
     extent,
@@ -234,8 +233,7 @@ def schedule_structured_conv2d(
     o_block, o_lane = sch.split(o, [None, block])
     chunk, o_inner = _split(sch, o_block, tiling.chunks, None, -1, tunable)
     y_task, y_row = _split(sch, y, None, tiling.rows, MAX_ROWS, tunable)
-    budget = pixel_budget(block, lanes, vector_registers(target), unroll)
-    budget = min(budget, alias_bound(strides) or budget)
+    budget = pixel_bound(out_width, block, lanes, vector_registers(target), unroll, strides)
     x_tile, x_pixel = _split(sch, x, None, tiling.pixels, budget, tunable)
     if unroll > 1 and extent(sch, rc) % unroll == 0 and extent(sch, rc) > 1:
         rc, rc_lane = sch.split(rc, [None, unroll])

@@ -13,7 +13,8 @@ channels: in NHWC consecutive pixels are ``channels × 4`` bytes apart. With 102
 is exactly the 4 KB after which addresses fall into the same L1 set, so the 14 pixels of a
 14-wide tile all compete for one set of 8–12 ways and evict each other on every pass over the
 channels; :func:`alias_bound` keeps a tile to what the sets hold (ResNet-50's 1×1 convs of 1024
-channels at 14×14: 0.90–0.92× of onnxruntime with 14-pixel tiles, 0.99–1.02× with 7).
+channels at 14×14: 0.90–0.92× of onnxruntime with 14-pixel tiles, 0.99–1.02× with 7), unless
+the width has no divisor near the bound (13 pixels of 1024 channels: 13-pixel tiles, not 1).
 
 On AArch64 the tile also holds :func:`channel_unroll` input channels' weight vectors: NEON has
 no broadcast memory operand (x86's ``vfmadd231ps`` takes one, free), but has FMA *by element*
@@ -48,6 +49,7 @@ __all__ = [
     "channel_block",
     "channel_unroll",
     "choose_tiling",
+    "pixel_bound",
     "pixel_budget",
     "pixel_tile",
     "tile_score",
@@ -102,6 +104,28 @@ def pixel_budget(block: int, lanes: int, registers: int, channel_unroll: int = 1
     return max((registers - vectors * channel_unroll - 2) // vectors, 1)
 
 
+def pixel_bound(
+    out_width: int,
+    block: int,
+    lanes: int,
+    registers: int,
+    channel_unroll: int = 1,
+    pixel_strides: Sequence[int] = (),
+) -> int:
+    """Most pixels of one tile of an ``out_width``-wide row.
+
+    What the registers hold (:func:`pixel_budget`) and, given the tensors' ``pixel_strides``,
+    what the L1 sets hold (:func:`alias_bound`), unless no divisor of the width reaches half
+    of the latter: a 13-wide row of 1024 channels would get 1-pixel tiles, which hide no FMA
+    latency and cost 50 % more than 13 pixels sharing a set (SqueezeNet's classifier conv).
+    """
+    budget = pixel_budget(block, lanes, registers, channel_unroll)
+    aliasing = alias_bound(pixel_strides)
+    if aliasing is None or aliasing >= budget:
+        return budget
+    return aliasing if 2 * max(divisors(out_width, aliasing)) >= aliasing else budget
+
+
 def pixel_tile(
     out_width: int,
     block: int,
@@ -110,11 +134,9 @@ def pixel_tile(
     channel_unroll: int = 1,
     pixel_strides: Sequence[int] = (),
 ) -> int:
-    """Pixels per accumulator tile: the largest divisor of the width within :func:`pixel_budget`
-    and, given the tensors' ``pixel_strides``, within :func:`alias_bound`."""
-    bound = pixel_budget(block, lanes, registers, channel_unroll)
-    aliasing = alias_bound(pixel_strides)
-    return max(divisors(out_width, bound if aliasing is None else min(bound, aliasing)))
+    """Pixels per accumulator tile: the largest divisor of the width within :func:`pixel_bound`."""
+    bound = pixel_bound(out_width, block, lanes, registers, channel_unroll, pixel_strides)
+    return max(divisors(out_width, bound))
 
 
 def tile_score(out_width: int, block: int, lanes: int, registers: int) -> float:

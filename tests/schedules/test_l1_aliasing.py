@@ -53,6 +53,26 @@ def test_a_row_of_1024_channels_gets_half_a_row_per_tile():
     assert tiling.choose_tiling(1, 14, 14, 256, 32, AVX512, pixel_strides=(1024,)).pixels == 14
 
 
+@given(width=st.integers(1, 64), channels=st.sampled_from([256, 512, 1024, 2048]))
+def test_a_width_without_a_fitting_divisor_keeps_its_register_tile(width, channels):
+    """SqueezeNet's classifier: 13 pixels of 1024 channels. Within the 8 pixels the sets hold the
+    only divisor is 1 (no FMA latency hidden, 1.5x slower): the tile stays 13 wide. A width with
+    a divisor of at least half the bound takes it."""
+    strides = (channels * 4,)
+    lanes, registers = 16, 32
+    budget = tiling.pixel_budget(32, lanes, registers)
+    aliasing = tiling.alias_bound(strides)
+    pixels = tiling.pixel_tile(width, 32, lanes, registers, pixel_strides=strides)
+    free = tiling.pixel_tile(width, 32, lanes, registers)
+    assert width % pixels == 0
+    assert pixels >= min(free, aliasing // 2)  # never collapses below half of what the sets hold
+    fitting = [d for d in range(aliasing // 2, min(aliasing, budget) + 1) if width % d == 0]
+    if fitting:
+        assert pixels <= aliasing  # a useful tile within the sets exists: the tile keeps to them
+    assert tiling.pixel_tile(13, 32, lanes, registers, pixel_strides=(4096,)) == 13
+    assert tiling.pixel_tile(14, 32, lanes, registers, pixel_strides=(4096,)) == 7
+
+
 def test_the_tunable_space_keeps_to_the_bound():
     """MetaSchedule samples the pixels of a tile up to the bound, not up to the registers."""
     structure = Structure(1024, 1, 1024, 1)
