@@ -243,6 +243,8 @@ def compare_model(name: str, model, example, runs: int, threads: int, warmup: in
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            # spinning workers would take the cores from TVM's runs in between (one process)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.enable_profiling = profiling
             if profiling:
                 options.profile_file_prefix = str(Path(scratch) / "ort")
@@ -374,7 +376,8 @@ def main() -> int:
         f"Kernel by kernel, {time.strftime('%Y-%m-%d %H:%M')}, host CPU {cpu}: the original "
         f"build (TVM, hand schedules) against onnxruntime, {args.threads} thread(s), batch 1, "
         f"fp32, 224x224 (bottleneck<N>: 1024x14x14), random weights; the two alternate run by "
-        f"run, {args.runs} runs; "
+        f"run, {args.runs} runs"
+        f"{' (onnxruntime workers not spinning between its runs)' if args.threads > 1 else ''}; "
         f"every number is a sum of per-call minima in ms; load average at start {load}. "
         "Above 1: TVM faster.\n\n"
     )
