@@ -215,7 +215,8 @@ def mutmut_config(group: Group) -> str:
         'source_paths = ["tvm_structconv"]\n'
         f"only_mutate = {toml_list(group.mutate)}\n"
         f"pytest_add_cli_args_test_selection = {toml_list(group.tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not slow"]\n'
+        # "-n 0": in mutmut's process (it records which tests reach a mutant), not xdist workers
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not slow", "-n", "0"]\n'
         # TVM's and torch's thread pools do not survive a fork from a process that ran tests
         'process_isolation = "forkserver"\n'
         # a mutant that loops forever is stopped at 5x its tests' time (mutmut's default: 15x)
