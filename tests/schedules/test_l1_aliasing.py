@@ -69,8 +69,11 @@ def test_a_width_without_a_fitting_divisor_keeps_its_register_tile(width, channe
     fitting = [d for d in range(aliasing // 2, min(aliasing, budget) + 1) if width % d == 0]
     if fitting:
         assert pixels <= aliasing  # a useful tile within the sets exists: the tile keeps to them
-    assert tiling.pixel_tile(13, 32, lanes, registers, pixel_strides=(4096,)) == 13
-    assert tiling.pixel_tile(14, 32, lanes, registers, pixel_strides=(4096,)) == 7
+
+
+def test_squeezenets_13_wide_row_keeps_13_pixels_where_14_takes_7():
+    assert tiling.pixel_tile(13, 32, 16, 32, pixel_strides=(4096,)) == 13
+    assert tiling.pixel_tile(14, 32, 16, 32, pixel_strides=(4096,)) == 7
 
 
 def test_the_tunable_space_keeps_to_the_bound():
